@@ -1,0 +1,232 @@
+//! The admin HTTP listener: `GET /status` (JSON) and `GET /metrics` (Prometheus text format).
+//!
+//! A deliberately small HTTP/1.1 server: one request per connection, bounded request size and
+//! time, `Connection: close`.
+
+use crate::link::LinkCtx;
+use crate::stats::SessionSnapshot;
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+
+/// Largest request head accepted.
+const MAX_REQUEST: usize = 8 * 1024;
+/// Time a client gets to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the admin endpoints read.
+pub struct AdminState {
+    pub links: Vec<Arc<LinkCtx>>,
+    pub started: Instant,
+}
+
+#[derive(Serialize)]
+struct Status<'a> {
+    version: &'static str,
+    uptime_seconds: f64,
+    links: Vec<LinkStatus<'a>>,
+}
+
+#[derive(Serialize)]
+struct LinkStatus<'a> {
+    name: &'a str,
+    listen: &'a str,
+    master: String,
+    flavor: crate::config::Flavor,
+    guard: crate::config::GuardMode,
+    max_sessions: usize,
+    sessions_active: usize,
+    sessions_total: u64,
+    sessions_refused: u64,
+    full_syncs: u64,
+    partial_syncs: u64,
+    psync_rejected: u64,
+    sessions: Vec<SessionSnapshot>,
+}
+
+impl AdminState {
+    /// The `/status` document.
+    pub fn status_json(&self) -> String {
+        let links = self
+            .links
+            .iter()
+            .map(|l| {
+                let c = &l.counters;
+                let sessions = l.snapshots();
+                LinkStatus {
+                    name: &l.cfg.name,
+                    listen: &l.cfg.listen,
+                    master: l.master().to_string(),
+                    flavor: l.cfg.flavor,
+                    guard: l.cfg.guard,
+                    max_sessions: l.cfg.max_sessions,
+                    sessions_active: sessions.len(),
+                    sessions_total: c.sessions_total.load(Relaxed),
+                    sessions_refused: c.sessions_refused.load(Relaxed),
+                    full_syncs: c.full_syncs.load(Relaxed),
+                    partial_syncs: c.partial_syncs.load(Relaxed),
+                    psync_rejected: c.psync_rejected.load(Relaxed),
+                    sessions,
+                }
+            })
+            .collect();
+        let status = Status {
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            links,
+        };
+        serde_json::to_string_pretty(&status).expect("status serializes")
+    }
+
+    /// The `/metrics` document.
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::new();
+        let mut family = |name: &str, kind: &str, help: &str, rows: &mut dyn Iterator<Item = (String, f64)>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, v) in rows {
+                let _ = writeln!(out, "{name}{{{labels}}} {v}");
+            }
+        };
+        let link_label = |l: &LinkCtx| format!("link=\"{}\"", l.cfg.name);
+        let counter = |f: fn(&LinkCtx) -> u64| {
+            self.links
+                .iter()
+                .map(move |l| (link_label(l), f(l) as f64))
+                .collect::<Vec<_>>()
+        };
+        let snaps: Vec<(String, SessionSnapshot)> = self
+            .links
+            .iter()
+            .flat_map(|l| l.snapshots().into_iter().map(|s| (link_label(l), s)))
+            .collect();
+        let per_session = |f: fn(&SessionSnapshot) -> Option<f64>| {
+            snaps
+                .iter()
+                .filter_map(|(ll, s)| {
+                    f(s).map(|v| {
+                        (
+                            format!("{ll},session=\"{}\",replica=\"{}\"", s.id, s.replica),
+                            v,
+                        )
+                    })
+                })
+                .collect::<Vec<_>>()
+        };
+
+        family("replguard_sessions_active", "gauge", "Replica sessions open now.",
+            &mut counter(|l| l.sessions.len() as u64).into_iter());
+        family("replguard_sessions_total", "counter", "Sessions accepted.",
+            &mut counter(|l| l.counters.sessions_total.load(Relaxed)).into_iter());
+        family("replguard_sessions_refused_total", "counter", "Connections refused at max_sessions.",
+            &mut counter(|l| l.counters.sessions_refused.load(Relaxed)).into_iter());
+        family("replguard_session_errors_total", "counter", "Sessions that ended on a fault (not a clean close or shutdown).",
+            &mut counter(|l| l.counters.session_errors.load(Relaxed)).into_iter());
+        family("replguard_passthrough_sessions_total", "counter", "Connections that were not replicas and passed through.",
+            &mut counter(|l| l.counters.passthrough_total.load(Relaxed)).into_iter());
+        family("replguard_full_syncs_total", "counter", "Full resyncs started (+FULLRESYNC or SYNC).",
+            &mut counter(|l| l.counters.full_syncs.load(Relaxed)).into_iter());
+        family("replguard_partial_syncs_total", "counter", "Partial resyncs accepted by the master (+CONTINUE).",
+            &mut counter(|l| l.counters.partial_syncs.load(Relaxed)).into_iter());
+        family("replguard_psync_rejected_total", "counter", "PSYNC requests the master answered with an error.",
+            &mut counter(|l| l.counters.psync_rejected.load(Relaxed)).into_iter());
+        family("replguard_stream_bytes_total", "counter", "Command-stream bytes relayed to replicas.",
+            &mut counter(|l| l.counters.ended_stream_bytes.load(Relaxed) + live(l, |s| s.delivered_bytes)).into_iter());
+        family("replguard_rdb_bytes_total", "counter", "RDB payload bytes relayed to replicas.",
+            &mut counter(|l| l.counters.ended_rdb_bytes.load(Relaxed) + live(l, |s| s.rdb_bytes)).into_iter());
+        family("replguard_replica_expected_offset", "gauge", "Replication offset the replica should be at after what was delivered.",
+            &mut per_session(|s| s.expected_offset.map(|v| v as f64)).into_iter());
+        family("replguard_replica_ack_offset", "gauge", "Last offset the replica acknowledged.",
+            &mut per_session(|s| s.ack_offset.map(|v| v as f64)).into_iter());
+        family("replguard_replica_lag_bytes", "gauge", "Delivered but not yet acknowledged bytes.",
+            &mut per_session(|s| s.lag_bytes.map(|v| v as f64)).into_iter());
+        family("replguard_replica_lag_seconds", "gauge", "Age of the oldest delivered byte the replica has not acknowledged.",
+            &mut per_session(|s| s.lag_seconds).into_iter());
+        family("replguard_replica_rdb_bytes", "gauge", "RDB payload bytes relayed in this session.",
+            &mut per_session(|s| Some(s.rdb_bytes as f64)).into_iter());
+        out
+    }
+}
+
+/// Sum over a link's live sessions.
+fn live(l: &LinkCtx, f: fn(&SessionSnapshot) -> u64) -> u64 {
+    l.snapshots().iter().map(f).sum()
+}
+
+/// Serves the admin endpoints until `cancel` fires.
+pub async fn serve(
+    state: Arc<AdminState>,
+    listener: TcpListener,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let sock = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        tracker.spawn(async move {
+            if let Err(e) = handle(&state, sock).await {
+                debug!(error = %e, "admin request failed");
+            }
+        });
+    }
+}
+
+async fn handle(state: &AdminState, mut sock: TcpStream) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    let complete = tokio::time::timeout(REQUEST_TIMEOUT, async {
+        loop {
+            let n = sock.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<bool, std::io::Error>(false);
+            }
+            head.extend_from_slice(&buf[..n]);
+            if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                return Ok(true);
+            }
+            if head.len() > MAX_REQUEST {
+                return Ok(false);
+            }
+        }
+    })
+    .await
+    .unwrap_or(Ok(false))?;
+    let line = String::from_utf8_lossy(head.split(|b| *b == b'\n').next().unwrap_or_default())
+        .trim_end()
+        .to_string();
+    let mut parts = line.split_ascii_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let (code, ctype, body) = match (complete, method, path) {
+        (false, _, _) => ("400 Bad Request", "text/plain", "bad request\n".to_string()),
+        (_, "GET", "/status") => ("200 OK", "application/json", state.status_json()),
+        (_, "GET", "/metrics") => (
+            "200 OK",
+            "text/plain; version=0.0.4",
+            state.metrics_text(),
+        ),
+        (_, "GET", _) => ("404 Not Found", "text/plain", "try /status or /metrics\n".into()),
+        _ => ("405 Method Not Allowed", "text/plain", "GET only\n".into()),
+    };
+    let resp = format!(
+        "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    sock.write_all(resp.as_bytes()).await?;
+    sock.shutdown().await
+}

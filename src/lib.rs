@@ -1,0 +1,44 @@
+//! replguard: a RESP-aware proxy between replicas and their master that keeps its own books of
+//! what it delivered, so a replica never resumes from a point that does not add up.
+//!
+//! # Map
+//!
+//! | module      | owns                                                                     |
+//! |-------------|--------------------------------------------------------------------------|
+//! | [`config`]  | the YAML schema, defaults, `validate()` listing every problem by path    |
+//! | [`server`]  | binding every listener, then shutdown in a written-down order            |
+//! | [`link`]    | one listener per configured link, its bounded sessions and counters      |
+//! | [`session`] | one replica connection: dial, handshake command by command, relay        |
+//! | [`resp`]    | handshake framing: commands in (redis-protocol), single replies out      |
+//! | [`psync`]   | the one function every PSYNC passes through before reaching the master   |
+//! | [`stream`]  | watching the sync as it passes: RDB framing, command-stream boundaries   |
+//! | [`stats`]   | offset books per session (delivered, acknowledged, lag), link counters   |
+//! | [`admin`]   | `GET /status` (JSON) and `GET /metrics` (Prometheus)                     |
+//!
+//! # A replica's bytes
+//!
+//! ```text
+//! replica ──TCP──▶ link::serve ──spawn──▶ session::run ──TCP──▶ master
+//!                                           │
+//!   handshake:  resp::parse_command ─▶ forward ─▶ resp::reply_len ─▶ back to replica
+//!   PSYNC:      psync::route ─▶ master ─▶ +FULLRESYNC | +CONTINUE | -ERR
+//!   relay  ◀──  stream::Downstream (payload framing, StreamScanner boundaries) ─▶ stats
+//!   relay  ──▶  REPLCONF ACK scanned on the way up ─▶ stats
+//!                                           │
+//!                           admin /status, /metrics read stats
+//! ```
+//!
+//! Bytes are forwarded exactly as received; replguard only adds commands of its own during the
+//! handshake (its `AUTH`, `REPLCONF ip-address`) and swallows their replies.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod link;
+pub mod psync;
+pub mod resp;
+pub mod server;
+pub mod session;
+pub mod stats;
+pub mod stream;

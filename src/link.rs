@@ -1,0 +1,162 @@
+//! One configured link: the listener replicas connect to, the master it leads to, its bounded set
+//! of sessions and its counters.
+
+use crate::config::{parse_addr, Credentials, LinkConfig};
+use crate::session::{self, SessionEnd};
+use crate::stats::{LinkCounters, SessionSnapshot, SessionStats};
+use dashmap::DashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument};
+
+/// Session ids are unique within the process.
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+/// What every session of a link shares.
+#[derive(Debug)]
+pub struct LinkCtx {
+    /// The link's configuration as loaded.
+    pub cfg: LinkConfig,
+    /// The master sessions dial; a lock because it can be re-pointed at runtime.
+    master: RwLock<SocketAddr>,
+    /// Resolved credentials for the master, if configured.
+    credentials: Option<Credentials>,
+    /// Counters that outlive sessions.
+    pub counters: LinkCounters,
+    /// Live sessions by id.
+    pub sessions: DashMap<u64, Arc<SessionStats>>,
+    /// Bounds the number of live sessions.
+    permits: Arc<Semaphore>,
+}
+
+impl LinkCtx {
+    /// Builds a link from a validated configuration.
+    pub fn new(cfg: LinkConfig) -> anyhow::Result<Self> {
+        let master = parse_addr(&cfg.master).map_err(anyhow::Error::msg)?;
+        let credentials = match &cfg.auth {
+            Some(a) => Some(a.resolve().map_err(anyhow::Error::msg)?),
+            None => None,
+        };
+        Ok(LinkCtx {
+            permits: Arc::new(Semaphore::new(cfg.max_sessions)),
+            cfg,
+            master: RwLock::new(master),
+            credentials,
+            counters: LinkCounters::default(),
+            sessions: DashMap::new(),
+        })
+    }
+
+    /// The master new sessions dial.
+    pub fn master(&self) -> SocketAddr {
+        *self.master.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Credentials for the master, if the link has them.
+    pub fn credentials(&self) -> Option<Credentials> {
+        self.credentials.clone()
+    }
+
+    /// Snapshots of the live sessions, oldest first.
+    pub fn snapshots(&self) -> Vec<SessionSnapshot> {
+        let mut v: Vec<_> = self.sessions.iter().map(|s| s.snapshot()).collect();
+        v.sort_by_key(|s| s.id);
+        v
+    }
+}
+
+/// Accepts replicas on `listener` until `cancel` fires; sessions run on `tracker`.
+pub async fn serve(
+    link: Arc<LinkCtx>,
+    listener: TcpListener,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let (mut sock, peer) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    warn!(link = %link.cfg.name, error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = link.permits.clone().try_acquire_owned() else {
+            link.counters.sessions_refused.fetch_add(1, Relaxed);
+            warn!(link = %link.cfg.name, %peer, max = link.cfg.max_sessions,
+                  "session refused: the link is at max_sessions");
+            let msg = format!(
+                "-ERR replguard: link {} is at its limit of {} sessions\r\n",
+                link.cfg.name, link.cfg.max_sessions
+            );
+            tracker.spawn(async move {
+                let _ = sock.write_all(msg.as_bytes()).await;
+                let _ = sock.shutdown().await;
+            });
+            continue;
+        };
+        let id = NEXT_SESSION.fetch_add(1, Relaxed);
+        let stats = Arc::new(SessionStats::new(id, &link.cfg.name, peer));
+        link.sessions.insert(id, stats.clone());
+        link.counters.sessions_total.fetch_add(1, Relaxed);
+        let span = tracing::info_span!("session", link = %link.cfg.name, id, %peer);
+        let link2 = link.clone();
+        let cancel2 = cancel.child_token();
+        tracker.spawn(
+            async move {
+                debug!("replica connected");
+                let end = session::run(link2.clone(), sock, stats.clone(), cancel2).await;
+                link2.sessions.remove(&id);
+                finish(&link2, &stats, end);
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Logs the end of a session with its books, at a level chosen by whose fault it was.
+fn finish(link: &LinkCtx, stats: &SessionStats, end: Result<(), SessionEnd>) {
+    let s = stats.snapshot();
+    link.counters.add_ended(&s);
+    let reason = match &end {
+        Ok(()) => "completed".to_string(),
+        Err(e) => e.to_string(),
+    };
+    let routine = end.as_ref().map_or_else(|e| e.is_routine(), |_| true);
+    if !routine {
+        link.counters.session_errors.fetch_add(1, Relaxed);
+    }
+    macro_rules! report {
+        ($lvl:ident) => {
+            $lvl!(
+                replica = %s.replica,
+                state = s.state.as_str(),
+                replid = s.replid.as_deref().unwrap_or("-"),
+                start_offset = ?s.start_offset,
+                expected_offset = ?s.expected_offset,
+                ack_offset = ?s.ack_offset,
+                delivered_bytes = s.delivered_bytes,
+                rdb_bytes = s.rdb_bytes,
+                seconds = format_args!("{:.1}", s.connected_seconds),
+                reason = %reason,
+                "session ended"
+            )
+        };
+    }
+    if routine {
+        report!(info);
+    } else {
+        report!(warn);
+    }
+}

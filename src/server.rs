@@ -1,0 +1,98 @@
+//! Starting and stopping the whole proxy: bind every listener first (so a taken port is reported
+//! before anything runs), then serve until shutdown.
+//!
+//! Shutdown, in order:
+//! 1. the cancellation token fires: listeners stop accepting, every session's relay is cancelled
+//!    and both of its sockets close (replicas reconnect and resume on their own);
+//! 2. each session logs its books as it ends;
+//! 3. replguard waits up to `shutdown_grace_ms` for that, then returns.
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::link::{self, LinkCtx};
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+/// A running proxy.
+pub struct Running {
+    /// Where the admin listener is bound (useful with port 0).
+    pub admin_addr: SocketAddr,
+    /// Where each link listens, in configuration order.
+    pub link_addrs: Vec<SocketAddr>,
+    /// The links, for in-process inspection.
+    pub links: Vec<Arc<LinkCtx>>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    grace: Duration,
+}
+
+/// Binds every listener and starts serving.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("cannot create state_dir {}", config.state_dir.display()))?;
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let mut links = Vec::new();
+    let mut link_addrs = Vec::new();
+    let mut listeners = Vec::new();
+    for lc in &config.links {
+        let listener = TcpListener::bind(&lc.listen)
+            .await
+            .with_context(|| format!("link {}: cannot listen on {}", lc.name, lc.listen))?;
+        link_addrs.push(listener.local_addr()?);
+        links.push(Arc::new(LinkCtx::new(lc.clone())?));
+        listeners.push(listener);
+    }
+    let admin_listener = TcpListener::bind(&config.admin.listen)
+        .await
+        .with_context(|| format!("admin: cannot listen on {}", config.admin.listen))?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    for ((link, listener), addr) in links.iter().zip(listeners).zip(&link_addrs) {
+        info!(link = %link.cfg.name, listen = %addr, master = %link.master(),
+              flavor = ?link.cfg.flavor, guard = ?link.cfg.guard, "link ready");
+        tracker.spawn(link::serve(
+            link.clone(),
+            listener,
+            cancel.clone(),
+            tracker.clone(),
+        ));
+    }
+    let state = Arc::new(AdminState {
+        links: links.clone(),
+        started: Instant::now(),
+    });
+    info!(listen = %admin_addr, "admin ready (GET /status, GET /metrics)");
+    tracker.spawn(admin::serve(state, admin_listener, cancel.clone(), tracker.clone()));
+
+    Ok(Running {
+        admin_addr,
+        link_addrs,
+        links,
+        cancel,
+        tracker,
+        grace: Duration::from_millis(config.shutdown_grace_ms),
+    })
+}
+
+impl Running {
+    /// Stops accepting, closes every session and waits for them to report.
+    pub async fn shutdown(self) {
+        info!("shutting down");
+        self.cancel.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(self.grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(grace = ?self.grace, "some tasks did not finish within the shutdown grace period");
+        }
+        info!("stopped");
+    }
+}
