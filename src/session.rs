@@ -373,7 +373,6 @@ async fn announce_ip<S: AsyncRead + AsyncWrite + Unpin>(
     if !reply.starts_with(b"+") {
         // The master keeps showing replguard's address; replication itself is unaffected.
         warn!(
-            link = %link.cfg.name,
             reply = %String::from_utf8_lossy(&reply).trim_end(),
             "master refused REPLCONF ip-address"
         );
@@ -406,7 +405,7 @@ where
                 let offset = words.next().and_then(|o| o.parse().ok());
                 stats.begin_full(replid, offset);
                 link.counters.full_syncs.fetch_add(1, Relaxed);
-                info!(link = %link.cfg.name, session = stats.id, replid = replid.unwrap_or("?"),
+                info!(replid = replid.unwrap_or("?"),
                       offset = offset.unwrap_or(0), "full resync");
                 return Ok(Some(Downstream::full_sync()));
             }
@@ -415,13 +414,13 @@ where
                 let start = req.map_or(0, |q| q.offset.max(1) as u64 - 1);
                 stats.begin_partial(replid, start);
                 link.counters.partial_syncs.fetch_add(1, Relaxed);
-                info!(link = %link.cfg.name, session = stats.id, replid = replid.unwrap_or("?"),
+                info!(replid = replid.unwrap_or("?"),
                       offset = start, "partial resync");
                 return Ok(Some(Downstream::partial()));
             }
             Some(w) if w.starts_with('-') => {
                 link.counters.psync_rejected.fetch_add(1, Relaxed);
-                info!(link = %link.cfg.name, session = stats.id, reply = %line, "master refused PSYNC");
+                info!(reply = %line, "master refused PSYNC");
                 return Ok(None);
             }
             Some(_) => return Err(SessionEnd::Unsupported(line)),
@@ -456,7 +455,7 @@ async fn relay(
                     err,
                 })?;
                 for e in &events {
-                    on_event(link, stats, e)?;
+                    on_event(stats, e)?;
                 }
                 let (now, held) = chunk.split_at(fed.hold_from.unwrap_or(chunk.len()));
                 rw.write_all(now).await.map_err(replica_io)?;
@@ -561,17 +560,17 @@ fn master_io(err: io::Error) -> SessionEnd {
     }
 }
 
-fn on_event(link: &LinkCtx, stats: &SessionStats, e: &Event) -> Result<()> {
+fn on_event(stats: &SessionStats, e: &Event) -> Result<()> {
     match e {
         Event::Keepalive => {}
         Event::RdbStart { len } => {
             stats.set_rdb_mode(len.is_none());
-            debug!(link = %link.cfg.name, session = stats.id, len = ?len, "RDB payload starts");
+            debug!(len = ?len, "RDB payload starts");
         }
         Event::RdbEnd { bytes, diskless } => {
             stats.set_rdb_bytes(*bytes);
             stats.set_state(SessionState::Streaming);
-            info!(link = %link.cfg.name, session = stats.id, rdb_bytes = bytes, diskless,
+            info!(rdb_bytes = bytes, diskless,
                   "RDB payload relayed; streaming");
         }
         Event::Rejected(msg) => {

