@@ -239,6 +239,7 @@ impl Server {
             c.send(&["PING"]);
             match c.try_read().ok()? {
                 OwnedFrame::SimpleString(_) => Some(()),
+                OwnedFrame::Error(e) if e.starts_with("NOAUTH") => Some(()),
                 _ => None,
             }
         });

@@ -1,0 +1,213 @@
+//! How replguard behaves around the edges: ordinary clients pass through, the session limit,
+//! malformed bytes from either side, upstream credentials, Valkey dual-channel replication,
+//! and upstream loss.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn raw_connect(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s
+}
+
+/// Reads until the peer closes; returns what came.
+fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+#[test]
+fn ordinary_clients_pass_through_unchanged() {
+    let m = Server::start(Kind::Redis, &[]);
+    let proxy = Proxy::start(Kind::Redis, m.port, "");
+    let mut c = Client::connect(proxy.port).unwrap();
+    assert_eq!(c.text(&["PING"]), "PONG");
+    let big = "x".repeat(1 << 20);
+    assert_eq!(c.text(&["SET", "big", big.as_str()]), "OK");
+    assert_eq!(c.text(&["GET", "big"]), big);
+    assert_eq!(c.int(&["RPUSH", "l", "a", "b"]), 2);
+    match c.cmd(&["LRANGE", "l", "0", "-1"]) {
+        Reply::Array(items) => assert_eq!(items.len(), 2),
+        other => panic!("{other:?}"),
+    }
+    // Inline commands pass too.
+    let mut raw = raw_connect(proxy.port);
+    raw.write_all(b"GET big\r\n").unwrap();
+    let mut head = [0u8; 10];
+    raw.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"$1048576\r\n");
+    let st = proxy.status();
+    assert!(st["links"][0]["sessions"][0]["state"] == "passthrough", "{st}");
+    let metrics = proxy.http_get("/metrics");
+    assert!(
+        metrics.contains("replguard_passthrough_sessions_total{link=\"main\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn sessions_beyond_the_limit_are_refused_with_a_reason() {
+    let m = Server::start(Kind::Redis, &[]);
+    let proxy = Proxy::start(Kind::Redis, m.port, "    max_sessions: 1\n");
+    let mut first = Client::connect(proxy.port).unwrap();
+    assert_eq!(first.text(&["PING"]), "PONG");
+    let mut second = raw_connect(proxy.port);
+    let got = String::from_utf8(read_to_close(&mut second)).unwrap();
+    assert_eq!(
+        got,
+        "-ERR replguard: link main is at its limit of 1 sessions\r\n"
+    );
+    drop(first);
+    // The permit comes back when the first session ends.
+    wait_for(LONG, "a free session slot", || {
+        let mut c = Client::connect(proxy.port).ok()?;
+        c.send(&["PING"]);
+        matches!(c.try_read(), Ok(Reply::SimpleString(_))).then_some(())
+    });
+    assert_eq!(proxy.status()["links"][0]["sessions_refused"], 1);
+}
+
+/// A master double that answers the handshake and then sends `after_reply` as its sync.
+fn fake_master(after_reply: &'static [u8]) -> (u16, std::thread::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let h = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let mut seen = Vec::new();
+        // Answer each command with +OK until PSYNC arrives.
+        while !seen.windows(5).any(|w| w.eq_ignore_ascii_case(b"PSYNC")) {
+            let n = s.read(&mut buf).unwrap();
+            if n == 0 {
+                return;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            let cmds = buf[..n].iter().filter(|&&b| b == b'*').count();
+            for _ in 0..cmds {
+                if !seen.windows(5).any(|w| w.eq_ignore_ascii_case(b"PSYNC")) {
+                    s.write_all(b"+OK\r\n").unwrap();
+                }
+            }
+        }
+        s.write_all(b"+FULLRESYNC 0123456789012345678901234567890123456789 0\r\n")
+            .unwrap();
+        s.write_all(after_reply).unwrap();
+        let _ = s.read(&mut buf);
+    });
+    (port, h)
+}
+
+fn replica_handshake(port: u16) -> TcpStream {
+    let mut r = raw_connect(port);
+    r.write_all(&replguard::resp::encode_command(&[
+        "REPLCONF",
+        "listening-port",
+        "7777",
+    ]))
+    .unwrap();
+    let mut ok = [0u8; 5];
+    r.read_exact(&mut ok).unwrap();
+    assert_eq!(&ok, b"+OK\r\n");
+    r.write_all(b"PSYNC ? -1\r\n").unwrap();
+    r
+}
+
+#[test]
+fn malformed_stream_from_master_ends_only_that_session() {
+    let (port, h) = fake_master(b"$5\r\nREDIS*1\r\n$4\r\nPING\r\nGARBAGE\r\n");
+    let proxy = Proxy::start(Kind::Redis, port, "    announce_replica_ip: false\n");
+    let mut r = replica_handshake(proxy.port);
+    let got = read_to_close(&mut r);
+    // The replica got the reply, never the corrupt bytes, and then its connection was closed.
+    assert!(got.starts_with(b"+FULLRESYNC "), "{got:?}");
+    assert!(!got.windows(7).any(|w| w == b"GARBAGE"), "{got:?}");
+    h.join().unwrap();
+    let metrics = proxy.http_get("/metrics");
+    assert!(
+        metrics.contains("replguard_session_errors_total{link=\"main\"} 1"),
+        "{metrics}"
+    );
+    // The process is still serving.
+    assert_eq!(proxy.status()["links"][0]["sessions_total"], 1);
+}
+
+#[test]
+fn malformed_bytes_from_a_replica_end_its_session() {
+    let m = Server::start(Kind::Redis, &[]);
+    let proxy = Proxy::start(Kind::Redis, m.port, "");
+    let mut r = raw_connect(proxy.port);
+    r.write_all(b"*1\r\n$x\r\n").unwrap();
+    assert_eq!(read_to_close(&mut r), b"");
+    let mut c = Client::connect(proxy.port).unwrap();
+    assert_eq!(c.text(&["PING"]), "PONG");
+}
+
+#[test]
+fn master_loss_closes_the_replica_side() {
+    let (port, h) = fake_master(b"$5\r\nREDIS");
+    let proxy = Proxy::start(Kind::Redis, port, "    announce_replica_ip: false\n");
+    let mut r = replica_handshake(proxy.port);
+    // The double closes after its payload once the test's replica sends anything.
+    r.write_all(b"\n").unwrap();
+    let got = read_to_close(&mut r);
+    assert!(got.ends_with(b"$5\r\nREDIS"), "{got:?}");
+    h.join().unwrap();
+    drop(proxy);
+}
+
+#[test]
+fn link_credentials_authenticate_replicas_without_masterauth() {
+    let m = Server::start(Kind::Redis, &["--requirepass", "s3cret"]);
+    m.client();
+    let pwfile = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(pwfile.path(), "s3cret\n").unwrap();
+    let proxy = Proxy::start(
+        Kind::Redis,
+        m.port,
+        &format!("    auth:\n      password_file: {}\n", pwfile.path().display()),
+    );
+    let r = replica_of(Kind::Redis, proxy.port, &[]);
+    wait_link_up(&r, LONG);
+    let mut mc = m.client();
+    assert_eq!(mc.text(&["AUTH", "s3cret"]), "OK");
+    assert_eq!(mc.text(&["SET", "k", "v"]), "OK");
+    wait_for(LONG, "k on the replica", || {
+        (r.client().cmd(&["GET", "k"]) == Reply::BulkString(b"v".to_vec())).then_some(())
+    });
+    // An ordinary client does not ride on the link's credentials.
+    let mut c = Client::connect(proxy.port).unwrap();
+    match c.cmd(&["GET", "k"]) {
+        Reply::Error(e) => assert!(e.starts_with("NOAUTH"), "{e}"),
+        other => panic!("unauthenticated client got {other:?}"),
+    }
+}
+
+#[test]
+fn valkey_dual_channel_replicas_sync_over_one_connection() {
+    let dual = ["--dual-channel-replication-enabled", "yes"];
+    let mut args = vec!["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"];
+    args.extend(dual);
+    let m = Server::start(Kind::Valkey, &args);
+    assert_eq!(m.client().text(&["DEBUG", "POPULATE", "20000"]), "OK");
+    // Directly, this pair uses dual-channel replication: the configuration really asks for it.
+    let direct = replica_of(Kind::Valkey, m.port, &dual);
+    wait_converged(&m, &direct, LONG);
+    assert!(direct.log().contains("Dual channel replication"));
+
+    let proxy = Proxy::start(Kind::Valkey, m.port, "");
+    let r = replica_of(Kind::Valkey, proxy.port, &dual);
+    wait_converged(&m, &r, LONG);
+    assert!(!r.log().contains("Dual channel replication"), "{}", r.log());
+    let s = proxy.session_of(r.port).expect("one streaming session");
+    assert_eq!(s["sync"], "full");
+    assert_eq!(s["rdb_diskless"], true);
+    assert_eq!(proxy.status()["links"][0]["sessions_total"], 1);
+}

@@ -1,0 +1,118 @@
+//! The `replguard` binary: `check` reports every problem with its path; `run` relays a real
+//! replica and shuts down cleanly on SIGTERM, logging each session's books.
+
+mod common;
+
+use common::*;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn replguard() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_replguard"))
+}
+
+#[test]
+fn check_accepts_the_example_config() {
+    let out = replguard()
+        .args(["check", "--config", "config/replguard.yaml"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "config/replguard.yaml: valid (1 link)\n"
+    );
+}
+
+#[test]
+fn check_lists_every_problem_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.yaml");
+    std::fs::write(
+        &f,
+        "state_dir: ./s\nadmin: { listen: 127.0.0.1:9121 }\nlinks:\n  - { name: a, listen: 127.0.0.1:9121, master: 'db:6379', flavor: redis, guard: enforce, max_sessions: 0 }\n",
+    )
+    .unwrap();
+    let out = replguard()
+        .args(["check", "--config"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "3 problems",
+        "links[0].listen: 127.0.0.1:9121 is already used by admin.listen",
+        "links[0].master: \"db:6379\" is not an IP address with a port",
+        "links[0].max_sessions: must be at least 1",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+
+    std::fs::write(&f, "state_dir: ./s\nadmin: { listen: 127.0.0.1:9121 }\nlinks: []\nextra: 1\n")
+        .unwrap();
+    let out = replguard().args(["check", "--config"]).arg(&f).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown field `extra`"), "{err}");
+
+    let out = replguard()
+        .args(["check", "--config", "/nonexistent/replguard.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}
+
+#[test]
+fn run_relays_and_stops_gracefully_on_sigterm() {
+    let m = Server::start(Kind::Redis, &["--repl-diskless-sync", "no"]);
+    assert_eq!(m.client().text(&["DEBUG", "POPULATE", "1000"]), "OK");
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let cfg = dir.path().join("rg.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir: {}/state\nadmin: {{ listen: 127.0.0.1:{admin} }}\nlinks:\n  - {{ name: main, listen: 127.0.0.1:{port}, master: 127.0.0.1:{}, flavor: redis, guard: enforce }}\n",
+            dir.path().display(),
+            m.port
+        ),
+    )
+    .unwrap();
+    let mut child = replguard()
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let r = replica_of(Kind::Redis, port, &[]);
+    wait_converged(&m, &r, Duration::from_secs(60));
+    assert!(dir.path().join("state").is_dir());
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "replguard did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    let mut log = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+    assert!(log.contains("SIGTERM received"), "{log}");
+    assert!(log.contains("session ended"), "{log}");
+    assert!(log.contains("reason=replguard is shutting down"), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+    // The replica noticed and is trying to reconnect on its own.
+    wait_for(Duration::from_secs(30), "the replica's link to go down", || {
+        (r.client().info("replication")["master_link_status"] == "down").then_some(())
+    });
+}
