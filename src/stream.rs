@@ -280,7 +280,7 @@ pub struct StreamScanner {
     state: Scan,
     /// The number being read (array or bulk length).
     num: u64,
-    /// Digits read for `num`, to refuse empty and absurd lengths.
+    /// Digits read for `num`, to refuse empty lengths.
     digits: u8,
     /// Arguments left in the current command.
     elems_left: u64,
@@ -297,45 +297,56 @@ pub struct StreamScanner {
 impl StreamScanner {
     /// Scans one chunk of the command stream.
     pub fn scan(&mut self, chunk: &[u8]) -> Result<(), ProtocolError> {
+        // The state lives in locals for the loop and is written back once: this loop runs for
+        // every header byte of the stream.
         let base = self.bytes;
-        let mut i = 0;
+        let (mut state, mut num, mut digits) = (self.state, self.num, self.digits);
+        let (mut elems_left, mut body_left) = (self.elems_left, self.body_left);
+        let (mut boundary, mut commands) = (self.boundary, self.commands);
         let n = chunk.len();
+        let mut i = 0;
+        let mut fault = None;
         while i < n {
-            if self.state == Scan::BulkBody {
-                let take = self.body_left.min((n - i) as u64);
-                self.body_left -= take;
+            if state == Scan::BulkBody {
+                let take = body_left.min((n - i) as u64);
+                body_left -= take;
                 i += take as usize;
-                if self.body_left == 0 {
-                    self.state = Scan::BodyCr;
+                if body_left == 0 {
+                    state = Scan::BodyCr;
                 }
                 continue;
             }
             let b = chunk[i];
             i += 1;
-            self.state = match (self.state, b) {
-                (Scan::Start, b'*') => self.begin_number(Scan::ArrayLen),
-                (Scan::ArrayLen | Scan::BulkLen, b'0'..=b'9') => {
-                    self.num = self.num * 10 + u64::from(b - b'0');
-                    self.digits += 1;
-                    if self.num > MAX_STREAM_LEN {
-                        return Err(self.bad(b, base + i as u64));
-                    }
-                    self.state
+            state = match (state, b) {
+                (Scan::Start, b'*') => {
+                    (num, digits) = (0, 0);
+                    Scan::ArrayLen
                 }
-                (Scan::ArrayLen, b'\r') if self.digits > 0 => Scan::ArrayLf,
-                (Scan::BulkLen, b'\r') if self.digits > 0 => Scan::BulkLf,
+                (Scan::ArrayLen | Scan::BulkLen, b'0'..=b'9') if num <= MAX_STREAM_LEN && digits < 20 => {
+                    num = num * 10 + u64::from(b - b'0');
+                    digits += 1;
+                    state
+                }
+                (Scan::ArrayLen, b'\r') if digits > 0 => Scan::ArrayLf,
+                (Scan::BulkLen, b'\r') if digits > 0 => Scan::BulkLf,
                 (Scan::ArrayLf, b'\n') => {
-                    self.elems_left = self.num;
-                    if self.elems_left == 0 {
-                        self.complete(base + i as u64)
+                    elems_left = num;
+                    if elems_left == 0 {
+                        boundary = base + i as u64;
+                        commands += 1;
+                        Scan::Start
                     } else {
                         Scan::BulkStart
                     }
                 }
-                (Scan::BulkStart, b'$') => self.begin_number(Scan::BulkLen),
+                (Scan::BulkStart, b'$') => {
+                    (num, digits) = (0, 0);
+                    Scan::BulkLen
+                }
                 (Scan::BulkLf, b'\n') => {
-                    self.body_left = self.num;
-                    if self.body_left == 0 {
+                    body_left = num;
+                    if body_left == 0 {
                         Scan::BodyCr
                     } else {
                         Scan::BulkBody
@@ -343,16 +354,33 @@ impl StreamScanner {
                 }
                 (Scan::BodyCr, b'\r') => Scan::BodyLf,
                 (Scan::BodyLf, b'\n') => {
-                    self.elems_left -= 1;
-                    if self.elems_left == 0 {
-                        self.complete(base + i as u64)
+                    elems_left -= 1;
+                    if elems_left == 0 {
+                        boundary = base + i as u64;
+                        commands += 1;
+                        Scan::Start
                     } else {
                         Scan::BulkStart
                     }
                 }
-                _ => return Err(self.bad(b, base + i as u64)),
+                _ => {
+                    fault = Some((b, base + i as u64 - 1));
+                    break;
+                }
             };
         }
+        self.elems_left = elems_left;
+        self.body_left = body_left;
+        self.boundary = boundary;
+        self.commands = commands;
+        self.num = num;
+        self.digits = digits;
+        if let Some((b, at)) = fault {
+            return Err(ProtocolError::Malformed(format!(
+                "unexpected byte 0x{b:02x} in the replication stream at stream offset {at} (state {state:?})"
+            )));
+        }
+        self.state = state;
         self.bytes = base + n as u64;
         Ok(())
     }
@@ -360,26 +388,6 @@ impl StreamScanner {
     /// Whether the scanner stands between two commands.
     pub fn at_boundary(&self) -> bool {
         self.state == Scan::Start
-    }
-
-    fn begin_number(&mut self, next: Scan) -> Scan {
-        self.num = 0;
-        self.digits = 0;
-        next
-    }
-
-    fn complete(&mut self, end: u64) -> Scan {
-        self.boundary = end;
-        self.commands += 1;
-        Scan::Start
-    }
-
-    fn bad(&self, b: u8, at: u64) -> ProtocolError {
-        ProtocolError::Malformed(format!(
-            "unexpected byte 0x{b:02x} in the replication stream at stream offset {} (state {:?})",
-            at - 1,
-            self.state
-        ))
     }
 }
 
@@ -473,6 +481,9 @@ mod tests {
         assert!(s.scan(b"*1\r\n$4\r\nPINGxx").is_err());
         let mut s = StreamScanner::default();
         assert!(s.scan(b"*\r\n").is_err());
+        let mut s = StreamScanner::default();
+        let zeros = [b'0'; 300];
+        assert!(s.scan(b"*").and_then(|_| s.scan(&zeros)).is_err());
     }
 
     fn commands() -> impl Strategy<Value = Vec<Vec<Vec<u8>>>> {
