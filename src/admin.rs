@@ -88,12 +88,13 @@ impl AdminState {
     /// The `/metrics` document.
     pub fn metrics_text(&self) -> String {
         let mut out = String::new();
-        let mut family = |name: &str, kind: &str, help: &str, rows: &mut dyn Iterator<Item = (String, f64)>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, v) in rows {
-                let _ = writeln!(out, "{name}{{{labels}}} {v}");
-            }
-        };
+        let mut family =
+            |name: &str, kind: &str, help: &str, rows: &mut dyn Iterator<Item = (String, f64)>| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                for (labels, v) in rows {
+                    let _ = writeln!(out, "{name}{{{labels}}} {v}");
+                }
+            };
         let link_label = |l: &LinkCtx| format!("link=\"{}\"", l.cfg.name);
         let counter = |f: fn(&LinkCtx) -> u64| {
             self.links
@@ -120,36 +121,100 @@ impl AdminState {
                 .collect::<Vec<_>>()
         };
 
-        family("replguard_sessions_active", "gauge", "Replica sessions open now.",
-            &mut counter(|l| l.sessions.len() as u64).into_iter());
-        family("replguard_sessions_total", "counter", "Sessions accepted.",
-            &mut counter(|l| l.counters.sessions_total.load(Relaxed)).into_iter());
-        family("replguard_sessions_refused_total", "counter", "Connections refused at max_sessions.",
-            &mut counter(|l| l.counters.sessions_refused.load(Relaxed)).into_iter());
-        family("replguard_session_errors_total", "counter", "Sessions that ended on a fault (not a clean close or shutdown).",
-            &mut counter(|l| l.counters.session_errors.load(Relaxed)).into_iter());
-        family("replguard_passthrough_sessions_total", "counter", "Connections that were not replicas and passed through.",
-            &mut counter(|l| l.counters.passthrough_total.load(Relaxed)).into_iter());
-        family("replguard_full_syncs_total", "counter", "Full resyncs started (+FULLRESYNC or SYNC).",
-            &mut counter(|l| l.counters.full_syncs.load(Relaxed)).into_iter());
-        family("replguard_partial_syncs_total", "counter", "Partial resyncs accepted by the master (+CONTINUE).",
-            &mut counter(|l| l.counters.partial_syncs.load(Relaxed)).into_iter());
-        family("replguard_psync_rejected_total", "counter", "PSYNC requests the master answered with an error.",
-            &mut counter(|l| l.counters.psync_rejected.load(Relaxed)).into_iter());
-        family("replguard_stream_bytes_total", "counter", "Command-stream bytes relayed to replicas.",
-            &mut counter(|l| l.counters.ended_stream_bytes.load(Relaxed) + live(l, |s| s.delivered_bytes)).into_iter());
-        family("replguard_rdb_bytes_total", "counter", "RDB payload bytes relayed to replicas.",
-            &mut counter(|l| l.counters.ended_rdb_bytes.load(Relaxed) + live(l, |s| s.rdb_bytes)).into_iter());
-        family("replguard_replica_expected_offset", "gauge", "Replication offset the replica should be at after what was delivered.",
-            &mut per_session(|s| s.expected_offset.map(|v| v as f64)).into_iter());
-        family("replguard_replica_ack_offset", "gauge", "Last offset the replica acknowledged.",
-            &mut per_session(|s| s.ack_offset.map(|v| v as f64)).into_iter());
-        family("replguard_replica_lag_bytes", "gauge", "Delivered but not yet acknowledged bytes.",
-            &mut per_session(|s| s.lag_bytes.map(|v| v as f64)).into_iter());
-        family("replguard_replica_lag_seconds", "gauge", "Age of the oldest delivered byte the replica has not acknowledged.",
-            &mut per_session(|s| s.lag_seconds).into_iter());
-        family("replguard_replica_rdb_bytes", "gauge", "RDB payload bytes relayed in this session.",
-            &mut per_session(|s| Some(s.rdb_bytes as f64)).into_iter());
+        family(
+            "replguard_sessions_active",
+            "gauge",
+            "Replica sessions open now.",
+            &mut counter(|l| l.sessions.len() as u64).into_iter(),
+        );
+        family(
+            "replguard_sessions_total",
+            "counter",
+            "Sessions accepted.",
+            &mut counter(|l| l.counters.sessions_total.load(Relaxed)).into_iter(),
+        );
+        family(
+            "replguard_sessions_refused_total",
+            "counter",
+            "Connections refused at max_sessions.",
+            &mut counter(|l| l.counters.sessions_refused.load(Relaxed)).into_iter(),
+        );
+        family(
+            "replguard_session_errors_total",
+            "counter",
+            "Sessions that ended on a fault (not a clean close or shutdown).",
+            &mut counter(|l| l.counters.session_errors.load(Relaxed)).into_iter(),
+        );
+        family(
+            "replguard_passthrough_sessions_total",
+            "counter",
+            "Connections that were not replicas and passed through.",
+            &mut counter(|l| l.counters.passthrough_total.load(Relaxed)).into_iter(),
+        );
+        family(
+            "replguard_full_syncs_total",
+            "counter",
+            "Full resyncs started (+FULLRESYNC or SYNC).",
+            &mut counter(|l| l.counters.full_syncs.load(Relaxed)).into_iter(),
+        );
+        family(
+            "replguard_partial_syncs_total",
+            "counter",
+            "Partial resyncs accepted by the master (+CONTINUE).",
+            &mut counter(|l| l.counters.partial_syncs.load(Relaxed)).into_iter(),
+        );
+        family(
+            "replguard_psync_rejected_total",
+            "counter",
+            "PSYNC requests the master answered with an error.",
+            &mut counter(|l| l.counters.psync_rejected.load(Relaxed)).into_iter(),
+        );
+        family(
+            "replguard_stream_bytes_total",
+            "counter",
+            "Command-stream bytes relayed to replicas.",
+            &mut counter(|l| {
+                l.counters.ended_stream_bytes.load(Relaxed) + live(l, |s| s.delivered_bytes)
+            })
+            .into_iter(),
+        );
+        family(
+            "replguard_rdb_bytes_total",
+            "counter",
+            "RDB payload bytes relayed to replicas.",
+            &mut counter(|l| l.counters.ended_rdb_bytes.load(Relaxed) + live(l, |s| s.rdb_bytes))
+                .into_iter(),
+        );
+        family(
+            "replguard_replica_expected_offset",
+            "gauge",
+            "Replication offset the replica should be at after what was delivered.",
+            &mut per_session(|s| s.expected_offset.map(|v| v as f64)).into_iter(),
+        );
+        family(
+            "replguard_replica_ack_offset",
+            "gauge",
+            "Last offset the replica acknowledged.",
+            &mut per_session(|s| s.ack_offset.map(|v| v as f64)).into_iter(),
+        );
+        family(
+            "replguard_replica_lag_bytes",
+            "gauge",
+            "Delivered but not yet acknowledged bytes.",
+            &mut per_session(|s| s.lag_bytes.map(|v| v as f64)).into_iter(),
+        );
+        family(
+            "replguard_replica_lag_seconds",
+            "gauge",
+            "Age of the oldest delivered byte the replica has not acknowledged.",
+            &mut per_session(|s| s.lag_seconds).into_iter(),
+        );
+        family(
+            "replguard_replica_rdb_bytes",
+            "gauge",
+            "RDB payload bytes relayed in this session.",
+            &mut per_session(|s| Some(s.rdb_bytes as f64)).into_iter(),
+        );
         out
     }
 }
@@ -215,12 +280,12 @@ async fn handle(state: &AdminState, mut sock: TcpStream) -> std::io::Result<()> 
     let (code, ctype, body) = match (complete, method, path) {
         (false, _, _) => ("400 Bad Request", "text/plain", "bad request\n".to_string()),
         (_, "GET", "/status") => ("200 OK", "application/json", state.status_json()),
-        (_, "GET", "/metrics") => (
-            "200 OK",
-            "text/plain; version=0.0.4",
-            state.metrics_text(),
+        (_, "GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", state.metrics_text()),
+        (_, "GET", _) => (
+            "404 Not Found",
+            "text/plain",
+            "try /status or /metrics\n".into(),
         ),
-        (_, "GET", _) => ("404 Not Found", "text/plain", "try /status or /metrics\n".into()),
         _ => ("405 Method Not Allowed", "text/plain", "GET only\n".into()),
     };
     let resp = format!(

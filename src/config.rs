@@ -312,10 +312,7 @@ impl Config {
         }
 
         if self.links.is_empty() {
-            push(
-                "links".into(),
-                "at least one link is required".to_string(),
-            );
+            push("links".into(), "at least one link is required".to_string());
         }
         let mut names: HashMap<&str, usize> = HashMap::new();
         for (i, link) in self.links.iter().enumerate() {
@@ -376,7 +373,10 @@ impl Config {
             if let Some(auth) = &link.auth {
                 if let Some(user) = &auth.user {
                     if user.is_empty() || user.contains(char::is_whitespace) {
-                        push(p("auth.user"), "must be a non-empty name without spaces".into());
+                        push(
+                            p("auth.user"),
+                            "must be a non-empty name without spaces".into(),
+                        );
                     }
                 }
                 if let Err(m) = auth.resolve() {

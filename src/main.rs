@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "replguard", version, about = "A replication proxy that guards replicas' resume points")]
+#[command(
+    name = "replguard",
+    version,
+    about = "A replication proxy that guards replicas' resume points"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -93,7 +97,8 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("REPLGUARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env("REPLGUARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)

@@ -57,8 +57,10 @@ mod tests {
 
     #[test]
     fn parses_resume_and_full_requests() {
-        let r = PsyncRequest::parse(&cmd(b"PSYNC 8de1787ba490483314a4d30f1c628bc5025eb761 1234\r\n"))
-            .unwrap();
+        let r = PsyncRequest::parse(&cmd(
+            b"PSYNC 8de1787ba490483314a4d30f1c628bc5025eb761 1234\r\n",
+        ))
+        .unwrap();
         assert_eq!(r.offset, 1234);
         assert!(!r.is_full_request());
         let r = PsyncRequest::parse(&cmd(b"*3\r\n$5\r\nPSYNC\r\n$1\r\n?\r\n$2\r\n-1\r\n")).unwrap();

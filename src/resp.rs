@@ -55,7 +55,8 @@ impl Command {
 
 /// Encodes a command as a RESP array of bulk strings.
 pub fn encode_command<A: AsRef<[u8]>>(args: &[A]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + args.iter().map(|a| a.as_ref().len() + 16).sum::<usize>());
+    let mut out =
+        Vec::with_capacity(16 + args.iter().map(|a| a.as_ref().len() + 16).sum::<usize>());
     out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
     for a in args {
         let a = a.as_ref();
@@ -89,7 +90,13 @@ pub fn parse_command(buf: &[u8]) -> Result<Option<(Command, usize)>, ProtocolErr
                 }
             }
         }
-        return Ok(Some((Command { args, inline: false }, used)));
+        return Ok(Some((
+            Command {
+                args,
+                inline: false,
+            },
+            used,
+        )));
     }
     // Inline command or bare newline.
     let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
@@ -174,13 +181,23 @@ mod tests {
         let e = encode_command(&["REPLCONF", "ip-address", "10.0.0.1"]);
         let (c, n) = parse_command(&e).unwrap().unwrap();
         assert_eq!(n, e.len());
-        assert_eq!(c.args, vec![b"REPLCONF".to_vec(), b"ip-address".to_vec(), b"10.0.0.1".to_vec()]);
+        assert_eq!(
+            c.args,
+            vec![
+                b"REPLCONF".to_vec(),
+                b"ip-address".to_vec(),
+                b"10.0.0.1".to_vec()
+            ]
+        );
     }
 
     #[test]
     fn replies_of_every_kind() {
         assert_eq!(reply_len(b"+OK\r\n+PONG\r\n").unwrap(), Some(5));
-        assert_eq!(reply_len(b"-NOAUTH Authentication required.\r\n").unwrap(), Some(34));
+        assert_eq!(
+            reply_len(b"-NOAUTH Authentication required.\r\n").unwrap(),
+            Some(34)
+        );
         assert_eq!(reply_len(b"$3\r\nabc\r\n").unwrap(), Some(9));
         assert_eq!(reply_len(b"*2\r\n:1\r\n$-1\r\n").unwrap(), Some(13));
         assert_eq!(reply_len(b"$3\r\nab").unwrap(), None);

@@ -69,7 +69,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         started: Instant::now(),
     });
     info!(listen = %admin_addr, "admin ready (GET /status, GET /metrics)");
-    tracker.spawn(admin::serve(state, admin_listener, cancel.clone(), tracker.clone()));
+    tracker.spawn(admin::serve(
+        state,
+        admin_listener,
+        cancel.clone(),
+        tracker.clone(),
+    ));
 
     Ok(Running {
         admin_addr,

@@ -21,7 +21,9 @@
 use crate::config::Credentials;
 use crate::link::LinkCtx;
 use crate::psync::{self, PsyncRequest, Route};
-use crate::resp::{self, encode_command, parse_command, reply_len, split_line, Command, ProtocolError};
+use crate::resp::{
+    self, encode_command, parse_command, reply_len, split_line, Command, ProtocolError,
+};
 use crate::stats::{SessionState, SessionStats};
 use crate::stream::{Downstream, Event};
 use bytes::{Buf, BytesMut};
@@ -116,11 +118,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Peer<S> {
     async fn fill(&mut self, limit: Option<(Duration, &'static str)>) -> Result<()> {
         let read = self.io.read_buf(&mut self.buf);
         let n = match limit {
-            Some((after, step)) => timeout(after, read).await.map_err(|_| SessionEnd::Timeout {
-                side: self.side,
-                step,
-                after,
-            })?,
+            Some((after, step)) => timeout(after, read)
+                .await
+                .map_err(|_| SessionEnd::Timeout {
+                    side: self.side,
+                    step,
+                    after,
+                })?,
             None => read.await,
         }
         .map_err(|err| SessionEnd::Io {
@@ -134,10 +138,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Peer<S> {
     }
 
     async fn send(&mut self, bytes: &[u8]) -> Result<()> {
-        self.io.write_all(bytes).await.map_err(|err| SessionEnd::Io {
-            side: self.side,
-            err,
-        })
+        self.io
+            .write_all(bytes)
+            .await
+            .map_err(|err| SessionEnd::Io {
+                side: self.side,
+                err,
+            })
     }
 
     fn protocol(&self, err: ProtocolError) -> SessionEnd {
@@ -148,7 +155,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Peer<S> {
     }
 
     /// Reads one command from a client.
-    async fn command(&mut self, limit: Option<(Duration, &'static str)>) -> Result<(Command, BytesMut)> {
+    async fn command(
+        &mut self,
+        limit: Option<(Duration, &'static str)>,
+    ) -> Result<(Command, BytesMut)> {
         loop {
             if let Some((cmd, used)) = parse_command(&self.buf).map_err(|e| self.protocol(e))? {
                 return Ok((cmd, self.buf.split_to(used)));
@@ -238,7 +248,9 @@ async fn session(link: &LinkCtx, replica: TcpStream, stats: &SessionStats) -> Re
 
     loop {
         // A client that has not shown it is a replica may sit idle like any client.
-        let limit = hs.is_replica.then_some((step, "the next handshake command"));
+        let limit = hs
+            .is_replica
+            .then_some((step, "the next handshake command"));
         let (cmd, raw) = r.command(limit).await?;
         let name = cmd.name();
         match name.as_str() {
@@ -405,8 +417,11 @@ where
                 let offset = words.next().and_then(|o| o.parse().ok());
                 stats.begin_full(replid, offset);
                 link.counters.full_syncs.fetch_add(1, Relaxed);
-                info!(replid = replid.unwrap_or("?"),
-                      offset = offset.unwrap_or(0), "full resync");
+                info!(
+                    replid = replid.unwrap_or("?"),
+                    offset = offset.unwrap_or(0),
+                    "full resync"
+                );
                 return Ok(Some(Downstream::full_sync()));
             }
             Some("+CONTINUE") => {
@@ -414,8 +429,11 @@ where
                 let start = req.map_or(0, |q| q.offset.max(1) as u64 - 1);
                 stats.begin_partial(replid, start);
                 link.counters.partial_syncs.fetch_add(1, Relaxed);
-                info!(replid = replid.unwrap_or("?"),
-                      offset = start, "partial resync");
+                info!(
+                    replid = replid.unwrap_or("?"),
+                    offset = start,
+                    "partial resync"
+                );
                 return Ok(Some(Downstream::partial()));
             }
             Some(w) if w.starts_with('-') => {
@@ -450,10 +468,12 @@ async fn relay(
         loop {
             if !chunk.is_empty() {
                 events.clear();
-                let fed = down.feed(chunk, &mut events).map_err(|err| SessionEnd::Protocol {
-                    side: Side::Master,
-                    err,
-                })?;
+                let fed = down
+                    .feed(chunk, &mut events)
+                    .map_err(|err| SessionEnd::Protocol {
+                        side: Side::Master,
+                        err,
+                    })?;
                 for e in &events {
                     on_event(stats, e)?;
                 }
@@ -485,11 +505,13 @@ async fn relay(
             let n = if down.in_stream() {
                 read.await
             } else {
-                timeout(sync_idle, read).await.map_err(|_| SessionEnd::Timeout {
-                    side: Side::Master,
-                    step: "the RDB payload",
-                    after: sync_idle,
-                })?
+                timeout(sync_idle, read)
+                    .await
+                    .map_err(|_| SessionEnd::Timeout {
+                        side: Side::Master,
+                        step: "the RDB payload",
+                        after: sync_idle,
+                    })?
             }
             .map_err(|err| SessionEnd::Io {
                 side: Side::Master,
@@ -509,13 +531,15 @@ async fn relay(
         loop {
             if fresh > 0 {
                 let start = up_pending.len() - fresh;
-                mw.write_all(&up_pending[start..]).await.map_err(master_io)?;
-                while let Some((cmd, used)) = parse_command(&up_pending).map_err(|err| {
-                    SessionEnd::Protocol {
+                mw.write_all(&up_pending[start..])
+                    .await
+                    .map_err(master_io)?;
+                while let Some((cmd, used)) =
+                    parse_command(&up_pending).map_err(|err| SessionEnd::Protocol {
                         side: Side::Replica,
                         err,
-                    }
-                })? {
+                    })?
+                {
                     up_pending.advance(used);
                     if cmd.name() == "REPLCONF" && is_ack(&cmd) {
                         if let Ok(off) = cmd.arg_str(2).parse::<u64>() {
@@ -570,8 +594,10 @@ fn on_event(stats: &SessionStats, e: &Event) -> Result<()> {
         Event::RdbEnd { bytes, diskless } => {
             stats.set_rdb_bytes(*bytes);
             stats.set_state(SessionState::Streaming);
-            info!(rdb_bytes = bytes, diskless,
-                  "RDB payload relayed; streaming");
+            info!(
+                rdb_bytes = bytes,
+                diskless, "RDB payload relayed; streaming"
+            );
         }
         Event::Rejected(msg) => {
             return Err(SessionEnd::Unsupported(format!("-{msg}")));
@@ -617,15 +643,24 @@ mod tests {
         let stats = SessionStats::new(1, "t", "127.0.0.1:1".parse().unwrap());
         let mut hs = Handshake::default();
         let out = replconf(&cmd, &stats, &mut hs).unwrap();
-        assert_eq!(out, encode_command(&["REPLCONF", "capa", "eof", "capa", "psync2"]));
-        let plain = parse_command(b"REPLCONF listening-port 6380\r\n").unwrap().unwrap().0;
+        assert_eq!(
+            out,
+            encode_command(&["REPLCONF", "capa", "eof", "capa", "psync2"])
+        );
+        let plain = parse_command(b"REPLCONF listening-port 6380\r\n")
+            .unwrap()
+            .unwrap()
+            .0;
         assert_eq!(replconf(&plain, &stats, &mut hs), None);
         assert_eq!(stats.snapshot().replica, "127.0.0.1:6380");
     }
 
     #[test]
     fn announced_ip_is_remembered() {
-        let cmd = parse_command(b"REPLCONF ip-address 10.9.8.7\r\n").unwrap().unwrap().0;
+        let cmd = parse_command(b"REPLCONF ip-address 10.9.8.7\r\n")
+            .unwrap()
+            .unwrap()
+            .0;
         let stats = SessionStats::new(1, "t", "127.0.0.1:1".parse().unwrap());
         let mut hs = Handshake::default();
         assert_eq!(replconf(&cmd, &stats, &mut hs), None);

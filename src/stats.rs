@@ -280,9 +280,7 @@ impl SessionStats {
             ack_offset: ack,
             lag_bytes,
             lag_seconds,
-            last_ack_seconds_ago: f
-                .last_ack_at
-                .map(|t| now.duration_since(t).as_secs_f64()),
+            last_ack_seconds_ago: f.last_ack_at.map(|t| now.duration_since(t).as_secs_f64()),
             rdb_bytes: self.rdb_bytes.load(Relaxed),
             rdb_diskless: f.rdb_diskless,
         }
@@ -306,7 +304,8 @@ pub struct LinkCounters {
 
 impl LinkCounters {
     pub fn add_ended(&self, s: &SessionSnapshot) {
-        self.ended_stream_bytes.fetch_add(s.delivered_bytes, Relaxed);
+        self.ended_stream_bytes
+            .fetch_add(s.delivered_bytes, Relaxed);
         self.ended_rdb_bytes.fetch_add(s.rdb_bytes, Relaxed);
     }
 }

@@ -38,7 +38,10 @@ enum Phase {
     Rdb { left: u64 },
     /// Diskless payload: ends where the mark is seen; `tail` keeps the last bytes to find a mark
     /// that straddles two reads.
-    RdbEof { mark: [u8; EOF_MARK_LEN], tail: Vec<u8> },
+    RdbEof {
+        mark: [u8; EOF_MARK_LEN],
+        tail: Vec<u8>,
+    },
     /// The command stream.
     Stream,
     /// An error ended the exchange; nothing more is expected.
@@ -323,7 +326,9 @@ impl StreamScanner {
                     (num, digits) = (0, 0);
                     Scan::ArrayLen
                 }
-                (Scan::ArrayLen | Scan::BulkLen, b'0'..=b'9') if num <= MAX_STREAM_LEN && digits < 20 => {
+                (Scan::ArrayLen | Scan::BulkLen, b'0'..=b'9')
+                    if num <= MAX_STREAM_LEN && digits < 20 =>
+                {
                     num = num * 10 + u64::from(b - b'0');
                     digits += 1;
                     state

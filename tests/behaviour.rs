@@ -45,7 +45,10 @@ fn ordinary_clients_pass_through_unchanged() {
     raw.read_exact(&mut head).unwrap();
     assert_eq!(&head, b"$1048576\r\n");
     let st = proxy.status();
-    assert!(st["links"][0]["sessions"][0]["state"] == "passthrough", "{st}");
+    assert!(
+        st["links"][0]["sessions"][0]["state"] == "passthrough",
+        "{st}"
+    );
     let metrics = proxy.http_get("/metrics");
     assert!(
         metrics.contains("replguard_passthrough_sessions_total{link=\"main\"} 2"),
@@ -172,7 +175,10 @@ fn link_credentials_authenticate_replicas_without_masterauth() {
     let proxy = Proxy::start(
         Kind::Redis,
         m.port,
-        &format!("    auth:\n      password_file: {}\n", pwfile.path().display()),
+        &format!(
+            "    auth:\n      password_file: {}\n",
+            pwfile.path().display()
+        ),
     );
     let r = replica_of(Kind::Redis, proxy.port, &[]);
     wait_link_up(&r, LONG);
@@ -193,7 +199,12 @@ fn link_credentials_authenticate_replicas_without_masterauth() {
 #[test]
 fn valkey_dual_channel_replicas_sync_over_one_connection() {
     let dual = ["--dual-channel-replication-enabled", "yes"];
-    let mut args = vec!["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"];
+    let mut args = vec![
+        "--repl-diskless-sync",
+        "yes",
+        "--repl-diskless-sync-delay",
+        "0",
+    ];
     args.extend(dual);
     let m = Server::start(Kind::Valkey, &args);
     assert_eq!(m.client().text(&["DEBUG", "POPULATE", "20000"]), "OK");

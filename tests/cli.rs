@@ -50,9 +50,16 @@ fn check_lists_every_problem_and_exits_1() {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
 
-    std::fs::write(&f, "state_dir: ./s\nadmin: { listen: 127.0.0.1:9121 }\nlinks: []\nextra: 1\n")
+    std::fs::write(
+        &f,
+        "state_dir: ./s\nadmin: { listen: 127.0.0.1:9121 }\nlinks: []\nextra: 1\n",
+    )
+    .unwrap();
+    let out = replguard()
+        .args(["check", "--config"])
+        .arg(&f)
+        .output()
         .unwrap();
-    let out = replguard().args(["check", "--config"]).arg(&f).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown field `extra`"), "{err}");
@@ -101,18 +108,28 @@ fn run_relays_and_stops_gracefully_on_sigterm() {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "replguard did not stop");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "replguard did not stop"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");
     let mut log = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
     assert!(log.contains("SIGTERM received"), "{log}");
     assert!(log.contains("session ended"), "{log}");
     assert!(log.contains("reason=replguard is shutting down"), "{log}");
     assert!(log.contains("stopped"), "{log}");
     // The replica noticed and is trying to reconnect on its own.
-    wait_for(Duration::from_secs(30), "the replica's link to go down", || {
-        (r.client().info("replication")["master_link_status"] == "down").then_some(())
-    });
+    wait_for(
+        Duration::from_secs(30),
+        "the replica's link to go down",
+        || (r.client().info("replication")["master_link_status"] == "down").then_some(()),
+    );
 }

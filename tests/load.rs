@@ -52,10 +52,15 @@ fn sustained_writes_with_a_replica_restart() {
     wait_converged(&m, &b, Duration::from_secs(120));
 
     // Once quiet, replguard's books agree with the servers.
-    let final_sessions = wait_for(Duration::from_secs(30), "both replicas to ACK the last offset", || {
-        let ss = proxy.sessions();
-        (ss.len() == 2 && ss.iter().all(|s| s["ack_offset"].as_u64() == Some(offset))).then_some(ss)
-    });
+    let final_sessions = wait_for(
+        Duration::from_secs(30),
+        "both replicas to ACK the last offset",
+        || {
+            let ss = proxy.sessions();
+            (ss.len() == 2 && ss.iter().all(|s| s["ack_offset"].as_u64() == Some(offset)))
+                .then_some(ss)
+        },
+    );
     let final_lag: u64 = final_sessions
         .iter()
         .map(|s| s["lag_bytes"].as_u64().unwrap())
@@ -64,7 +69,10 @@ fn sustained_writes_with_a_replica_restart() {
     assert_eq!(final_lag, 0);
     let mut mc = m.client();
     let partial = info_u64(&mut mc, "stats", "sync_partial_ok");
-    assert!(partial >= 1, "the restarted replica resumed with a partial resync");
+    assert!(
+        partial >= 1,
+        "the restarted replica resumed with a partial resync"
+    );
 
     println!(
         "load: {written} writes in {elapsed:.1} s = {:.0} writes/s through a master with 2 replicas behind replguard; \

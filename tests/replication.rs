@@ -16,7 +16,12 @@ const QUIET: [&str; 2] = ["--repl-ping-replica-period", "3600"];
 fn master(kind: Kind, diskless: bool) -> Server {
     let mut args = QUIET.to_vec();
     if diskless {
-        args.extend(["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"]);
+        args.extend([
+            "--repl-diskless-sync",
+            "yes",
+            "--repl-diskless-sync-delay",
+            "0",
+        ]);
     } else {
         args.extend(["--repl-diskless-sync", "no"]);
     }
@@ -28,10 +33,14 @@ fn master(kind: Kind, diskless: bool) -> Server {
 /// Checks /status against the master's and the replica's own offsets once writes stopped.
 fn status_agrees(proxy: &Proxy, master: &Server, replica: &Server) {
     let want = wait_converged(master, replica, LONG);
-    let s = wait_for(LONG, "/status to show the replica's ACK of the last offset", || {
-        let s = proxy.session_of(replica.port)?;
-        (s["ack_offset"].as_u64()? == want).then_some(s)
-    });
+    let s = wait_for(
+        LONG,
+        "/status to show the replica's ACK of the last offset",
+        || {
+            let s = proxy.session_of(replica.port)?;
+            (s["ack_offset"].as_u64()? == want).then_some(s)
+        },
+    );
     assert_eq!(s["expected_offset"].as_u64(), Some(want), "{s}");
     assert_eq!(s["lag_bytes"].as_u64(), Some(0), "{s}");
     let ri = replica.client().info("replication");
@@ -94,7 +103,11 @@ fn replica_restart_resumes(kind: Kind) {
     r.start_again();
     status_agrees(&proxy, &m, &r);
     assert_eq!(r.client().text(&["GET", "key:1"]), "updated-while-down");
-    assert_eq!(info_u64(&mut mc, "stats", "sync_full"), full, "no full sync");
+    assert_eq!(
+        info_u64(&mut mc, "stats", "sync_full"),
+        full,
+        "no full sync"
+    );
     assert_eq!(info_u64(&mut mc, "stats", "sync_partial_ok"), partial + 1);
     assert_eq!(proxy.session_of(r.port).unwrap()["sync"], "partial");
 }
@@ -120,7 +133,11 @@ fn proxy_restart_resumes(kind: Kind) {
     }
     proxy.resume();
     status_agrees(&proxy, &m, &r);
-    assert_eq!(info_u64(&mut mc, "stats", "sync_full"), full, "no full sync");
+    assert_eq!(
+        info_u64(&mut mc, "stats", "sync_full"),
+        full,
+        "no full sync"
+    );
     assert_eq!(info_u64(&mut mc, "stats", "sync_partial_ok"), partial + 1);
 }
 

@@ -469,7 +469,11 @@ impl Writer {
                 for _ in 0..batch {
                     let k = format!("{prefix}:{}", n % 50_000);
                     let v = format!("v{n}");
-                    wire.extend(replguard::resp::encode_command(&["SET", k.as_str(), v.as_str()]));
+                    wire.extend(replguard::resp::encode_command(&[
+                        "SET",
+                        k.as_str(),
+                        v.as_str(),
+                    ]));
                     n += 1;
                 }
                 cl.sock.write_all(&wire).unwrap();

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite: installs the real servers, then unit, property, real-server scenario and
+# CLI tests, the load test (its figures printed), and the benchmarks at a small size.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-test-deps.sh
+LOAD=sustained_writes_with_a_replica_restart
+cargo test --release -- --skip "$LOAD"
+cargo test --release --test load -- --exact "$LOAD" --nocapture 2>&1 | grep -E '^load:|test result|panicked|FAILED|assert'
+cargo bench --bench relay -- --quick --noplot 2>/dev/null | grep -E '^relay/|thrpt:'
+REPLGUARD_E2E_WRITES=${REPLGUARD_E2E_WRITES:-1000} REPLGUARD_E2E_SYNC_ROUNDS=${REPLGUARD_E2E_SYNC_ROUNDS:-2} \
+  REPLGUARD_E2E_KEYS=${REPLGUARD_E2E_KEYS:-300000} cargo bench --bench e2e 2>/dev/null
