@@ -125,6 +125,10 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
+    if std::env::var_os("REPLGUARD_LOG").is_none() {
+        // Session logs would drown the figures.
+        std::env::set_var("REPLGUARD_LOG", "warn");
+    }
     let writes = env_or("REPLGUARD_E2E_WRITES", 3000) as usize;
     let rounds = env_or("REPLGUARD_E2E_SYNC_ROUNDS", 4);
     let keys = env_or("REPLGUARD_E2E_KEYS", 1_000_000);

@@ -95,6 +95,16 @@ pub enum Flavor {
     Kvrocks,
 }
 
+impl fmt::Display for Flavor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Flavor::Redis => "redis",
+            Flavor::Valkey => "valkey",
+            Flavor::Kvrocks => "kvrocks",
+        })
+    }
+}
+
 /// What the lineage guard does with a verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -103,6 +113,15 @@ pub enum GuardMode {
     Enforce,
     /// Forward unchanged; log and count what would have been done.
     Observe,
+}
+
+impl fmt::Display for GuardMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GuardMode::Enforce => "enforce",
+            GuardMode::Observe => "observe",
+        })
+    }
 }
 
 /// One link: a listener for replicas and the master it leads to.

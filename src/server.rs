@@ -56,7 +56,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     for ((link, listener), addr) in links.iter().zip(listeners).zip(&link_addrs) {
         info!(link = %link.cfg.name, listen = %addr, master = %link.master(),
-              flavor = ?link.cfg.flavor, guard = ?link.cfg.guard, "link ready");
+              flavor = %link.cfg.flavor, guard = %link.cfg.guard, "link ready");
         tracker.spawn(link::serve(
             link.clone(),
             listener,

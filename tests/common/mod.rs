@@ -314,6 +314,7 @@ pub fn init_logging() {
                     .unwrap_or_else(|_| "info".into()),
             )
             .with_test_writer()
+            .with_ansi(false)
             .try_init();
     });
 }
