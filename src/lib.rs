@@ -35,6 +35,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod ledger;
 pub mod link;
 pub mod psync;
 pub mod resp;
@@ -42,3 +43,4 @@ pub mod server;
 pub mod session;
 pub mod stats;
 pub mod stream;
+pub mod verdict;

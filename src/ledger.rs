@@ -1,0 +1,405 @@
+//! The lineage ledger of one link: which replication ids its master(s) had, over which offsets,
+//! how each ended, and what this link delivered to each replica. Persisted under `state_dir` by
+//! atomic replace with fsync; a missing or unreadable file means "no knowledge", never "trust".
+//!
+//! Lineage facts come from two places: the handshake replies replguard relays (`+FULLRESYNC`,
+//! `+CONTINUE <id>`) and the master's `INFO replication`, polled by [`crate::watch`].
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Format version of the ledger file.
+pub const LEDGER_VERSION: u32 = 1;
+/// The replid2 of a server that never had a previous id.
+pub const NO_REPLID: &str = "0000000000000000000000000000000000000000";
+
+/// How an id handed over to another: requests under the old id are good up to `at`, the first
+/// offset the new id serves (PSYNC2's `second_repl_offset`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Switch {
+    pub by: String,
+    pub at: u64,
+}
+
+/// One replication id of the link's master lineage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Epoch {
+    pub replid: String,
+    /// Lowest offset seen under this id.
+    pub first_offset: u64,
+    /// Highest offset seen under this id (delivered, or reported by the master).
+    pub last_offset: u64,
+    /// Set when another id took over.
+    pub superseded: Option<Switch>,
+    /// Points where the history under this id stopped being the one seen before: the id came
+    /// back (directly, or as the replid2 of a restarted master) at a lower offset than the
+    /// ledger had already seen. Data beyond such a point diverged.
+    #[serde(default)]
+    pub forks: Vec<Fork>,
+}
+
+/// One divergence of an id's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fork {
+    /// The first offset whose data differs from what was seen before.
+    pub at: u64,
+    /// Ledger sequence number when the fork was found; deliveries recorded after it are of the
+    /// new history.
+    pub seq: u64,
+}
+
+/// Most forks kept per id; older ones are merged conservatively (lowest point, latest seq).
+const MAX_FORKS: usize = 16;
+
+impl Epoch {
+    fn add_fork(&mut self, at: u64, seq: u64) {
+        self.forks.push(Fork { at, seq });
+        if self.forks.len() > MAX_FORKS {
+            let a = self.forks.remove(0);
+            let b = &mut self.forks[0];
+            b.at = b.at.min(a.at);
+            b.seq = b.seq.max(a.seq);
+        }
+    }
+
+    /// The earliest fork point, if any.
+    pub fn first_fork(&self) -> Option<u64> {
+        self.forks.iter().map(|f| f.at).min()
+    }
+}
+
+/// What this link delivered to one replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaRecord {
+    /// The replication id of what it was delivered.
+    pub replid: String,
+    /// The offset it reaches by applying everything delivered (complete commands).
+    pub offset: u64,
+    /// Ledger sequence number of the last update.
+    pub seq: u64,
+    /// Wall-clock time of the last update, seconds since the epoch.
+    pub updated_unix: u64,
+    /// A session was delivering to it when this was written; if replguard then stopped
+    /// uncleanly, `offset` is only a lower bound.
+    pub open: bool,
+}
+
+/// Everything the ledger file holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerData {
+    pub version: u32,
+    /// Bumped on every change; orders forks against deliveries.
+    pub seq: u64,
+    pub epochs: Vec<Epoch>,
+    /// Keyed by replica identity: `ip:port` (announced or peer IP, and listening port).
+    pub replicas: BTreeMap<String, ReplicaRecord>,
+}
+
+/// What the master says about itself in `INFO replication` (and `INFO keyspace`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MasterView {
+    pub replid: String,
+    pub replid2: String,
+    /// `second_repl_offset`: the first offset served by `replid` that `replid2` did not.
+    pub second_offset: i64,
+    pub offset: u64,
+    /// The master holds no keys.
+    pub empty: bool,
+}
+
+impl LedgerData {
+    pub fn new() -> Self {
+        LedgerData {
+            version: LEDGER_VERSION,
+            ..Default::default()
+        }
+    }
+
+    pub fn epoch(&self, replid: &str) -> Option<&Epoch> {
+        self.epochs.iter().find(|e| e.replid == replid)
+    }
+
+    fn epoch_mut(&mut self, replid: &str) -> Option<&mut Epoch> {
+        self.epochs.iter_mut().find(|e| e.replid == replid)
+    }
+
+    fn bump(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// Notes that `replid` serves `offset`. A known id seen again below what the ledger saw
+    /// for it is a fork. Returns whether anything changed.
+    pub fn see(&mut self, replid: &str, offset: u64) -> bool {
+        if replid == "?" || replid == NO_REPLID {
+            return false;
+        }
+        let seq = self.seq + 1;
+        match self.epoch_mut(replid) {
+            Some(e) if offset < e.last_offset && e.superseded.is_none() => {
+                // The same id, earlier in its history than already seen: what came after is
+                // not the same history any more.
+                e.add_fork(offset + 1, seq);
+                e.last_offset = offset;
+                self.bump();
+                true
+            }
+            Some(e) => {
+                let changed = offset > e.last_offset || offset < e.first_offset;
+                e.last_offset = e.last_offset.max(offset);
+                e.first_offset = e.first_offset.min(offset);
+                changed
+            }
+            None => {
+                self.epochs.push(Epoch {
+                    replid: replid.to_string(),
+                    first_offset: offset,
+                    last_offset: offset,
+                    superseded: None,
+                    forks: Vec::new(),
+                });
+                self.bump();
+                true
+            }
+        }
+    }
+
+    /// Notes that `old` handed over to `new`, requests under `old` being good up to `at`.
+    /// If the ledger saw `old` beyond that point, that part of its history was lost: a fork.
+    pub fn supersede(&mut self, old: &str, new: &str, at: u64) -> bool {
+        if old == new || old == NO_REPLID || old == "?" {
+            return false;
+        }
+        if self.epoch(old).is_none() {
+            // Learned from a master's replid2: history this link did not see, vouched for by
+            // the master itself up to the switch.
+            self.see(old, at.saturating_sub(1));
+        }
+        let seq = self.seq + 1;
+        let e = self.epoch_mut(old).expect("just added");
+        let switch = Switch {
+            by: new.to_string(),
+            at,
+        };
+        if e.superseded.as_ref() == Some(&switch) {
+            return false;
+        }
+        if e.last_offset + 1 > at {
+            e.add_fork(at, seq);
+        }
+        e.superseded = Some(switch);
+        self.bump();
+        true
+    }
+
+    /// Folds in what the master reports about itself. Returns whether anything changed.
+    pub fn observe_master(&mut self, v: &MasterView) -> bool {
+        let mut changed = self.see(&v.replid, v.offset);
+        if v.replid2 != NO_REPLID && v.second_offset > 0 {
+            changed |= self.supersede(&v.replid2, &v.replid, v.second_offset as u64);
+        }
+        changed
+    }
+
+    /// Whether `replid` is a brand-new lineage: unknown to the ledger (before this view was
+    /// folded in) and with no previous id.
+    pub fn is_unrelated(&self, v: &MasterView) -> bool {
+        !self.epochs.is_empty()
+            && self.epoch(&v.replid).is_none()
+            && (v.replid2 == NO_REPLID || self.epoch(&v.replid2).is_none())
+    }
+
+    /// Records what a replica was delivered. `open` says a session is still delivering.
+    pub fn deliver(&mut self, replica: &str, replid: &str, offset: u64, open: bool) {
+        self.see(replid, offset);
+        let seq = self.bump();
+        self.replicas.insert(
+            replica.to_string(),
+            ReplicaRecord {
+                replid: replid.to_string(),
+                offset,
+                seq,
+                updated_unix: now_unix(),
+                open,
+            },
+        );
+    }
+
+    /// The epoch of `replid` followed by the epochs it handed over to, in order.
+    pub fn chain(&self, replid: &str) -> Vec<&Epoch> {
+        let mut out: Vec<&Epoch> = Vec::new();
+        let mut cur = self.epoch(replid);
+        while let Some(e) = cur {
+            if out.iter().any(|o| o.replid == e.replid) {
+                break;
+            }
+            out.push(e);
+            cur = e.superseded.as_ref().and_then(|s| self.epoch(&s.by));
+        }
+        out
+    }
+
+    /// Whether `a` and `b` are the same id or one handed over to the other, directly or through
+    /// a chain of switches: offsets are then comparable across them.
+    pub fn same_lineage(&self, a: &str, b: &str) -> bool {
+        let reaches = |from: &str, to: &str| {
+            from == to || self.chain(from).iter().any(|e| e.replid == to)
+        };
+        reaches(a, b) || reaches(b, a)
+    }
+}
+
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Why a ledger file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {err}")]
+    Read { path: PathBuf, err: std::io::Error },
+    #[error("{path} is not a valid ledger ({err}); it was moved to {moved} and replguard starts with no knowledge")]
+    Corrupt {
+        path: PathBuf,
+        err: String,
+        moved: PathBuf,
+    },
+}
+
+/// The ledger file of a link.
+pub fn ledger_path(state_dir: &Path, link: &str) -> PathBuf {
+    state_dir.join(format!("{link}.ledger.json"))
+}
+
+/// Loads a ledger. `Ok(None)`: no file (no knowledge). A corrupt file is moved aside and
+/// reported; the caller starts empty.
+pub fn load(path: &Path) -> Result<Option<LedgerData>, LoadError> {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => {
+            return Err(LoadError::Read {
+                path: path.into(),
+                err,
+            })
+        }
+    };
+    let parsed: Result<LedgerData, String> = serde_json::from_slice(&text)
+        .map_err(|e| e.to_string())
+        .and_then(|d: LedgerData| {
+            if d.version == LEDGER_VERSION {
+                Ok(d)
+            } else {
+                Err(format!("unsupported version {}", d.version))
+            }
+        });
+    match parsed {
+        Ok(d) => Ok(Some(d)),
+        Err(err) => {
+            let moved = path.with_extension(format!("corrupt-{}", now_unix()));
+            let _ = std::fs::rename(path, &moved);
+            Err(LoadError::Corrupt {
+                path: path.into(),
+                err,
+                moved,
+            })
+        }
+    }
+}
+
+/// Writes the ledger by atomic replace: temporary file, fsync, rename, fsync of the directory.
+/// A crash at any point leaves either the old or the new file whole.
+pub fn save(path: &Path, data: &LedgerData) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec_pretty(data).expect("ledger serializes");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    const C: &str = "cccccccccccccccccccccccccccccccccccccccc";
+
+    fn view(replid: &str, replid2: &str, second: i64, offset: u64) -> MasterView {
+        MasterView {
+            replid: replid.into(),
+            replid2: replid2.into(),
+            second_offset: second,
+            offset,
+            empty: false,
+        }
+    }
+
+    #[test]
+    fn promotion_supersedes_without_fork() {
+        let mut l = LedgerData::new();
+        l.observe_master(&view(A, NO_REPLID, -1, 100));
+        l.observe_master(&view(B, A, 101, 150));
+        let a = l.epoch(A).unwrap();
+        assert_eq!(a.superseded, Some(Switch { by: B.into(), at: 101 }));
+        assert_eq!(a.first_fork(), None);
+        assert!(l.same_lineage(A, B));
+        assert!(!l.same_lineage(A, C));
+    }
+
+    #[test]
+    fn restart_from_an_older_rdb_is_a_fork() {
+        let mut l = LedgerData::new();
+        l.observe_master(&view(A, NO_REPLID, -1, 500));
+        // Restarted from an RDB taken at offset 300: new id, replid2 = A from 301.
+        l.observe_master(&view(C, A, 301, 300));
+        let a = l.epoch(A).unwrap();
+        assert_eq!(a.first_fork(), Some(301));
+        assert_eq!(a.superseded.as_ref().unwrap().at, 301);
+    }
+
+    #[test]
+    fn same_id_at_a_lower_offset_is_a_fork() {
+        let mut l = LedgerData::new();
+        l.see(A, 500);
+        l.see(A, 200);
+        assert_eq!(l.epoch(A).unwrap().first_fork(), Some(201));
+    }
+
+    #[test]
+    fn unrelated_lineage_is_recognised() {
+        let mut l = LedgerData::new();
+        assert!(!l.is_unrelated(&view(C, NO_REPLID, -1, 0)), "no knowledge is not unrelated");
+        l.see(A, 10);
+        assert!(l.is_unrelated(&view(C, NO_REPLID, -1, 0)));
+        assert!(!l.is_unrelated(&view(C, A, 11, 0)));
+    }
+
+    #[test]
+    fn save_and_load_round_trip_and_corruption_means_no_knowledge() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = ledger_path(dir.path(), "main");
+        assert_eq!(load(&p).unwrap(), None);
+        let mut l = LedgerData::new();
+        l.deliver("127.0.0.1:6380", A, 42, true);
+        save(&p, &l).unwrap();
+        assert_eq!(load(&p).unwrap(), Some(l));
+        std::fs::write(&p, b"{ not json").unwrap();
+        match load(&p) {
+            Err(LoadError::Corrupt { moved, .. }) => assert!(moved.exists()),
+            other => panic!("{other:?}"),
+        }
+        assert!(!p.exists());
+        assert_eq!(load(&p).unwrap(), None);
+    }
+}
