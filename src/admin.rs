@@ -25,6 +25,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct AdminState {
     pub links: Vec<Arc<LinkCtx>>,
     pub started: Instant,
+    /// The process-wide token, parent of re-pointed links' session tokens.
+    pub cancel: CancellationToken,
 }
 
 #[derive(Serialize)]
@@ -49,6 +51,7 @@ struct LinkStatus<'a> {
     partial_syncs: u64,
     psync_rejected: u64,
     sessions: Vec<SessionSnapshot>,
+    ledger: serde_json::Value,
 }
 
 impl AdminState {
@@ -74,6 +77,7 @@ impl AdminState {
                     partial_syncs: c.partial_syncs.load(Relaxed),
                     psync_rejected: c.psync_rejected.load(Relaxed),
                     sessions,
+                    ledger: l.guard.status(),
                 }
             })
             .collect();
@@ -277,8 +281,13 @@ async fn handle(state: &AdminState, mut sock: TcpStream) -> std::io::Result<()> 
     let mut parts = line.split_ascii_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
+    let query = target.split_once('?').map_or("", |(_, q)| q);
     let (code, ctype, body) = match (complete, method, path) {
         (false, _, _) => ("400 Bad Request", "text/plain", "bad request\n".to_string()),
+        (_, "POST", p) => {
+            let (code, body) = post(state, p, query).await;
+            (code, "text/plain", body)
+        }
         (_, "GET", "/status") => ("200 OK", "application/json", state.status_json()),
         (_, "GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", state.metrics_text()),
         (_, "GET", _) => (
@@ -286,7 +295,11 @@ async fn handle(state: &AdminState, mut sock: TcpStream) -> std::io::Result<()> 
             "text/plain",
             "try /status or /metrics\n".into(),
         ),
-        _ => ("405 Method Not Allowed", "text/plain", "GET only\n".into()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET or POST only\n".into(),
+        ),
     };
     let resp = format!(
         "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -294,4 +307,47 @@ async fn handle(state: &AdminState, mut sock: TcpStream) -> std::io::Result<()> 
     );
     sock.write_all(resp.as_bytes()).await?;
     sock.shutdown().await
+}
+
+/// Operator actions:
+/// - `POST /links/<name>/master?addr=IP:PORT` re-points the link (failover following);
+/// - `POST /links/<name>/allow-empty-master` releases replicas held by the empty-master
+///   protection.
+async fn post(state: &AdminState, path: &str, query: &str) -> (&'static str, String) {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let ["links", name, action] = parts.as_slice() else {
+        return (
+            "404 Not Found",
+            "POST /links/<name>/master?addr=IP:PORT or /links/<name>/allow-empty-master\n".into(),
+        );
+    };
+    let Some(link) = state.links.iter().find(|l| l.cfg.name == *name) else {
+        return ("404 Not Found", format!("no link named {name:?}\n"));
+    };
+    match *action {
+        "master" => {
+            let addr = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("addr="))
+                .unwrap_or("");
+            match crate::config::parse_addr(addr) {
+                Ok(a) => {
+                    link.repoint(a, &state.cancel).await;
+                    ("200 OK", format!("link {name} now dials {a}\n"))
+                }
+                Err(m) => ("400 Bad Request", format!("addr: {m}\n")),
+            }
+        }
+        "allow-empty-master" => {
+            let held = link.guard.allow_empty_master();
+            tracing::warn!(link = %name, empty_master = ?held, "operator allowed replicas to sync from the empty master");
+            (
+                "200 OK",
+                format!(
+                    "link {name}: replicas may now sync from the master (empty lineage {held:?})\n"
+                ),
+            )
+        }
+        _ => ("404 Not Found", format!("unknown action {action:?}\n")),
+    }
 }

@@ -19,6 +19,8 @@ pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_HANDSHAKE_STEP_TIMEOUT_MS: u64 = 10_000;
 /// Time a full sync may go without a single byte from the master before the session is ended.
 pub const DEFAULT_SYNC_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// How often the master's INFO replication is read for lineage facts.
+pub const DEFAULT_LINEAGE_POLL_MS: u64 = 1_000;
 /// Grace period for sessions to close and report when replguard shuts down.
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 5_000;
 
@@ -151,6 +153,15 @@ pub struct LinkConfig {
     /// Timeouts, in milliseconds.
     #[serde(default)]
     pub timeouts: TimeoutsConfig,
+    /// What the guard does with replicas its ledger has never seen.
+    #[serde(default)]
+    pub unknown_replica: crate::verdict::UnknownReplica,
+    /// Let replicas sync from a master that came back empty with a new lineage.
+    #[serde(default)]
+    pub allow_empty_master: bool,
+    /// How often the master's INFO replication is read, in milliseconds.
+    #[serde(default = "default_lineage_poll_ms")]
+    pub lineage_poll_ms: u64,
 }
 
 /// Credentials by reference: the secret itself never has to sit in the YAML.
@@ -216,6 +227,9 @@ fn default_handshake_step_timeout_ms() -> u64 {
 }
 fn default_sync_idle_timeout_ms() -> u64 {
     DEFAULT_SYNC_IDLE_TIMEOUT_MS
+}
+fn default_lineage_poll_ms() -> u64 {
+    DEFAULT_LINEAGE_POLL_MS
 }
 fn default_shutdown_grace_ms() -> u64 {
     DEFAULT_SHUTDOWN_GRACE_MS
@@ -376,6 +390,9 @@ impl Config {
                 }
                 Err(m) => push(p("master"), m),
             }
+            if link.lineage_poll_ms == 0 {
+                push(p("lineage_poll_ms"), "must be greater than 0".into());
+            }
             if link.max_sessions == 0 {
                 push(p("max_sessions"), "must be at least 1".into());
             }
@@ -457,6 +474,9 @@ links:
         assert!(l.announce_replica_ip);
         assert_eq!(l.timeouts.connect_ms, DEFAULT_CONNECT_TIMEOUT_MS);
         assert_eq!(c.shutdown_grace_ms, DEFAULT_SHUTDOWN_GRACE_MS);
+        assert_eq!(l.unknown_replica, crate::verdict::UnknownReplica::Full);
+        assert!(!l.allow_empty_master);
+        assert_eq!(l.lineage_poll_ms, DEFAULT_LINEAGE_POLL_MS);
     }
 
     #[test]

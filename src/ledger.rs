@@ -212,9 +212,20 @@ impl LedgerData {
             && (v.replid2 == NO_REPLID || self.epoch(&v.replid2).is_none())
     }
 
+    /// Notes that `replid` reached at least `offset`, as relayed (never a fork: deliveries and
+    /// handshake replies may arrive after a newer view of the master).
+    pub fn extend(&mut self, replid: &str, offset: u64) {
+        match self.epoch_mut(replid) {
+            Some(e) => e.last_offset = e.last_offset.max(offset),
+            None => {
+                self.see(replid, offset);
+            }
+        }
+    }
+
     /// Records what a replica was delivered. `open` says a session is still delivering.
     pub fn deliver(&mut self, replica: &str, replid: &str, offset: u64, open: bool) {
-        self.see(replid, offset);
+        self.extend(replid, offset);
         let seq = self.bump();
         self.replicas.insert(
             replica.to_string(),
@@ -245,9 +256,8 @@ impl LedgerData {
     /// Whether `a` and `b` are the same id or one handed over to the other, directly or through
     /// a chain of switches: offsets are then comparable across them.
     pub fn same_lineage(&self, a: &str, b: &str) -> bool {
-        let reaches = |from: &str, to: &str| {
-            from == to || self.chain(from).iter().any(|e| e.replid == to)
-        };
+        let reaches =
+            |from: &str, to: &str| from == to || self.chain(from).iter().any(|e| e.replid == to);
         reaches(a, b) || reaches(b, a)
     }
 }
@@ -351,7 +361,13 @@ mod tests {
         l.observe_master(&view(A, NO_REPLID, -1, 100));
         l.observe_master(&view(B, A, 101, 150));
         let a = l.epoch(A).unwrap();
-        assert_eq!(a.superseded, Some(Switch { by: B.into(), at: 101 }));
+        assert_eq!(
+            a.superseded,
+            Some(Switch {
+                by: B.into(),
+                at: 101
+            })
+        );
         assert_eq!(a.first_fork(), None);
         assert!(l.same_lineage(A, B));
         assert!(!l.same_lineage(A, C));
@@ -379,7 +395,10 @@ mod tests {
     #[test]
     fn unrelated_lineage_is_recognised() {
         let mut l = LedgerData::new();
-        assert!(!l.is_unrelated(&view(C, NO_REPLID, -1, 0)), "no knowledge is not unrelated");
+        assert!(
+            !l.is_unrelated(&view(C, NO_REPLID, -1, 0)),
+            "no knowledge is not unrelated"
+        );
         l.see(A, 10);
         assert!(l.is_unrelated(&view(C, NO_REPLID, -1, 0)));
         assert!(!l.is_unrelated(&view(C, A, 11, 0)));

@@ -35,6 +35,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod guard;
 pub mod ledger;
 pub mod link;
 pub mod psync;
@@ -44,3 +45,4 @@ pub mod session;
 pub mod stats;
 pub mod stream;
 pub mod verdict;
+pub mod watch;

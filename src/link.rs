@@ -2,12 +2,16 @@
 //! of sessions and its counters.
 
 use crate::config::{parse_addr, Credentials, LinkConfig};
+use crate::guard::Guard;
 use crate::session::{self, SessionEnd};
-use crate::stats::{LinkCounters, SessionSnapshot, SessionStats};
+use crate::stats::{LinkCounters, SessionSnapshot, SessionState, SessionStats};
+use crate::watch;
 use dashmap::DashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -19,7 +23,6 @@ use tracing::{debug, info, warn, Instrument};
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
 /// What every session of a link shares.
-#[derive(Debug)]
 pub struct LinkCtx {
     /// The link's configuration as loaded.
     pub cfg: LinkConfig,
@@ -33,18 +36,37 @@ pub struct LinkCtx {
     pub sessions: DashMap<u64, Arc<SessionStats>>,
     /// Bounds the number of live sessions.
     permits: Arc<Semaphore>,
+    /// The lineage guard: ledger, verdict bookkeeping.
+    pub guard: Guard,
+    /// Cancels this link's sessions (replaced when the master is re-pointed).
+    session_cancel: std::sync::Mutex<CancellationToken>,
+    /// Serializes reads of the master so their results are folded in in order.
+    poll_lock: tokio::sync::Mutex<()>,
 }
 
 impl LinkCtx {
-    /// Builds a link from a validated configuration.
-    pub fn new(cfg: LinkConfig) -> anyhow::Result<Self> {
+    /// Builds a link from a validated configuration; `cancel` is the process-wide token.
+    pub fn new(
+        cfg: LinkConfig,
+        state_dir: &Path,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<Self> {
         let master = parse_addr(&cfg.master).map_err(anyhow::Error::msg)?;
         let credentials = match &cfg.auth {
             Some(a) => Some(a.resolve().map_err(anyhow::Error::msg)?),
             None => None,
         };
+        let guard = Guard::open(
+            state_dir,
+            &cfg.name,
+            cfg.unknown_replica,
+            cfg.allow_empty_master,
+        );
         Ok(LinkCtx {
             permits: Arc::new(Semaphore::new(cfg.max_sessions)),
+            guard,
+            session_cancel: std::sync::Mutex::new(cancel.child_token()),
+            poll_lock: tokio::sync::Mutex::new(()),
             cfg,
             master: RwLock::new(master),
             credentials,
@@ -61,6 +83,55 @@ impl LinkCtx {
     /// Credentials for the master, if the link has them.
     pub fn credentials(&self) -> Option<Credentials> {
         self.credentials.clone()
+    }
+
+    /// The token the next session is cancelled by.
+    fn session_token(&self) -> CancellationToken {
+        self.session_cancel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .child_token()
+    }
+
+    /// Points the link at another master: its sessions are closed so every replica reconnects
+    /// and is judged against the new master's lineage.
+    pub async fn repoint(&self, addr: SocketAddr, parent: &CancellationToken) {
+        let old = self.master();
+        *self.master.write().unwrap_or_else(|p| p.into_inner()) = addr;
+        let previous = std::mem::replace(
+            &mut *self
+                .session_cancel
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+            parent.child_token(),
+        );
+        previous.cancel();
+        info!(link = %self.cfg.name, %old, new = %addr, "master re-pointed; closing this link's sessions");
+        self.refresh_master().await;
+    }
+
+    /// Reads the master's INFO and folds it into the ledger. Failures are logged at debug level:
+    /// the master may simply be down, which sessions report themselves.
+    pub async fn refresh_master(&self) {
+        let _one_at_a_time = self.poll_lock.lock().await;
+        let limit = self.cfg.timeouts.handshake_step();
+        match watch::read_master(self.master(), self.credentials.as_ref(), limit).await {
+            Ok(view) => self.guard.observe(&self.cfg.name, &view),
+            Err(e) => debug!(link = %self.cfg.name, error = %e, "cannot read the master's INFO"),
+        }
+    }
+
+    /// Writes what live sessions delivered into the ledger (as open records).
+    fn record_live_deliveries(&self) {
+        for s in self.sessions.iter() {
+            if s.state() != SessionState::Streaming {
+                continue;
+            }
+            let snap = s.snapshot();
+            if let (Some(replid), Some(off)) = (&snap.replid, snap.expected_offset) {
+                self.guard.delivered(&snap.replica, replid, off, true);
+            }
+        }
     }
 
     /// Snapshots of the live sessions, oldest first.
@@ -111,7 +182,7 @@ pub async fn serve(
         link.counters.sessions_total.fetch_add(1, Relaxed);
         let span = tracing::info_span!("session", link = %link.cfg.name, id, %peer);
         let link2 = link.clone();
-        let cancel2 = cancel.child_token();
+        let cancel2 = link.session_token();
         tracker.spawn(
             async move {
                 debug!("replica connected");
@@ -129,6 +200,12 @@ pub async fn serve(
 fn finish(link: &LinkCtx, stats: &SessionStats, end: Result<(), SessionEnd>) {
     let s = stats.snapshot();
     link.counters.add_ended(&s);
+    if s.state == SessionState::Streaming {
+        if let (Some(replid), Some(off)) = (&s.replid, s.expected_offset) {
+            link.guard.delivered(&s.replica, replid, off, false);
+            link.guard.save_if_dirty(&link.cfg.name);
+        }
+    }
     let reason = match &end {
         Ok(()) => "completed".to_string(),
         Err(e) => e.to_string(),
@@ -158,5 +235,30 @@ fn finish(link: &LinkCtx, stats: &SessionStats, end: Result<(), SessionEnd>) {
         report!(info);
     } else {
         report!(warn);
+    }
+}
+
+/// How often live deliveries are written to the ledger; bounds what an unclean stop can lose.
+pub const LEDGER_FLUSH_EVERY: Duration = Duration::from_millis(200);
+
+/// Keeps the link's ledger current: reads the master every `lineage_poll_ms`, records live
+/// deliveries and saves the ledger when it changed, until `cancel` fires.
+pub async fn keep(link: Arc<LinkCtx>, cancel: CancellationToken) {
+    let poll_every = Duration::from_millis(link.cfg.lineage_poll_ms);
+    let mut last_poll: Option<std::time::Instant> = None;
+    loop {
+        if last_poll.is_none_or(|t| t.elapsed() >= poll_every) {
+            last_poll = Some(std::time::Instant::now());
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = link.refresh_master() => {}
+            }
+        }
+        link.record_live_deliveries();
+        link.guard.save_if_dirty(&link.cfg.name);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(LEDGER_FLUSH_EVERY.min(poll_every)) => {}
+        }
     }
 }

@@ -66,7 +66,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(run(cfg)) {
+            match rt.block_on(run(cfg, &config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -77,21 +77,24 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cfg: Config) -> anyhow::Result<()> {
-    let running = replguard::server::start(cfg).await?;
-    wait_for_signal().await?;
-    running.shutdown().await;
-    Ok(())
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Runs until SIGTERM/SIGINT; SIGHUP re-reads the configuration file.
+async fn run(cfg: Config, path: &std::path::Path) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    let mut hup = signal(SignalKind::hangup())?;
+    let running = replguard::server::start(cfg).await?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM received"); break }
+            _ = int.recv() => { tracing::info!("SIGINT received"); break }
+            _ = hup.recv() => match Config::load_file(path) {
+                Ok(new) => running.reload(&new).await,
+                Err(e) => tracing::error!("SIGHUP: configuration not reloaded: {e}"),
+            },
+        }
     }
+    running.shutdown().await;
     Ok(())
 }
 

@@ -1,9 +1,16 @@
 //! The one place that decides what happens to a replica's PSYNC before it reaches the master.
 //!
-//! Every PSYNC a session reads goes through [`route`]. Redis and Valkey requests are forwarded as
-//! the replica sent them; the lineage guard's verdict is applied here.
+//! Every PSYNC a session reads is judged by the link's guard ([`crate::verdict`]) and then
+//! routed here: forwarded as the replica sent it, rewritten to `PSYNC ? -1` (a full sync), or
+//! held with a `-LOADING` answer from replguard itself. In `observe` mode everything is
+//! forwarded and only the would-be action is logged and counted.
 
+use crate::config::GuardMode;
 use crate::resp::Command;
+use crate::verdict::Verdict;
+
+/// What replguard sends the master instead of a PSYNC it judged inconsistent.
+pub const FULL_SYNC_REQUEST: &[u8] = b"*3\r\n$5\r\nPSYNC\r\n$1\r\n?\r\n$2\r\n-1\r\n";
 
 /// A parsed `PSYNC <replid> <offset> [options...]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,22 +41,44 @@ impl PsyncRequest {
     }
 }
 
-/// What to send the master in place of the replica's PSYNC.
+/// What to do with one PSYNC.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     /// The replica's own bytes, unchanged.
     Forward,
+    /// [`FULL_SYNC_REQUEST`] instead.
+    Full,
+    /// Answer the replica with this error line and close; nothing reaches the master.
+    Hold(String),
 }
 
-/// Decides what is forwarded for one PSYNC.
-pub fn route(_req: Option<&PsyncRequest>) -> Route {
-    Route::Forward
+impl Route {
+    /// A word for logs and counters.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Route::Forward => "forwarded",
+            Route::Full => "forced_full",
+            Route::Hold(_) => "held",
+        }
+    }
+}
+
+/// Turns a verdict into what is sent, by guard mode.
+pub fn route(mode: GuardMode, verdict: &Verdict) -> Route {
+    match (mode, verdict) {
+        (_, Verdict::Pass) | (GuardMode::Observe, _) => Route::Forward,
+        (GuardMode::Enforce, Verdict::ForceFull(_)) => Route::Full,
+        (GuardMode::Enforce, Verdict::Hold(reason)) => Route::Hold(format!(
+            "-LOADING replguard is holding this replica: {reason}\r\n"
+        )),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::resp::parse_command;
+    use crate::verdict::Reason;
 
     fn cmd(b: &[u8]) -> Command {
         parse_command(b).unwrap().unwrap().0
@@ -63,9 +92,30 @@ mod tests {
         .unwrap();
         assert_eq!(r.offset, 1234);
         assert!(!r.is_full_request());
-        let r = PsyncRequest::parse(&cmd(b"*3\r\n$5\r\nPSYNC\r\n$1\r\n?\r\n$2\r\n-1\r\n")).unwrap();
+        let r = PsyncRequest::parse(&cmd(FULL_SYNC_REQUEST)).unwrap();
         assert!(r.is_full_request());
         assert_eq!(PsyncRequest::parse(&cmd(b"PSYNC x notanumber\r\n")), None);
         assert_eq!(PsyncRequest::parse(&cmd(b"PSYNC\r\n")), None);
+    }
+
+    #[test]
+    fn modes_decide_what_is_sent() {
+        let full = Verdict::ForceFull(Reason::UnknownId { replid: "x".into() });
+        let hold = Verdict::Hold(Reason::EmptyMaster {
+            master_replid: "y".into(),
+        });
+        assert_eq!(route(GuardMode::Enforce, &Verdict::Pass), Route::Forward);
+        assert_eq!(route(GuardMode::Enforce, &full), Route::Full);
+        assert_eq!(route(GuardMode::Observe, &full), Route::Forward);
+        assert_eq!(route(GuardMode::Observe, &hold), Route::Forward);
+        match route(GuardMode::Enforce, &hold) {
+            Route::Hold(line) => {
+                assert!(line.starts_with(
+                    "-LOADING replguard is holding this replica: the master came back empty"
+                ));
+                assert!(line.ends_with("\r\n") && !line[..line.len() - 2].contains('\n'));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -46,7 +46,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .await
             .with_context(|| format!("link {}: cannot listen on {}", lc.name, lc.listen))?;
         link_addrs.push(listener.local_addr()?);
-        links.push(Arc::new(LinkCtx::new(lc.clone())?));
+        links.push(Arc::new(LinkCtx::new(
+            lc.clone(),
+            &config.state_dir,
+            &cancel,
+        )?));
         listeners.push(listener);
     }
     let admin_listener = TcpListener::bind(&config.admin.listen)
@@ -63,10 +67,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             cancel.clone(),
             tracker.clone(),
         ));
+        tracker.spawn(link::keep(link.clone(), cancel.clone()));
     }
     let state = Arc::new(AdminState {
         links: links.clone(),
         started: Instant::now(),
+        cancel: cancel.clone(),
     });
     info!(listen = %admin_addr, "admin ready (GET /status, GET /metrics)");
     tracker.spawn(admin::serve(
@@ -98,6 +104,35 @@ impl Running {
         {
             warn!(grace = ?self.grace, "some tasks did not finish within the shutdown grace period");
         }
+        for link in &self.links {
+            link.guard.save_if_dirty(&link.cfg.name);
+        }
         info!("stopped");
+    }
+
+    /// Applies a re-read configuration: a link whose `master` changed is re-pointed (its
+    /// sessions close and replicas reconnect), `allow_empty_master: true` releases held
+    /// replicas. Other changes need a restart and are reported as such.
+    pub async fn reload(&self, config: &Config) {
+        for lc in &config.links {
+            let Some(link) = self.links.iter().find(|l| l.cfg.name == lc.name) else {
+                warn!(link = %lc.name, "reload: new links need a restart");
+                continue;
+            };
+            match crate::config::parse_addr(&lc.master) {
+                Ok(addr) if addr != link.master() => link.repoint(addr, &self.cancel).await,
+                _ => {}
+            }
+            if lc.allow_empty_master {
+                link.guard.allow_empty_master();
+            }
+            if lc.listen != link.cfg.listen
+                || lc.flavor != link.cfg.flavor
+                || lc.guard != link.cfg.guard
+            {
+                warn!(link = %lc.name, "reload: listen, flavor and guard changes need a restart");
+            }
+        }
+        info!("configuration reloaded");
     }
 }

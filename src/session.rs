@@ -26,6 +26,7 @@ use crate::resp::{
 };
 use crate::stats::{SessionState, SessionStats};
 use crate::stream::{Downstream, Event};
+use crate::verdict::Verdict;
 use bytes::{Buf, BytesMut};
 use std::fmt;
 use std::io;
@@ -86,12 +87,17 @@ pub enum SessionEnd {
     UpstreamAuth(String),
     #[error("master answered PSYNC with {0:?}, which replguard does not relay")]
     Unsupported(String),
+    #[error("held by the lineage guard (answered -LOADING)")]
+    Held,
 }
 
 impl SessionEnd {
     /// Whether the end is routine (a peer went away or replguard stopped) rather than a fault.
     pub fn is_routine(&self) -> bool {
-        matches!(self, SessionEnd::Closed(_) | SessionEnd::Shutdown)
+        matches!(
+            self,
+            SessionEnd::Closed(_) | SessionEnd::Shutdown | SessionEnd::Held
+        )
     }
 }
 
@@ -277,19 +283,56 @@ async fn session(link: &LinkCtx, replica: TcpStream, stats: &SessionStats) -> Re
                 hs.is_replica = true;
                 proxy_auth(link, &mut m, &mut hs, step).await?;
                 announce_ip(link, &mut m, &mut hs, stats, step).await?;
+                let req = if name == "SYNC" {
+                    Some(PsyncRequest {
+                        replid: "?".into(),
+                        offset: -1,
+                    })
+                } else {
+                    PsyncRequest::parse(&cmd)
+                };
+                if let Some(q) = &req {
+                    stats.set_psync_request(&q.replid, q.offset);
+                }
+                // The master's own view first, so the verdict sees a failover or a restart
+                // that happened since the last poll.
+                link.refresh_master().await;
+                let replica = stats.snapshot().replica;
+                let (verdict, facts) = match &req {
+                    Some(q) => link.guard.judge(&replica, &q.replid, q.offset),
+                    None => (
+                        Verdict::Pass,
+                        "unparseable PSYNC: the master answers it".into(),
+                    ),
+                };
+                let route = psync::route(link.cfg.guard, &verdict);
+                let decision = DecisionCtx {
+                    replica: &replica,
+                    req: req.as_ref(),
+                    facts: &facts,
+                    verdict: &verdict,
+                    route: &route,
+                };
+                match &route {
+                    Route::Hold(line) => {
+                        r.send(line.as_bytes()).await?;
+                        link.guard.holds.fetch_add(1, Relaxed);
+                        decision.log(link, "-LOADING (from replguard)");
+                        return Err(SessionEnd::Held);
+                    }
+                    Route::Full if name == "PSYNC" => m.send(psync::FULL_SYNC_REQUEST).await?,
+                    Route::Full | Route::Forward => m.send(&raw).await?,
+                }
                 let down = if name == "SYNC" {
-                    m.send(&raw).await?;
+                    decision.log(link, "(inline SYNC: payload follows)");
                     stats.begin_full(None, None);
+                    link.counters.full_syncs.fetch_add(1, Relaxed);
                     Downstream::full_sync()
                 } else {
-                    let req = PsyncRequest::parse(&cmd);
-                    if let Some(q) = &req {
-                        stats.set_psync_request(&q.replid, q.offset);
-                    }
-                    match psync::route(req.as_ref()) {
-                        Route::Forward => m.send(&raw).await?,
-                    }
-                    match psync_reply(link, &mut r, &mut m, stats, req.as_ref(), step).await? {
+                    let (down, answer) =
+                        psync_reply(link, &mut r, &mut m, stats, req.as_ref(), step).await?;
+                    decision.log(link, &answer);
+                    match down {
                         Some(down) => down,
                         // Rejected: the replica decides what to do next on this connection.
                         None => continue,
@@ -401,7 +444,7 @@ async fn psync_reply<S, T>(
     stats: &SessionStats,
     req: Option<&PsyncRequest>,
     step: Duration,
-) -> Result<Option<Downstream>>
+) -> Result<(Option<Downstream>, String)>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
@@ -416,33 +459,95 @@ where
                 let replid = words.next();
                 let offset = words.next().and_then(|o| o.parse().ok());
                 stats.begin_full(replid, offset);
+                if let (Some(id), Some(off)) = (replid, offset) {
+                    link.guard.saw_full_resync(id, off);
+                }
                 link.counters.full_syncs.fetch_add(1, Relaxed);
-                info!(
-                    replid = replid.unwrap_or("?"),
-                    offset = offset.unwrap_or(0),
-                    "full resync"
-                );
-                return Ok(Some(Downstream::full_sync()));
+                return Ok((Some(Downstream::full_sync()), line));
             }
             Some("+CONTINUE") => {
                 let replid = words.next().or(req.map(|q| q.replid.as_str()));
                 let start = req.map_or(0, |q| q.offset.max(1) as u64 - 1);
                 stats.begin_partial(replid, start);
+                if let Some(id) = replid {
+                    link.guard
+                        .delivered(&stats.snapshot().replica, id, start, true);
+                }
                 link.counters.partial_syncs.fetch_add(1, Relaxed);
-                info!(
-                    replid = replid.unwrap_or("?"),
-                    offset = start,
-                    "partial resync"
-                );
-                return Ok(Some(Downstream::partial()));
+                return Ok((Some(Downstream::partial()), line));
             }
             Some(w) if w.starts_with('-') => {
                 link.counters.psync_rejected.fetch_add(1, Relaxed);
-                info!(reply = %line, "master refused PSYNC");
-                return Ok(None);
+                return Ok((None, line));
             }
             Some(_) => return Err(SessionEnd::Unsupported(line)),
         }
+    }
+}
+
+/// One guard decision, logged once the master's answer is known.
+struct DecisionCtx<'a> {
+    replica: &'a str,
+    req: Option<&'a PsyncRequest>,
+    facts: &'a str,
+    verdict: &'a Verdict,
+    route: &'a Route,
+}
+
+impl DecisionCtx<'_> {
+    /// One line per decision, counted, and kept as the replica's last verdict. A master that
+    /// resumes a replica replguard judged inconsistent (observe mode) is called out.
+    fn log(&self, link: &LinkCtx, answer: &str) {
+        let (replid, offset) = self.req.map_or(("-", 0), |q| (q.replid.as_str(), q.offset));
+        let reason = self.verdict.reason().map(|r| r.to_string());
+        let first = answer
+            .split_ascii_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let unsafe_accepted = matches!(self.verdict, Verdict::ForceFull(_)) && first == "+CONTINUE";
+        if unsafe_accepted {
+            link.guard.unsafe_accepted.fetch_add(1, Relaxed);
+        }
+        macro_rules! line {
+            ($lvl:ident, $msg:expr) => {
+                $lvl!(
+                    mode = %link.cfg.guard,
+                    replica = self.replica,
+                    requested_replid = replid,
+                    requested_offset = offset,
+                    facts = self.facts,
+                    verdict = self.verdict.name(),
+                    reason = reason.as_deref().unwrap_or("-"),
+                    action = self.route.action(),
+                    master_answer = answer,
+                    $msg
+                )
+            };
+        }
+        match self.verdict {
+            Verdict::Pass => line!(info, "guard: pass"),
+            _ if unsafe_accepted => line!(
+                warn,
+                "guard: the master RESUMED a replica whose resume point replguard judged inconsistent (observe mode): data may be missing on it"
+            ),
+            Verdict::ForceFull(_) => line!(warn, "guard: force full sync"),
+            Verdict::Hold(_) => line!(warn, "guard: hold"),
+        }
+        link.guard.record(
+            self.replica,
+            self.verdict,
+            crate::guard::Decision {
+                at_unix: crate::ledger::now_unix(),
+                requested_replid: replid.to_string(),
+                requested_offset: offset,
+                verdict: self.verdict.name(),
+                reason,
+                reason_code: self.verdict.reason().map(|r| r.code()),
+                action: self.route.action(),
+                answer: first,
+            },
+        );
     }
 }
 
@@ -475,7 +580,7 @@ async fn relay(
                         err,
                     })?;
                 for e in &events {
-                    on_event(stats, e)?;
+                    on_event(link, stats, e)?;
                 }
                 let (now, held) = chunk.split_at(fed.hold_from.unwrap_or(chunk.len()));
                 rw.write_all(now).await.map_err(replica_io)?;
@@ -584,7 +689,7 @@ fn master_io(err: io::Error) -> SessionEnd {
     }
 }
 
-fn on_event(stats: &SessionStats, e: &Event) -> Result<()> {
+fn on_event(link: &LinkCtx, stats: &SessionStats, e: &Event) -> Result<()> {
     match e {
         Event::Keepalive => {}
         Event::RdbStart { len } => {
@@ -594,6 +699,11 @@ fn on_event(stats: &SessionStats, e: &Event) -> Result<()> {
         Event::RdbEnd { bytes, diskless } => {
             stats.set_rdb_bytes(*bytes);
             stats.set_state(SessionState::Streaming);
+            // The replica now holds this id's data up to the sync offset.
+            let snap = stats.snapshot();
+            if let (Some(id), Some(off)) = (&snap.replid, snap.start_offset) {
+                link.guard.delivered(&snap.replica, id, off, true);
+            }
             info!(
                 rdb_bytes = bytes,
                 diskless, "RDB payload relayed; streaming"

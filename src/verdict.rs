@@ -167,8 +167,8 @@ impl Verdict {
 /// Judges one PSYNC request.
 pub fn judge(facts: &Facts<'_>, req: &Request<'_>) -> Verdict {
     // 1. An empty master would wipe a replica this link filled.
-    if let (Some(id), Some(_)) = (facts.empty_master, facts.replica) {
-        if !facts.allow_empty_master {
+    if let (Some(id), Some(rec)) = (facts.empty_master, facts.replica) {
+        if !facts.allow_empty_master && !facts.ledger.same_lineage(&rec.replid, id) {
             return Verdict::Hold(Reason::EmptyMaster {
                 master_replid: id.to_string(),
             });
@@ -286,15 +286,25 @@ mod tests {
                 requested: 120
             })
         );
-        assert!(v.reason().unwrap().to_string().contains("never came through the link"));
+        assert!(v
+            .reason()
+            .unwrap()
+            .to_string()
+            .contains("never came through the link"));
     }
 
     #[test]
     fn unknown_ids_and_unknown_replicas() {
         let mut l = LedgerData::new();
         l.see(A, 10);
-        assert_eq!(judge(&facts(&l), &req(B, 5)).reason().unwrap().code(), "unknown_id");
-        assert_eq!(judge(&facts(&l), &req(A, 5)).reason().unwrap().code(), "unknown_replica");
+        assert_eq!(
+            judge(&facts(&l), &req(B, 5)).reason().unwrap().code(),
+            "unknown_id"
+        );
+        assert_eq!(
+            judge(&facts(&l), &req(A, 5)).reason().unwrap().code(),
+            "unknown_replica"
+        );
         let mut f = facts(&l);
         f.unknown_replica = UnknownReplica::Pass;
         assert_eq!(judge(&f, &req(A, 5)), Verdict::Pass);
@@ -339,7 +349,10 @@ mod tests {
         let mut f = facts(&l);
         f.unclean_stop = true;
         assert_eq!(judge(&f, &req(A, 101)), Verdict::Pass);
-        assert_eq!(judge(&f, &req(A, 200)).reason().unwrap().code(), "unclean_stop");
+        assert_eq!(
+            judge(&f, &req(A, 200)).reason().unwrap().code(),
+            "unclean_stop"
+        );
     }
 
     // ---- Property tests against a small reference model of PSYNC2 lineage. ----
@@ -423,8 +436,8 @@ mod tests {
         }
         /// Whether the master itself would accept (PSYNC2 rule, backlog unlimited).
         fn master_accepts(&self, rid: &str, o: u64) -> bool {
-            let id_ok = rid == self.replid
-                || self.prev.as_ref().is_some_and(|(p, s)| p == rid && o <= *s);
+            let id_ok =
+                rid == self.replid || self.prev.as_ref().is_some_and(|(p, s)| p == rid && o <= *s);
             id_ok && o <= self.history.len() as u64 + 1
         }
         fn apply(&mut self, op: &Op) -> Result<(), TestCaseError> {
@@ -438,10 +451,14 @@ mod tests {
                 }
                 Op::Deliver(r) => {
                     // A full or partial sync through replguard: the replica ends equal.
-                    self.replicas[*r] =
-                        (self.history.clone(), self.replid.clone(), self.history.len() as u64);
+                    self.replicas[*r] = (
+                        self.history.clone(),
+                        self.replid.clone(),
+                        self.history.len() as u64,
+                    );
                     let off = self.history.len() as u64;
-                    self.ledger.deliver(&Self::identity(*r), &self.replid.clone(), off, false);
+                    self.ledger
+                        .deliver(&Self::identity(*r), &self.replid.clone(), off, false);
                 }
                 Op::Promote => {
                     // Failover to a replica holding the same history.
@@ -468,7 +485,9 @@ mod tests {
                 Op::Lie(r, d) => {
                     // The replica's own position moves without data (the #2214 shape).
                     self.replicas[*r].2 += u64::from(*d);
-                    self.replicas[*r].0.extend((0..*d).map(|k| 1_000_000 + u64::from(k)));
+                    self.replicas[*r]
+                        .0
+                        .extend((0..*d).map(|k| 1_000_000 + u64::from(k)));
                 }
                 Op::Resume(r) => {
                     let (_, rid, off) = self.replicas[*r].clone();
@@ -484,10 +503,20 @@ mod tests {
                         allow_empty_master: false,
                         unknown_replica: UnknownReplica::Full,
                     };
-                    let v = judge(&f, &Request { replid: &rid, offset: o as i64 });
+                    let v = judge(
+                        &f,
+                        &Request {
+                            replid: &rid,
+                            offset: o as i64,
+                        },
+                    );
                     let safe = self.safe(*r, o);
                     if v == Verdict::Pass && self.master_accepts(&rid, o) {
-                        prop_assert!(safe, "passed an unsafe resume {rid}:{o}: {:?}", self.replicas[*r]);
+                        prop_assert!(
+                            safe,
+                            "passed an unsafe resume {rid}:{o}: {:?}",
+                            self.replicas[*r]
+                        );
                     }
                     if safe && self.master_accepts(&rid, o) {
                         // Nothing happened that replguard cannot vouch for: it must not get
