@@ -173,6 +173,45 @@ impl AdminState {
             "PSYNC requests the master answered with an error.",
             &mut counter(|l| l.counters.psync_rejected.load(Relaxed)).into_iter(),
         );
+        let verdicts: Vec<(String, f64)> = self
+            .links
+            .iter()
+            .flat_map(|l| {
+                l.guard.counts().into_iter().map(move |((v, r, a), n)| {
+                    (
+                        format!(
+                            "{},verdict=\"{v}\",reason=\"{r}\",action=\"{a}\"",
+                            link_label(l)
+                        ),
+                        n as f64,
+                    )
+                })
+            })
+            .collect();
+        family(
+            "replguard_verdicts_total",
+            "counter",
+            "Guard verdicts on PSYNC requests, by verdict, reason and what was done.",
+            &mut verdicts.into_iter(),
+        );
+        family(
+            "replguard_unsafe_resumes_accepted_total",
+            "counter",
+            "Resumes the master accepted although replguard judged them inconsistent (observe mode).",
+            &mut counter(|l| l.guard.unsafe_accepted.load(Relaxed)).into_iter(),
+        );
+        family(
+            "replguard_holds_total",
+            "counter",
+            "PSYNC requests held (answered -LOADING) by the empty-master protection.",
+            &mut counter(|l| l.guard.holds.load(Relaxed)).into_iter(),
+        );
+        family(
+            "replguard_empty_master",
+            "gauge",
+            "1 while the master shows a brand-new empty lineage.",
+            &mut counter(|l| u64::from(l.guard.empty_master().is_some())).into_iter(),
+        );
         family(
             "replguard_stream_bytes_total",
             "counter",

@@ -332,12 +332,17 @@ pub struct Proxy {
 impl Proxy {
     /// One link to `master_port`; `link_extra` is YAML appended to the link (indented 4).
     pub fn start(kind: Kind, master_port: u16, link_extra: &str) -> Proxy {
+        Self::start_mode(kind, master_port, "enforce", link_extra)
+    }
+
+    /// Like `start`, with the guard mode given.
+    pub fn start_mode(kind: Kind, master_port: u16, guard: &str, link_extra: &str) -> Proxy {
         init_logging();
         let state_dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let admin_port = free_port();
         let yaml = format!(
-            "state_dir: {}\nadmin:\n  listen: 127.0.0.1:{admin_port}\nlinks:\n  - name: main\n    listen: 127.0.0.1:{port}\n    master: 127.0.0.1:{master_port}\n    flavor: {}\n    guard: enforce\n{link_extra}",
+            "state_dir: {}\nadmin:\n  listen: 127.0.0.1:{admin_port}\nlinks:\n  - name: main\n    listen: 127.0.0.1:{port}\n    master: 127.0.0.1:{master_port}\n    flavor: {}\n    guard: {guard}\n    lineage_poll_ms: 200\n{link_extra}",
             state_dir.path().display(),
             kind.flavor()
         );
@@ -380,19 +385,44 @@ impl Proxy {
 
     /// GET a path on the admin listener; returns the body.
     pub fn http_get(&self, path: &str) -> String {
-        let mut s = TcpStream::connect(("127.0.0.1", self.admin_port)).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        let (head, body) = out.split_once("\r\n\r\n").expect("HTTP response");
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        body.to_string()
+        http(self.admin_port, "GET", path)
+    }
+
+    /// POST to a path on the admin listener; returns the body.
+    pub fn http_post(&self, path: &str) -> String {
+        http(self.admin_port, "POST", path)
     }
 
     pub fn status(&self) -> serde_json::Value {
         serde_json::from_str(&self.http_get("/status")).expect("status is JSON")
     }
 
+    /// The guard's last verdict for the replica listening on `port`.
+    pub fn last_verdict(&self, port: u16) -> Option<serde_json::Value> {
+        let st = self.status();
+        let last = st["links"][0]["ledger"]["last_verdicts"]
+            .as_object()?
+            .clone();
+        last.into_iter()
+            .find(|(k, _)| k.ends_with(&format!(":{port}")))
+            .map(|(_, v)| v)
+    }
+}
+
+/// One HTTP request to the admin listener on `port`; the body of a 200 answer.
+pub fn http(port: u16, method: &str, path: &str) -> String {
+    {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").expect("HTTP response");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}\n{body}");
+        body.to_string()
+    }
+}
+
+impl Proxy {
     /// The live sessions of the link, as in /status.
     pub fn sessions(&self) -> Vec<serde_json::Value> {
         self.status()["links"][0]["sessions"]
@@ -505,4 +535,91 @@ impl Drop for Writer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// Waits until the replica's offset equals the master's, without comparing data.
+pub fn wait_offsets(master: &Server, replica: &Server, limit: Duration) -> u64 {
+    let mut m = master.client();
+    let mut r = replica.client();
+    wait_for(limit, "the replica to reach the master's offset", || {
+        let mo: u64 = m.info("replication")["master_repl_offset"].parse().ok()?;
+        let ri = r.info("replication");
+        let ro: u64 = ri.get("slave_repl_offset")?.parse().ok()?;
+        (ri.get("master_link_status").map(String::as_str) == Some("up") && ro == mo).then_some(mo)
+    })
+}
+
+/// Rewrites the `repl-offset` aux field of an RDB file (as a length-prefixed string) and zeroes
+/// its checksum so the server loads it without checking. Returns the offset it replaced.
+pub fn set_rdb_repl_offset(path: &Path, offset: u64) -> u64 {
+    let rdb = std::fs::read(path).unwrap();
+    let mut i = 9; // "REDIS0011" or "VALKEY080"
+    let read_len = |i: &mut usize| -> (u64, bool) {
+        let b = rdb[*i];
+        *i += 1;
+        match b >> 6 {
+            0 => (u64::from(b & 0x3f), false),
+            1 => {
+                let v = (u64::from(b & 0x3f) << 8) | u64::from(rdb[*i]);
+                *i += 1;
+                (v, false)
+            }
+            2 if b == 0x80 => {
+                let v = u32::from_be_bytes(rdb[*i..*i + 4].try_into().unwrap());
+                *i += 4;
+                (u64::from(v), false)
+            }
+            2 => {
+                let v = u64::from_be_bytes(rdb[*i..*i + 8].try_into().unwrap());
+                *i += 8;
+                (v, false)
+            }
+            _ => (u64::from(b & 0x3f), true),
+        }
+    };
+    // Reads a string; returns its text (integers rendered in decimal).
+    let read_str = |i: &mut usize| -> String {
+        let (v, special) = read_len(i);
+        if !special {
+            let s = String::from_utf8_lossy(&rdb[*i..*i + v as usize]).into_owned();
+            *i += v as usize;
+            return s;
+        }
+        match v {
+            0 => {
+                let x = rdb[*i] as i8;
+                *i += 1;
+                x.to_string()
+            }
+            1 => {
+                let x = i16::from_le_bytes(rdb[*i..*i + 2].try_into().unwrap());
+                *i += 2;
+                x.to_string()
+            }
+            2 => {
+                let x = i32::from_le_bytes(rdb[*i..*i + 4].try_into().unwrap());
+                *i += 4;
+                x.to_string()
+            }
+            _ => panic!("compressed aux field in RDB"),
+        }
+    };
+    while rdb[i] == 0xfa {
+        i += 1;
+        let key = read_str(&mut i);
+        let value_at = i;
+        let value = read_str(&mut i);
+        if key == "repl-offset" {
+            let new = offset.to_string();
+            let mut out = rdb[..value_at].to_vec();
+            out.push(new.len() as u8);
+            out.extend_from_slice(new.as_bytes());
+            out.extend_from_slice(&rdb[i..]);
+            let n = out.len();
+            out[n - 8..].fill(0);
+            std::fs::write(path, out).unwrap();
+            return value.parse().unwrap();
+        }
+    }
+    panic!("no repl-offset aux field in {}", path.display());
 }

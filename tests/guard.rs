@@ -1,0 +1,315 @@
+//! The lineage guard against real Redis 7.0 and Valkey 8.1: a replica that claims data it was
+//! never delivered (the seed scenario, shown to lose an update without replguard), a master
+//! restarted from an older RDB, failover to a promoted replica, a master restarted empty, and
+//! replguard killed with -9 mid-stream.
+
+mod common;
+
+use common::*;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(60);
+const QUIET: [&str; 4] = [
+    "--repl-ping-replica-period",
+    "3600",
+    "--repl-diskless-sync",
+    "no",
+];
+
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    Direct,
+    Enforce,
+    Observe,
+}
+
+struct Seed {
+    equal: bool,
+    k1: String,
+    proxy: Option<Proxy>,
+    replica_port: u16,
+}
+
+/// The seed scenario: the replica restarts claiming an offset one command beyond what it was
+/// delivered (its RDB's repl-offset advanced past the master's update of k1).
+fn seed(kind: Kind, path: Path) -> Seed {
+    let m = Server::start(kind, &QUIET);
+    let mut mc = m.client();
+    assert_eq!(mc.text(&["SET", "k1", "v1"]), "OK");
+    assert_eq!(mc.text(&["SET", "k2", "v2"]), "OK");
+    let proxy = match path {
+        Path::Direct => None,
+        Path::Enforce => Some(Proxy::start_mode(kind, m.port, "enforce", "")),
+        Path::Observe => Some(Proxy::start_mode(kind, m.port, "observe", "")),
+    };
+    let target = proxy.as_ref().map_or(m.port, |p| p.port);
+    let mut r = replica_of(kind, target, &[]);
+    wait_converged(&m, &r, LONG);
+    r.stop(true);
+
+    // While the replica is down: an existing key updated, a new key created.
+    assert_eq!(mc.text(&["SET", "k1", "v1-UPDATED"]), "OK");
+    let after_update = info_u64(&mut mc, "replication", "master_repl_offset");
+    assert_eq!(mc.text(&["SET", "k3", "v3-NEW"]), "OK");
+    let rdb = r.dir.path().join("dump.rdb");
+    let was = set_rdb_repl_offset(&rdb, after_update);
+    assert!(was < after_update, "the replica's RDB said {was}");
+
+    r.start_again();
+    wait_offsets(&m, &r, LONG);
+    let mut rc = r.client();
+    let k1 = rc.text(&["GET", "k1"]);
+    assert_eq!(rc.text(&["GET", "k3"]), "v3-NEW");
+    let equal = mc.digest() == rc.digest();
+    Seed {
+        equal,
+        k1,
+        proxy,
+        replica_port: r.port,
+    }
+}
+
+fn seed_direct_loses_the_update(kind: Kind) {
+    let s = seed(kind, Path::Direct);
+    assert!(
+        !s.equal,
+        "without replguard the replica must miss the update"
+    );
+    assert_eq!(s.k1, "v1", "the update of k1 was silently lost");
+}
+
+fn seed_enforce_forces_a_full_sync(kind: Kind) {
+    let s = seed(kind, Path::Enforce);
+    assert!(s.equal, "through replguard the data must be equal");
+    assert_eq!(s.k1, "v1-UPDATED");
+    let p = s.proxy.unwrap();
+    let v = wait_for(LONG, "the verdict", || p.last_verdict(s.replica_port));
+    assert_eq!(v["verdict"], "force_full", "{v}");
+    assert_eq!(v["reason_code"], "beyond_delivered", "{v}");
+    assert_eq!(v["action"], "forced_full", "{v}");
+    assert_eq!(v["answer"], "+FULLRESYNC", "{v}");
+    let metrics = p.http_get("/metrics");
+    assert!(
+        metrics.contains("replguard_verdicts_total{link=\"main\",verdict=\"force_full\",reason=\"beyond_delivered\",action=\"forced_full\"} 1"),
+        "{metrics}"
+    );
+}
+
+fn seed_observe_lets_it_happen_and_says_so(kind: Kind) {
+    let s = seed(kind, Path::Observe);
+    assert!(!s.equal, "observe mode changes nothing");
+    let p = s.proxy.unwrap();
+    let v = wait_for(LONG, "the verdict", || p.last_verdict(s.replica_port));
+    assert_eq!(v["verdict"], "force_full", "{v}");
+    assert_eq!(v["action"], "forwarded", "{v}");
+    assert_eq!(v["answer"], "+CONTINUE", "{v}");
+    let metrics = p.http_get("/metrics");
+    assert!(
+        metrics.contains("replguard_unsafe_resumes_accepted_total{link=\"main\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// A master restarted from an RDB older than what a replica already has.
+fn master_back_from_older_rdb(kind: Kind) {
+    let mut m = Server::start(kind, &QUIET);
+    let mut mc = m.client();
+    assert_eq!(mc.text(&["DEBUG", "POPULATE", "1000"]), "OK");
+    let proxy = Proxy::start(kind, m.port, "");
+    let r = replica_of(kind, proxy.port, &[]);
+    wait_converged(&m, &r, LONG);
+    assert_eq!(mc.text(&["SAVE"]), "OK");
+    for i in 0..50 {
+        let k = format!("after-save:{i}");
+        assert_eq!(mc.text(&["SET", k.as_str(), "x"]), "OK");
+    }
+    wait_converged(&m, &r, LONG);
+    drop(mc);
+    m.stop(false);
+    m.start_again();
+    // The replica is ahead of the restarted master: it must not resume into a history that
+    // is not the one it has.
+    wait_converged(&m, &r, LONG);
+    assert_eq!(r.client().int(&["EXISTS", "after-save:0"]), 0);
+    let v = wait_for(LONG, "the verdict", || {
+        proxy
+            .last_verdict(r.port)
+            .filter(|v| v["verdict"] != "pass")
+    });
+    assert_eq!(v["verdict"], "force_full", "{v}");
+    assert!(
+        v["reason_code"] == "beyond_fork" || v["reason_code"] == "superseded_beyond_switch",
+        "{v}"
+    );
+}
+
+/// Failover: a replica promoted, the link re-pointed at runtime, the other replica resumes.
+fn failover_follows_the_promoted_replica(kind: Kind) {
+    let mut m = Server::start(kind, &QUIET);
+    assert_eq!(m.client().text(&["DEBUG", "POPULATE", "1000"]), "OK");
+    let proxy = Proxy::start(kind, m.port, "");
+    let r1 = replica_of(kind, proxy.port, &QUIET);
+    let r2 = replica_of(kind, proxy.port, &QUIET);
+    wait_converged(&m, &r1, LONG);
+    wait_converged(&m, &r2, LONG);
+    m.stop(false);
+
+    let mut c1 = r1.client();
+    assert_eq!(c1.text(&["REPLICAOF", "NO", "ONE"]), "OK");
+    let full_before = info_u64(&mut c1, "stats", "sync_full");
+    proxy.http_post(&format!("/links/main/master?addr=127.0.0.1:{}", r1.port));
+    assert_eq!(c1.text(&["SET", "after-failover", "1"]), "OK");
+    wait_converged(&r1, &r2, LONG);
+    assert_eq!(r2.client().text(&["GET", "after-failover"]), "1");
+    assert!(
+        info_u64(&mut c1, "stats", "sync_partial_ok") >= 1,
+        "partial resync"
+    );
+    assert_eq!(
+        info_u64(&mut c1, "stats", "sync_full"),
+        full_before,
+        "no full sync"
+    );
+    let v = proxy.last_verdict(r2.port).unwrap();
+    assert_eq!(v["verdict"], "pass", "{v}");
+    assert_eq!(v["answer"], "+CONTINUE", "{v}");
+    assert_eq!(
+        proxy.status()["links"][0]["master"],
+        format!("127.0.0.1:{}", r1.port)
+    );
+}
+
+/// A master without persistence restarted empty: the replica keeps its data until released.
+fn empty_master_holds_the_replica(kind: Kind) {
+    // No persistence at all: diskless sync, so not even a sync leaves an RDB behind.
+    let mut m = Server::start(
+        kind,
+        &[
+            "--repl-diskless-sync",
+            "yes",
+            "--repl-diskless-sync-delay",
+            "0",
+        ],
+    );
+    assert_eq!(m.client().text(&["DEBUG", "POPULATE", "1000"]), "OK");
+    let proxy = Proxy::start(kind, m.port, "");
+    let r = replica_of(kind, proxy.port, &[]);
+    wait_converged(&m, &r, LONG);
+    m.stop(false);
+    m.start_again();
+    assert_eq!(m.client().int(&["DBSIZE"]), 0);
+
+    let v = wait_for(LONG, "the hold", || {
+        proxy
+            .last_verdict(r.port)
+            .filter(|v| v["verdict"] == "hold")
+    });
+    assert_eq!(v["reason_code"], "empty_master", "{v}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        r.client().int(&["DBSIZE"]),
+        1000,
+        "the replica kept its data"
+    );
+    let st = proxy.status();
+    assert!(st["links"][0]["ledger"]["empty_master"].is_string(), "{st}");
+
+    proxy.http_post("/links/main/allow-empty-master");
+    wait_converged(&m, &r, LONG);
+    assert_eq!(
+        r.client().int(&["DBSIZE"]),
+        0,
+        "released: synced from the empty master"
+    );
+}
+
+/// replguard killed with -9 while writes stream; restarted, the ledger loads and the replica
+/// comes back with equal data, by a decision that is logged.
+fn kill_9_mid_stream(kind: Kind) {
+    let m = Server::start(kind, &QUIET);
+    assert_eq!(m.client().text(&["DEBUG", "POPULATE", "10000"]), "OK");
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let cfg = dir.path().join("rg.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir: {}/state\nadmin: {{ listen: 127.0.0.1:{admin} }}\nlinks:\n  - {{ name: main, listen: 127.0.0.1:{port}, master: 127.0.0.1:{}, flavor: {}, guard: enforce }}\n",
+            dir.path().display(),
+            m.port,
+            kind.flavor()
+        ),
+    )
+    .unwrap();
+    let start = |log: &str| {
+        Command::new(env!("CARGO_BIN_EXE_replguard"))
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("REPLGUARD_LOG", "info")
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.path().join(log)).unwrap(),
+            ))
+            .spawn()
+            .unwrap()
+    };
+    let mut first = start("first.log");
+    let r = replica_of(kind, port, &[]);
+    wait_converged(&m, &r, LONG);
+    let writer = Writer::start(m.port, "w", 20, u64::MAX);
+    std::thread::sleep(Duration::from_millis(1500));
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    writer.finish();
+
+    let ledger = dir.path().join("state/main.ledger.json");
+    let parsed: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&ledger).unwrap()).expect("the ledger is whole");
+    let rec = parsed["replicas"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| k.ends_with(&format!(":{}", r.port)))
+        .map(|(_, v)| v.clone())
+        .expect("the replica is recorded");
+    assert_eq!(rec["open"], true, "{rec}");
+
+    let mut second = start("second.log");
+    wait_converged(&m, &r, LONG);
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let log = std::fs::read_to_string(dir.path().join("second.log")).unwrap();
+    assert!(log.contains("did not stop cleanly"), "{log}");
+    let decision = log
+        .lines()
+        .find(|l| l.contains("guard:") && l.contains(&format!(":{}", r.port)))
+        .unwrap_or_else(|| panic!("no guard decision logged:\n{log}"));
+    assert!(
+        decision.contains("guard: pass")
+            || decision.contains("replguard stopped uncleanly while delivering"),
+        "{decision}"
+    );
+}
+
+macro_rules! per_server {
+    ($($name:ident => $body:expr;)*) => {
+        mod redis {
+            use super::*;
+            $( #[test] fn $name() { ($body)(Kind::Redis) } )*
+        }
+        mod valkey {
+            use super::*;
+            $( #[test] fn $name() { ($body)(Kind::Valkey) } )*
+        }
+    };
+}
+
+per_server! {
+    seed_without_replguard_loses_the_update => seed_direct_loses_the_update;
+    seed_enforce_forces_full_sync => seed_enforce_forces_a_full_sync;
+    seed_observe_logs_and_counts => seed_observe_lets_it_happen_and_says_so;
+    master_restarted_from_older_rdb => master_back_from_older_rdb;
+    failover_to_promoted_replica => failover_follows_the_promoted_replica;
+    empty_master_is_held_until_released => empty_master_holds_the_replica;
+    replguard_killed_mid_stream => kill_9_mid_stream;
+}
