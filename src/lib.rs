@@ -10,7 +10,11 @@
 //! | [`link`]    | one listener per configured link, its bounded sessions and counters      |
 //! | [`session`] | one replica connection: dial, handshake command by command, relay        |
 //! | [`resp`]    | handshake framing: commands in (redis-protocol), single replies out      |
-//! | [`psync`]   | the one function every PSYNC passes through before reaching the master   |
+//! | [`psync`]   | the one place a PSYNC is routed: forwarded, forced full, or held         |
+//! | [`verdict`] | pure: (ledger facts, PSYNC request) -> Pass / ForceFull / Hold, reasons  |
+//! | [`ledger`]  | lineage of each master id and what each replica was delivered; on disk   |
+//! | [`guard`]   | a link's ledger at runtime: judge, record, observe the master, persist   |
+//! | [`watch`]   | reading the master's own INFO replication / keyspace                     |
 //! | [`stream`]  | watching the sync as it passes: RDB framing, command-stream boundaries   |
 //! | [`stats`]   | offset books per session (delivered, acknowledged, lag), link counters   |
 //! | [`admin`]   | `GET /status` (JSON) and `GET /metrics` (Prometheus)                     |
@@ -21,11 +25,15 @@
 //! replica ──TCP──▶ link::serve ──spawn──▶ session::run ──TCP──▶ master
 //!                                           │
 //!   handshake:  resp::parse_command ─▶ forward ─▶ resp::reply_len ─▶ back to replica
-//!   PSYNC:      psync::route ─▶ master ─▶ +FULLRESYNC | +CONTINUE | -ERR
+//!   PSYNC:      link.refresh_master (watch) ─▶ guard.judge (verdict over ledger)
+//!               ─▶ psync::route ─▶ as sent | PSYNC ? -1 | -LOADING to the replica
+//!               ─▶ master ─▶ +FULLRESYNC | +CONTINUE | -ERR ─▶ one decision log line
 //!   relay  ◀──  stream::Downstream (payload framing, StreamScanner boundaries) ─▶ stats
+//!                  stats ─▶ guard.delivered (every 200 ms and at session end) ─▶ ledger file
 //!   relay  ──▶  REPLCONF ACK scanned on the way up ─▶ stats
 //!                                           │
-//!                           admin /status, /metrics read stats
+//!                 admin /status, /metrics read stats and the guard;
+//!                 POST /links/<name>/master re-points, /allow-empty-master releases
 //! ```
 //!
 //! Bytes are forwarded exactly as received; replguard only adds commands of its own during the

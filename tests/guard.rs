@@ -46,6 +46,9 @@ fn seed(kind: Kind, path: Path) -> Seed {
     let target = proxy.as_ref().map_or(m.port, |p| p.port);
     let mut r = replica_of(kind, target, &[]);
     wait_converged(&m, &r, LONG);
+    // Some stream through the link, so the replica's books are not at the sync point.
+    assert_eq!(mc.text(&["SET", "k2", "v2-streamed"]), "OK");
+    wait_converged(&m, &r, LONG);
     r.stop(true);
 
     // While the replica is down: an existing key updated, a new key created.
