@@ -204,12 +204,17 @@ impl LedgerData {
         changed
     }
 
-    /// Whether `replid` is a brand-new lineage: unknown to the ledger (before this view was
-    /// folded in) and with no previous id.
+    /// Whether the master's id is a brand-new lineage as far as the replicas this link fed are
+    /// concerned: none of their ids is related to it, and it has no previous id they know.
+    /// (A master that never fed a replica through this link is never "unrelated": Redis itself
+    /// takes a fresh id when its first replica attaches.)
     pub fn is_unrelated(&self, v: &MasterView) -> bool {
-        !self.epochs.is_empty()
-            && self.epoch(&v.replid).is_none()
-            && (v.replid2 == NO_REPLID || self.epoch(&v.replid2).is_none())
+        let fed: Vec<&str> = self.replicas.values().map(|r| r.replid.as_str()).collect();
+        !fed.is_empty()
+            && fed.iter().all(|id| {
+                !self.same_lineage(id, &v.replid)
+                    && (v.replid2 == NO_REPLID || !self.same_lineage(id, &v.replid2))
+            })
     }
 
     /// Notes that `replid` reached at least `offset`, as relayed (never a fork: deliveries and
@@ -400,8 +405,14 @@ mod tests {
             "no knowledge is not unrelated"
         );
         l.see(A, 10);
+        assert!(
+            !l.is_unrelated(&view(C, NO_REPLID, -1, 0)),
+            "an id no replica was fed from does not count"
+        );
+        l.deliver("r:1", A, 10, false);
         assert!(l.is_unrelated(&view(C, NO_REPLID, -1, 0)));
         assert!(!l.is_unrelated(&view(C, A, 11, 0)));
+        assert!(!l.is_unrelated(&view(A, NO_REPLID, -1, 10)));
     }
 
     #[test]

@@ -222,19 +222,7 @@ fn find_mark(tail: &[u8], chunk: &[u8], mark: &[u8; EOF_MARK_LEN]) -> Option<usi
             return Some(p + EOF_MARK_LEN - tail.len());
         }
     }
-    let first = mark[0];
-    let mut from = 0;
-    while from + EOF_MARK_LEN <= chunk.len() {
-        let p = chunk[from..=chunk.len() - EOF_MARK_LEN]
-            .iter()
-            .position(|&b| b == first)?;
-        let at = from + p;
-        if &chunk[at..at + EOF_MARK_LEN] == mark {
-            return Some(at + EOF_MARK_LEN);
-        }
-        from = at + 1;
-    }
-    None
+    memchr::memmem::find(chunk, mark).map(|p| p + EOF_MARK_LEN)
 }
 
 /// Keeps the last (up to 39) bytes of the payload seen so far.

@@ -133,3 +133,76 @@ fn run_relays_and_stops_gracefully_on_sigterm() {
         || (r.client().info("replication")["master_link_status"] == "down").then_some(()),
     );
 }
+
+#[test]
+fn sighup_repoints_a_link_and_keeps_running_on_a_bad_file() {
+    let m1 = Server::start(Kind::Redis, &[]);
+    let m2 = Server::start(Kind::Redis, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let cfg = dir.path().join("rg.yaml");
+    let write = |master: u16| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "state_dir: {}/state\nadmin: {{ listen: 127.0.0.1:{admin} }}\nlinks:\n  - {{ name: main, listen: 127.0.0.1:{port}, master: 127.0.0.1:{master}, flavor: redis, guard: enforce }}\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap()
+    };
+    write(m1.port);
+    let log = dir.path().join("rg.log");
+    let mut child = replguard()
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    let master_of = || -> Option<String> {
+        let body = std::panic::catch_unwind(|| http(admin, "GET", "/status")).ok()?;
+        let st: serde_json::Value = serde_json::from_str(&body).ok()?;
+        st["links"][0]["master"].as_str().map(str::to_string)
+    };
+    let hup = || {
+        assert!(Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success())
+    };
+    let want1 = format!("127.0.0.1:{}", m1.port);
+    wait_for(Duration::from_secs(20), "replguard up", || {
+        (master_of()? == want1).then_some(())
+    });
+
+    std::fs::write(&cfg, "links: [").unwrap();
+    hup();
+    wait_for(
+        Duration::from_secs(20),
+        "the reload error in the log",
+        || {
+            std::fs::read_to_string(&log)
+                .ok()?
+                .contains("configuration not reloaded")
+                .then_some(())
+        },
+    );
+    assert_eq!(
+        master_of().as_deref(),
+        Some(want1.as_str()),
+        "still running on the old master"
+    );
+
+    write(m2.port);
+    hup();
+    let want2 = format!("127.0.0.1:{}", m2.port);
+    wait_for(Duration::from_secs(20), "the link re-pointed", || {
+        (master_of()? == want2).then_some(())
+    });
+    let mut c = Client::connect(port).unwrap();
+    assert_eq!(c.text(&["SET", "via-link", "1"]), "OK");
+    assert_eq!(m2.client().text(&["GET", "via-link"]), "1");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
