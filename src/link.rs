@@ -107,17 +107,23 @@ impl LinkCtx {
         );
         previous.cancel();
         info!(link = %self.cfg.name, %old, new = %addr, "master re-pointed; closing this link's sessions");
-        self.refresh_master().await;
+        self.refresh_master(self.cfg.timeouts.handshake_step())
+            .await;
     }
 
-    /// Reads the master's INFO and folds it into the ledger. Failures are logged at debug level:
-    /// the master may simply be down, which sessions report themselves.
-    pub async fn refresh_master(&self) {
+    /// Reads the master's INFO and folds it into the ledger; returns whether it could. Failures
+    /// are logged at debug level here: the master may simply be down, which sessions report.
+    pub async fn refresh_master(&self, limit: Duration) -> bool {
         let _one_at_a_time = self.poll_lock.lock().await;
-        let limit = self.cfg.timeouts.handshake_step();
         match watch::read_master(self.master(), self.credentials.as_ref(), limit).await {
-            Ok(view) => self.guard.observe(&self.cfg.name, &view),
-            Err(e) => debug!(link = %self.cfg.name, error = %e, "cannot read the master's INFO"),
+            Ok(view) => {
+                self.guard.observe(&self.cfg.name, &view);
+                true
+            }
+            Err(e) => {
+                debug!(link = %self.cfg.name, error = %e, "cannot read the master's INFO");
+                false
+            }
         }
     }
 
@@ -238,6 +244,10 @@ fn finish(link: &LinkCtx, stats: &SessionStats, end: Result<(), SessionEnd>) {
     }
 }
 
+/// Longest a PSYNC waits for a fresh read of the master's INFO before it is judged on what the
+/// ledger already knows.
+pub const PSYNC_INFO_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How often live deliveries are written to the ledger; bounds what an unclean stop can lose.
 pub const LEDGER_FLUSH_EVERY: Duration = Duration::from_millis(200);
 
@@ -251,7 +261,7 @@ pub async fn keep(link: Arc<LinkCtx>, cancel: CancellationToken) {
             last_poll = Some(std::time::Instant::now());
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = link.refresh_master() => {}
+                _ = link.refresh_master(link.cfg.timeouts.handshake_step()) => {}
             }
         }
         link.record_live_deliveries();

@@ -296,7 +296,9 @@ async fn session(link: &LinkCtx, replica: TcpStream, stats: &SessionStats) -> Re
                 }
                 // The master's own view first, so the verdict sees a failover or a restart
                 // that happened since the last poll.
-                link.refresh_master().await;
+                if !link.refresh_master(crate::link::PSYNC_INFO_TIMEOUT).await {
+                    warn!("cannot read the master's INFO: judging this PSYNC on the ledger alone");
+                }
                 let replica = stats.snapshot().replica;
                 let (verdict, facts) = match &req {
                     Some(q) => link.guard.judge(&replica, &q.replid, q.offset),

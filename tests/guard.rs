@@ -50,6 +50,13 @@ fn seed(kind: Kind, path: Path) -> Seed {
     assert_eq!(mc.text(&["SET", "k2", "v2-streamed"]), "OK");
     wait_converged(&m, &r, LONG);
     r.stop(true);
+    if let Some(p) = &proxy {
+        // The update below must not reach replguard's session for the stopped replica: bytes
+        // written into its dying socket would count as delivered, and rightly so.
+        wait_for(LONG, "replguard to see the replica go", || {
+            p.sessions().is_empty().then_some(())
+        });
+    }
 
     // While the replica is down: an existing key updated, a new key created.
     assert_eq!(mc.text(&["SET", "k1", "v1-UPDATED"]), "OK");
