@@ -77,17 +77,8 @@ fn run_relays_and_stops_gracefully_on_sigterm() {
     let m = Server::start(Kind::Redis, &["--repl-diskless-sync", "no"]);
     assert_eq!(m.client().text(&["DEBUG", "POPULATE", "1000"]), "OK");
     let dir = tempfile::tempdir().unwrap();
-    let (port, admin) = (free_port(), free_port());
-    let cfg = dir.path().join("rg.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "state_dir: {}/state\nadmin: {{ listen: 127.0.0.1:{admin} }}\nlinks:\n  - {{ name: main, listen: 127.0.0.1:{port}, master: 127.0.0.1:{}, flavor: redis, guard: enforce }}\n",
-            dir.path().display(),
-            m.port
-        ),
-    )
-    .unwrap();
+    let bin = BinConfig::new(dir.path(), m.port, Kind::Redis);
+    let (port, cfg) = (bin.port, &bin.path);
     let mut child = replguard()
         .args(["run", "--config"])
         .arg(&cfg)
@@ -139,19 +130,8 @@ fn sighup_repoints_a_link_and_keeps_running_on_a_bad_file() {
     let m1 = Server::start(Kind::Redis, &[]);
     let m2 = Server::start(Kind::Redis, &[]);
     let dir = tempfile::tempdir().unwrap();
-    let (port, admin) = (free_port(), free_port());
-    let cfg = dir.path().join("rg.yaml");
-    let write = |master: u16| {
-        std::fs::write(
-            &cfg,
-            format!(
-                "state_dir: {}/state\nadmin: {{ listen: 127.0.0.1:{admin} }}\nlinks:\n  - {{ name: main, listen: 127.0.0.1:{port}, master: 127.0.0.1:{master}, flavor: redis, guard: enforce }}\n",
-                dir.path().display()
-            ),
-        )
-        .unwrap()
-    };
-    write(m1.port);
+    let bin = BinConfig::new(dir.path(), m1.port, Kind::Redis);
+    let (port, admin, cfg) = (bin.port, bin.admin, &bin.path);
     let log = dir.path().join("rg.log");
     let mut child = replguard()
         .args(["run", "--config"])
@@ -176,7 +156,7 @@ fn sighup_repoints_a_link_and_keeps_running_on_a_bad_file() {
         (master_of()? == want1).then_some(())
     });
 
-    std::fs::write(&cfg, "links: [").unwrap();
+    std::fs::write(cfg, "links: [").unwrap();
     hup();
     wait_for(
         Duration::from_secs(20),
@@ -194,7 +174,7 @@ fn sighup_repoints_a_link_and_keeps_running_on_a_bad_file() {
         "still running on the old master"
     );
 
-    write(m2.port);
+    bin.write(m2.port, Kind::Redis);
     hup();
     let want2 = format!("127.0.0.1:{}", m2.port);
     wait_for(Duration::from_secs(20), "the link re-pointed", || {

@@ -240,18 +240,8 @@ fn kill_9_mid_stream(kind: Kind) {
     let m = Server::start(kind, &QUIET);
     assert_eq!(m.client().text(&["DEBUG", "POPULATE", "10000"]), "OK");
     let dir = tempfile::tempdir().unwrap();
-    let (port, admin) = (free_port(), free_port());
-    let cfg = dir.path().join("rg.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "state_dir: {}/state\nadmin: {{ listen: 127.0.0.1:{admin} }}\nlinks:\n  - {{ name: main, listen: 127.0.0.1:{port}, master: 127.0.0.1:{}, flavor: {}, guard: enforce }}\n",
-            dir.path().display(),
-            m.port,
-            kind.flavor()
-        ),
-    )
-    .unwrap();
+    let bin = BinConfig::new(dir.path(), m.port, kind);
+    let (port, cfg) = (bin.port, &bin.path);
     let start = |log: &str| {
         Command::new(env!("CARGO_BIN_EXE_replguard"))
             .args(["run", "--config"])

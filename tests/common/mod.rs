@@ -623,3 +623,39 @@ pub fn set_rdb_repl_offset(path: &Path, offset: u64) -> u64 {
     }
     panic!("no repl-offset aux field in {}", path.display());
 }
+
+/// A one-link configuration file for running the replguard binary: `dir/rg.yaml`, with the
+/// state directory `dir/state`.
+pub struct BinConfig {
+    pub path: PathBuf,
+    pub port: u16,
+    pub admin: u16,
+}
+
+impl BinConfig {
+    pub fn new(dir: &Path, master: u16, kind: Kind) -> BinConfig {
+        let c = BinConfig {
+            path: dir.join("rg.yaml"),
+            port: free_port(),
+            admin: free_port(),
+        };
+        c.write(master, kind);
+        c
+    }
+
+    /// (Re)writes the file pointing the link at `master`.
+    pub fn write(&self, master: u16, kind: Kind) {
+        let dir = self.path.parent().unwrap();
+        std::fs::write(
+            &self.path,
+            format!(
+                "state_dir: {}/state\nadmin: {{ listen: 127.0.0.1:{} }}\nlinks:\n  - {{ name: main, listen: 127.0.0.1:{}, master: 127.0.0.1:{master}, flavor: {}, guard: enforce }}\n",
+                dir.display(),
+                self.admin,
+                self.port,
+                kind.flavor()
+            ),
+        )
+        .unwrap();
+    }
+}
