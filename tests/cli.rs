@@ -81,7 +81,7 @@ fn run_relays_and_stops_gracefully_on_sigterm() {
     let (port, cfg) = (bin.port, &bin.path);
     let mut child = replguard()
         .args(["run", "--config"])
-        .arg(&cfg)
+        .arg(cfg)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -135,7 +135,7 @@ fn sighup_repoints_a_link_and_keeps_running_on_a_bad_file() {
     let log = dir.path().join("rg.log");
     let mut child = replguard()
         .args(["run", "--config"])
-        .arg(&cfg)
+        .arg(cfg)
         .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
         .spawn()
         .unwrap();

@@ -245,7 +245,7 @@ fn kill_9_mid_stream(kind: Kind) {
     let start = |log: &str| {
         Command::new(env!("CARGO_BIN_EXE_replguard"))
             .args(["run", "--config"])
-            .arg(&cfg)
+            .arg(cfg)
             .env("REPLGUARD_LOG", "info")
             .stderr(Stdio::from(
                 std::fs::File::create(dir.path().join(log)).unwrap(),
