@@ -1,9 +1,11 @@
 //! End to end on real Redis servers, all in one run so the ratios share the machine's state:
 //!
-//! - write-to-replica-visible latency: one master, three replicas fed the same writes — direct,
-//!   through a plain TCP relay (TCP_NODELAY, no parsing: the floor for any hop), and through
-//!   replguard. Each replica publishes a keyspace notification when it applies the write; a
-//!   thread per replica timestamps its arrival. p50/p99 per path, and replguard's added latency;
+//! - write-to-replica-visible latency: one master, three replicas — direct, through a plain TCP
+//!   relay (TCP_NODELAY, no parsing: the floor for any hop), and through replguard. Writes go in
+//!   batches that alternate over the paths; during a batch the other two replicas are
+//!   SIGSTOPped so the paths do not compete for the CPU. Each replica publishes a keyspace
+//!   notification when it applies a write, timestamped on arrival by a thread per replica.
+//!   p50/p99 per path, and replguard's added latency;
 //! - full-sync time: a fresh replica syncs a populated master, direct and through replguard
 //!   alternately, several rounds each.
 //!
@@ -76,28 +78,63 @@ fn listen(port: u16, key: &'static str, tx: mpsc::Sender<(usize, Instant)>) {
 struct Paths {
     names: Vec<&'static str>,
     rx: Vec<mpsc::Receiver<(usize, Instant)>>,
+    pids: Vec<u32>,
+    /// Next notification number expected from each path.
+    next: Vec<usize>,
+    /// Writes made so far.
+    total: usize,
 }
 
-fn latency(master: &Server, first: usize, writes: usize, paths: &Paths) -> Vec<Vec<f64>> {
+/// Writes per batch; batches rotate over the paths.
+const BATCH: usize = 50;
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// Measures `writes` writes in batches that rotate over the paths. During a batch only the
+/// measured path's replica runs (the others are SIGSTOPped), so the paths never compete for
+/// the CPU; each resumed replica first catches up on what it missed, unmeasured.
+fn latency(master: &Server, writes: usize, paths: &mut Paths) -> Vec<Vec<f64>> {
     let mut w = TcpStream::connect(("127.0.0.1", master.port)).unwrap();
     w.set_nodelay(true).unwrap();
     let mut out = vec![Vec::with_capacity(writes); paths.names.len()];
-    for i in 0..writes {
-        let v = i.to_string();
-        let cmd = replguard::resp::encode_command(&["SET", "lat", v.as_str()]);
-        let sent = Instant::now();
-        w.write_all(&cmd).unwrap();
-        for (p, rx) in paths.rx.iter().enumerate() {
-            let (n, at) = rx
+    for batch in 0..writes.div_ceil(BATCH) {
+        let p = batch % paths.names.len();
+        for (q, pid) in paths.pids.iter().enumerate() {
+            signal(*pid, if q == p { "-CONT" } else { "-STOP" });
+        }
+        while paths.next[p] < paths.total {
+            paths.rx[p]
+                .recv_timeout(Duration::from_secs(10))
+                .expect("replica catches up");
+            paths.next[p] += 1;
+        }
+        for _ in 0..BATCH {
+            let v = paths.total.to_string();
+            let cmd = replguard::resp::encode_command(&["SET", "lat", v.as_str()]);
+            let sent = Instant::now();
+            w.write_all(&cmd).unwrap();
+            let (n, at) = paths.rx[p]
                 .recv_timeout(Duration::from_secs(10))
                 .expect("replica saw the write");
-            assert_eq!(n, first + i, "notifications arrive in order");
+            assert_eq!(n, paths.total, "notifications arrive in order");
             out[p].push(at.duration_since(sent).as_secs_f64() * 1e6);
+            paths.next[p] += 1;
+            paths.total += 1;
+            // Drain the +OK so the socket never backs up; then a short pause between writes.
+            let mut ok = [0u8; 5];
+            std::io::Read::read_exact(&mut w, &mut ok).unwrap();
+            std::thread::sleep(Duration::from_micros(500));
         }
-        // Drain the +OK so the socket never backs up; then a short pause between writes.
-        let mut ok = [0u8; 5];
-        std::io::Read::read_exact(&mut w, &mut ok).unwrap();
-        std::thread::sleep(Duration::from_micros(500));
+    }
+    for pid in &paths.pids {
+        signal(*pid, "-CONT");
     }
     out
 }
@@ -169,15 +206,18 @@ fn main() {
         listen(r.port, "lat", tx);
         rx.push(r_rx);
     }
-    let paths = Paths {
+    let mut paths = Paths {
         names: targets.iter().map(|t| t.0).collect(),
         rx,
+        pids: replicas.iter().map(Server::pid).collect(),
+        next: vec![0; targets.len()],
+        total: 0,
     };
     // Warm-up, then the measured run.
-    latency(&m, 0, 200, &paths);
-    let mut lat = latency(&m, 200, writes, &paths);
+    latency(&m, 3 * BATCH, &mut paths);
+    let mut lat = latency(&m, writes, &mut paths);
     drop(replicas);
-    println!("write-to-replica-visible latency, {writes} writes, same writes on every path (us):");
+    println!("write-to-replica-visible latency, {writes} writes in batches of {BATCH} alternating over the paths (us):");
     println!("  {:<12} {:>8} {:>8} {:>8}", "path", "p50", "p90", "p99");
     let mut p50 = Vec::new();
     let mut p99 = Vec::new();

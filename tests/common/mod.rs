@@ -249,6 +249,11 @@ impl Server {
         Client::connect(self.port).expect("connect to server")
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Stops the server cleanly (SHUTDOWN, saving when `save`) and waits for the process.
     pub fn stop(&mut self, save: bool) {
         if let Ok(mut c) = Client::connect(self.port) {
