@@ -60,6 +60,7 @@ struct Facts {
     sync: Option<SyncKind>,
     rdb_diskless: Option<bool>,
     /// (replica offset reached, when the relay delivered it), oldest first; drained by ACKs.
+    /// The newest sample stands for everything delivered since it was taken.
     samples: VecDeque<(u64, Instant)>,
     last_ack_at: Option<Instant>,
 }
@@ -89,6 +90,9 @@ pub struct SessionStats {
     rdb_bytes: AtomicU64,
     /// Last `REPLCONF ACK` offset, plus one (0 = none yet).
     ack_plus_one: AtomicU64,
+    /// When the next lag sample is due, in nanoseconds since `started`: the relay takes the
+    /// facts lock only then, not for every chunk.
+    next_sample_ns: AtomicU64,
     facts: Mutex<Facts>,
 }
 
@@ -134,6 +138,7 @@ impl SessionStats {
             stream_boundary: AtomicU64::new(0),
             rdb_bytes: AtomicU64::new(0),
             ack_plus_one: AtomicU64::new(0),
+            next_sample_ns: AtomicU64::new(0),
             facts: Mutex::new(Facts::default()),
         }
     }
@@ -170,6 +175,7 @@ impl SessionStats {
         f.start_offset = offset;
         f.samples.clear();
         drop(f);
+        self.next_sample_ns.store(0, Relaxed);
         self.reset_counters();
         self.set_state(SessionState::Rdb);
     }
@@ -182,6 +188,7 @@ impl SessionStats {
         f.start_offset = Some(offset);
         f.samples.clear();
         drop(f);
+        self.next_sample_ns.store(0, Relaxed);
         self.reset_counters();
         self.set_state(SessionState::Streaming);
     }
@@ -203,25 +210,22 @@ impl SessionStats {
     /// Called by the relay after each forwarded chunk of command stream.
     pub fn record_stream(&self, bytes: u64, boundary: u64) {
         self.stream_bytes.store(bytes, Relaxed);
-        let prev = self.stream_boundary.swap(boundary, Relaxed);
-        if boundary != prev {
-            let mut f = self.facts();
-            if let Some(start) = f.start_offset {
-                let now = Instant::now();
-                let due = f
-                    .samples
-                    .back()
-                    .is_none_or(|(_, t)| now.duration_since(*t) >= SAMPLE_EVERY);
-                if due {
-                    if f.samples.len() == MAX_SAMPLES {
-                        f.samples.pop_front();
-                    }
-                    f.samples.push_back((start + boundary, now));
-                } else if let Some(last) = f.samples.back_mut() {
-                    // Keep the newest offset in the latest sample so ACKs can clear it.
-                    last.0 = start + boundary;
-                }
+        if self.stream_boundary.swap(boundary, Relaxed) == boundary {
+            return;
+        }
+        let now = Instant::now();
+        let since_start = now.duration_since(self.started).as_nanos() as u64;
+        if since_start < self.next_sample_ns.load(Relaxed) {
+            return;
+        }
+        self.next_sample_ns
+            .store(since_start + SAMPLE_EVERY.as_nanos() as u64, Relaxed);
+        let mut f = self.facts();
+        if let Some(start) = f.start_offset {
+            if f.samples.len() == MAX_SAMPLES {
+                f.samples.pop_front();
             }
+            f.samples.push_back((start + boundary, now));
         }
     }
 
@@ -230,7 +234,19 @@ impl SessionStats {
         self.ack_plus_one.store(offset.saturating_add(1), Relaxed);
         let mut f = self.facts();
         f.last_ack_at = Some(Instant::now());
-        while f.samples.front().is_some_and(|(o, _)| *o <= offset) {
+        // The newest sample also covers what was delivered after it was taken.
+        let delivered = f
+            .start_offset
+            .map(|st| st + self.stream_boundary.load(Relaxed));
+        while let Some(&(o, _)) = f.samples.front() {
+            let covers = if f.samples.len() == 1 {
+                delivered.map_or(o, |d| d.max(o))
+            } else {
+                o
+            };
+            if covers > offset {
+                break;
+            }
             f.samples.pop_front();
         }
     }
@@ -328,7 +344,13 @@ mod tests {
         let snap = s.snapshot();
         assert_eq!(snap.lag_bytes, Some(20));
         assert!(snap.lag_seconds.unwrap() >= 0.0);
-        s.record_ack(140);
+        // Delivered right after the last sample: an ACK short of it leaves lag pending.
+        s.record_stream(80, 70);
+        s.record_ack(150);
+        assert!(s.snapshot().lag_seconds.unwrap() >= 0.0);
+        assert_eq!(s.snapshot().lag_bytes, Some(20));
+        assert!(!s.facts().samples.is_empty());
+        s.record_ack(170);
         let snap = s.snapshot();
         assert_eq!(snap.lag_bytes, Some(0));
         assert_eq!(snap.lag_seconds, Some(0.0));
