@@ -89,6 +89,8 @@ pub enum SessionEnd {
     Unsupported(String),
     #[error("held by the lineage guard (answered -LOADING)")]
     Held,
+    #[error("master refused the sync with {0:?} (relayed to the replica)")]
+    SyncRefused(String),
 }
 
 impl SessionEnd {
@@ -711,9 +713,7 @@ fn on_event(link: &LinkCtx, stats: &SessionStats, e: &Event) -> Result<()> {
                 diskless, "RDB payload relayed; streaming"
             );
         }
-        Event::Rejected(msg) => {
-            return Err(SessionEnd::Unsupported(format!("-{msg}")));
-        }
+        Event::Rejected(msg) => return Err(SessionEnd::SyncRefused(format!("-{msg}"))),
     }
     Ok(())
 }

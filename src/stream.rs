@@ -379,6 +379,7 @@ impl StreamScanner {
     }
 
     /// Whether the scanner stands between two commands.
+    #[cfg(test)]
     pub fn at_boundary(&self) -> bool {
         self.state == Scan::Start
     }
