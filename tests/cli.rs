@@ -12,17 +12,25 @@ fn replguard() -> Command {
     Command::new(env!("CARGO_BIN_EXE_replguard"))
 }
 
-#[test]
-fn check_accepts_the_example_config() {
+/// `replguard check --config <path>`: (exit code, stdout, stderr).
+fn check(path: impl AsRef<std::ffi::OsStr>) -> (Option<i32>, String, String) {
     let out = replguard()
-        .args(["check", "--config", "config/replguard.yaml"])
+        .args(["check", "--config"])
+        .arg(path)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "config/replguard.yaml: valid (1 link)\n"
-    );
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_accepts_the_example_config() {
+    let (code, out, err) = check("config/replguard.yaml");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, "config/replguard.yaml: valid (1 link)\n");
 }
 
 #[test]
@@ -34,13 +42,8 @@ fn check_lists_every_problem_and_exits_1() {
         "state_dir: ./s\nadmin: { listen: 127.0.0.1:9121 }\nlinks:\n  - { name: a, listen: 127.0.0.1:9121, master: 'db:6379', flavor: redis, guard: enforce, max_sessions: 0 }\n",
     )
     .unwrap();
-    let out = replguard()
-        .args(["check", "--config"])
-        .arg(&f)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, _, err) = check(&f);
+    assert_eq!(code, Some(1));
     for want in [
         "3 problems",
         "links[0].listen: 127.0.0.1:9121 is already used by admin.listen",
@@ -55,21 +58,13 @@ fn check_lists_every_problem_and_exits_1() {
         "state_dir: ./s\nadmin: { listen: 127.0.0.1:9121 }\nlinks: []\nextra: 1\n",
     )
     .unwrap();
-    let out = replguard()
-        .args(["check", "--config"])
-        .arg(&f)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, _, err) = check(&f);
+    assert_eq!(code, Some(1));
     assert!(err.contains("unknown field `extra`"), "{err}");
 
-    let out = replguard()
-        .args(["check", "--config", "/nonexistent/replguard.yaml"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+    let (code, _, err) = check("/nonexistent/replguard.yaml");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("cannot read"), "{err}");
 }
 
 #[test]
