@@ -4,11 +4,12 @@
 //! Sessions ask [`Guard::judge`] before forwarding a PSYNC, and report deliveries; the link's
 //! keeper task folds in the master's INFO and saves the ledger when it changed.
 
-use crate::ledger::{self, LedgerData, MasterView, ReplicaRecord};
+use crate::ledger::{self, KvGap, KvRecord, LedgerData, MasterView, ReplicaRecord};
 use crate::verdict::{judge, Facts, Request, UnknownReplica, Verdict};
 use dashmap::DashMap;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard};
@@ -48,6 +49,12 @@ pub struct Guard {
     pub unsafe_accepted: AtomicU64,
     pub holds: AtomicU64,
     pub last: DashMap<String, Decision>,
+    /// Kvrocks: complete full syncs (`_fetch_file` answers relayed whole) per replica address.
+    kv_fetches: Mutex<HashMap<IpAddr, u64>>,
+    /// Kvrocks: replicas refused a resume, with their address and its full-sync count then.
+    kv_refused: Mutex<HashMap<String, (IpAddr, u64)>>,
+    /// Kvrocks: gaps seen in streams relayed from the master.
+    pub kv_gaps: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -79,6 +86,13 @@ impl Guard {
             .iter()
             .filter(|(_, r)| r.open)
             .map(|(k, _)| k.clone())
+            .chain(
+                data.kvrocks
+                    .replicas
+                    .iter()
+                    .filter(|(_, r)| r.open)
+                    .map(|(k, _)| k.clone()),
+            )
             .collect();
         if !uncertain.is_empty() {
             warn!(
@@ -106,6 +120,9 @@ impl Guard {
             unsafe_accepted: AtomicU64::new(0),
             holds: AtomicU64::new(0),
             last: DashMap::new(),
+            kv_fetches: Mutex::new(HashMap::new()),
+            kv_refused: Mutex::new(HashMap::new()),
+            kv_gaps: AtomicU64::new(0),
         }
     }
 
@@ -122,9 +139,113 @@ impl Guard {
             empty_master: empty.as_deref(),
             allow_empty_master: self.allow_empty.load(Relaxed),
             unknown_replica: self.policy,
+            kv_replica: None,
+            kv_full_sync_seen: false,
         };
-        let v = judge(&facts, &Request { replid, offset });
+        let v = judge(&facts, &Request::Psync2 { replid, offset });
         (v, describe(&data, rec, replid, uncertain, empty.as_deref()))
+    }
+
+    /// Judges a Kvrocks PSYNC from `replica` (connected from `ip`); also returns the facts used.
+    pub fn judge_kvrocks(
+        &self,
+        replica: &str,
+        ip: IpAddr,
+        replid: Option<&str>,
+        seq: u64,
+    ) -> (Verdict, String) {
+        let data = lock(&self.data);
+        let uncertain = lock(&self.uncertain).contains(replica);
+        let rec = data.kvrocks.replicas.get(replica);
+        let seen = self.kv_full_sync_seen(replica, ip);
+        let facts = Facts {
+            ledger: &data,
+            replica: None,
+            unclean_stop: uncertain,
+            empty_master: None,
+            allow_empty_master: true,
+            unknown_replica: self.policy,
+            kv_replica: rec,
+            kv_full_sync_seen: seen,
+        };
+        let v = judge(&facts, &Request::Kvrocks { replid, seq });
+        (v, describe_kvrocks(&data, rec, uncertain, seen))
+    }
+
+    /// Whether a complete full sync from `ip` passed since `replica` was refused.
+    fn kv_full_sync_seen(&self, replica: &str, ip: IpAddr) -> bool {
+        let Some((at_ip, before)) = lock(&self.kv_refused).get(replica).copied() else {
+            return false;
+        };
+        let fetches = lock(&self.kv_fetches);
+        at_ip == ip && fetches.get(&ip).copied().unwrap_or(0) > before
+    }
+
+    /// A Kvrocks replica was refused a resume (by the master or by replguard): it must full-sync.
+    pub fn kv_refused(&self, replica: &str, ip: IpAddr) {
+        let count = lock(&self.kv_fetches).get(&ip).copied().unwrap_or(0);
+        lock(&self.kv_refused).insert(replica.to_string(), (ip, count));
+        let mut data = lock(&self.data);
+        data.kvrocks.update(replica, |r| {
+            r.full_sync_pending = true;
+            r.open = false;
+        });
+        self.dirty.store(true, Relaxed);
+    }
+
+    /// A `_fetch_file` answer was relayed whole to `ip`.
+    pub fn kv_fetch_complete(&self, ip: IpAddr) {
+        *lock(&self.kv_fetches).entry(ip).or_default() += 1;
+    }
+
+    /// The master accepted a Kvrocks PSYNC the guard passed: the replica's books continue from
+    /// `seq` (new books after a full sync, or a rewind).
+    pub fn kv_started(&self, replica: &str, replid: Option<&str>, seq: u64) {
+        lock(&self.kv_refused).remove(replica);
+        lock(&self.uncertain).remove(replica);
+        let mut data = lock(&self.data);
+        data.kvrocks.update(replica, |r| {
+            *r = KvRecord {
+                next_seq: seq,
+                replid: replid.map(str::to_string),
+                gap: None,
+                full_sync_pending: false,
+                updated_unix: 0,
+                open: true,
+            }
+        });
+        self.dirty.store(true, Relaxed);
+    }
+
+    /// Records what a Kvrocks replica was delivered: batches up to `next_seq`, the last one
+    /// carrying `replid`. `open` while its session goes on.
+    pub fn kv_delivered(&self, replica: &str, next_seq: u64, replid: Option<&str>, open: bool) {
+        let mut data = lock(&self.data);
+        if let Some(id) = replid {
+            if data.kvrocks.saw_master_replid(id) {
+                self.dirty.store(true, Relaxed);
+            }
+        }
+        let same = data.kvrocks.replicas.get(replica).is_some_and(|r| {
+            r.next_seq == next_seq && r.replid.as_deref() == replid && r.open == open
+        });
+        if !same {
+            data.kvrocks.update(replica, |r| {
+                r.next_seq = next_seq;
+                r.replid = replid.map(str::to_string);
+                r.open = open;
+            });
+            self.dirty.store(true, Relaxed);
+        }
+    }
+
+    /// Records a gap in the stream delivered to a Kvrocks replica.
+    pub fn kv_gap(&self, replica: &str, gap: KvGap) {
+        self.kv_gaps.fetch_add(1, Relaxed);
+        lock(&self.data).kvrocks.update(replica, |r| {
+            r.gap.get_or_insert(gap);
+        });
+        self.dirty.store(true, Relaxed);
     }
 
     /// Counts a decision and keeps it as the replica's last.
@@ -226,10 +347,51 @@ impl Guard {
             "holds": self.holds.load(Relaxed),
             "lineage": data.epochs,
             "replicas": data.replicas,
+            "kvrocks": data.kvrocks,
+            "kvrocks_stream_gaps": self.kv_gaps.load(Relaxed),
             "last_verdicts": last.into_iter().collect::<BTreeMap<_, _>>(),
             "ledger_file": self.path.display().to_string(),
         })
     }
+}
+
+/// The Kvrocks facts a verdict used, in one line.
+fn describe_kvrocks(
+    data: &LedgerData,
+    rec: Option<&KvRecord>,
+    uncertain: bool,
+    full_sync_seen: bool,
+) -> String {
+    let ids = data.kvrocks.master_replids.len();
+    let mut s = match rec {
+        None => "replica never served by this link".to_string(),
+        Some(r) => {
+            let mut s = format!(
+                "replica delivered batches up to sequence {} (next {})",
+                r.next_seq.saturating_sub(1),
+                r.next_seq
+            );
+            if let Some(id) = &r.replid {
+                s.push_str(&format!(", last batch id {id}"));
+            }
+            if let Some(g) = r.gap {
+                s.push_str(&format!(", gap {}..{}", g.expected, g.got));
+            }
+            if r.full_sync_pending {
+                s.push_str(if full_sync_seen {
+                    ", full sync pending and seen"
+                } else {
+                    ", full sync pending and not seen"
+                });
+            }
+            if uncertain {
+                s.push_str(" (session open at an unclean stop)");
+            }
+            s
+        }
+    };
+    s.push_str(&format!("; {ids} master ids seen in batches"));
+    s
 }
 
 /// The ledger facts a verdict used, in one line.

@@ -96,6 +96,76 @@ pub struct LedgerData {
     pub epochs: Vec<Epoch>,
     /// Keyed by replica identity: `ip:port` (announced or peer IP, and listening port).
     pub replicas: BTreeMap<String, ReplicaRecord>,
+    /// The books of a Kvrocks link (sequences instead of offsets).
+    #[serde(default, skip_serializing_if = "KvBooks::is_empty")]
+    pub kvrocks: KvBooks,
+}
+
+/// Most replication ids a Kvrocks link remembers having seen in its master's batches.
+const KV_REPLIDS_KEPT: usize = 64;
+
+/// What a Kvrocks link knows: the ids its master's batches carried, and per replica the
+/// sequence it was delivered up to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvBooks {
+    /// Ids seen in the trailing `r` record of batches relayed from the master, oldest first.
+    pub master_replids: Vec<String>,
+    /// Keyed like [`LedgerData::replicas`].
+    pub replicas: BTreeMap<String, KvRecord>,
+}
+
+/// Batches from `expected` on were missing when a batch starting at `got` arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvGap {
+    pub expected: u64,
+    pub got: u64,
+}
+
+/// What a Kvrocks link delivered to one replica.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvRecord {
+    /// The sequence it should ask for next: one past the last batch delivered, or the sequence
+    /// it asked for when its books were (re)started.
+    pub next_seq: u64,
+    /// The id the last batch delivered carried (or the replica presented at its baseline).
+    pub replid: Option<String>,
+    /// Batches were missing from the stream it was delivered.
+    pub gap: Option<KvGap>,
+    /// It was refused a resume and must run a full sync; its next PSYNC starts new books.
+    pub full_sync_pending: bool,
+    pub updated_unix: u64,
+    /// A session was delivering to it when this was written (see [`ReplicaRecord::open`]).
+    pub open: bool,
+}
+
+impl KvBooks {
+    pub fn is_empty(&self) -> bool {
+        self.master_replids.is_empty() && self.replicas.is_empty()
+    }
+
+    /// Notes an id carried by the master's batches.
+    pub fn saw_master_replid(&mut self, replid: &str) -> bool {
+        if self.master_replids.last().map(String::as_str) == Some(replid) {
+            return false;
+        }
+        self.master_replids.retain(|r| r != replid);
+        self.master_replids.push(replid.to_string());
+        if self.master_replids.len() > KV_REPLIDS_KEPT {
+            self.master_replids.remove(0);
+        }
+        true
+    }
+
+    pub fn knows_master_replid(&self, replid: &str) -> bool {
+        self.master_replids.iter().any(|r| r == replid)
+    }
+
+    /// Updates a replica's record (creating it) and stamps it.
+    pub fn update(&mut self, replica: &str, f: impl FnOnce(&mut KvRecord)) {
+        let rec = self.replicas.entry(replica.to_string()).or_default();
+        f(rec);
+        rec.updated_unix = now_unix();
+    }
 }
 
 /// What the master says about itself in `INFO replication` (and `INFO keyspace`).

@@ -50,6 +50,9 @@ pub enum Route {
     Full,
     /// Answer the replica with this error line and close; nothing reaches the master.
     Hold(String),
+    /// Kvrocks: answer the replica with this error line, which makes it run a full sync;
+    /// nothing reaches the master.
+    Refuse(&'static str),
 }
 
 impl Route {
@@ -57,7 +60,7 @@ impl Route {
     pub fn action(&self) -> &'static str {
         match self {
             Route::Forward => "forwarded",
-            Route::Full => "forced_full",
+            Route::Full | Route::Refuse(_) => "forced_full",
             Route::Hold(_) => "held",
         }
     }
@@ -71,6 +74,15 @@ pub fn route(mode: GuardMode, verdict: &Verdict) -> Route {
         (GuardMode::Enforce, Verdict::Hold(reason)) => Route::Hold(format!(
             "-LOADING replguard is holding this replica: {reason}\r\n"
         )),
+    }
+}
+
+/// Turns a verdict on a Kvrocks PSYNC into what is sent, by guard mode. A Kvrocks master has
+/// no "full sync please" request: the replica is answered the master's own refusal instead.
+pub fn route_kvrocks(mode: GuardMode, verdict: &Verdict) -> Route {
+    match (mode, verdict) {
+        (_, Verdict::Pass) | (GuardMode::Observe, _) => Route::Forward,
+        (GuardMode::Enforce, _) => Route::Refuse(crate::kvrocks::FULL_SYNC_ANSWER),
     }
 }
 

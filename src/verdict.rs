@@ -5,8 +5,13 @@
 //! first byte it wants. A request is consistent when every byte before it came from the same
 //! history the master would continue, which replguard can vouch for only from its own record
 //! of what it delivered.
+//!
+//! Kvrocks sequences: a replica that applied batches up to sequence `s` asks `PSYNC [id] <s+1>`;
+//! the master accepts any sequence that is its latest plus one or the start of a batch it still
+//! has, without looking at what the replica holds. replguard checks the request against the
+//! sequence it delivered up to (see [`judge`] for the rules).
 
-use crate::ledger::{LedgerData, ReplicaRecord};
+use crate::ledger::{KvRecord, LedgerData, ReplicaRecord};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -23,10 +28,19 @@ pub enum UnknownReplica {
 
 /// The request being judged, as the replica sent it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request<'a> {
-    pub replid: &'a str,
-    /// First offset wanted; -1 with `?` for a full sync.
-    pub offset: i64,
+pub enum Request<'a> {
+    /// Redis / Valkey `PSYNC <replid> <offset>`.
+    Psync2 {
+        replid: &'a str,
+        /// First offset wanted; -1 with `?` for a full sync.
+        offset: i64,
+    },
+    /// Kvrocks `PSYNC [replid] <seq>`.
+    Kvrocks {
+        replid: Option<&'a str>,
+        /// First sequence wanted.
+        seq: u64,
+    },
 }
 
 /// Everything the verdict may look at.
@@ -43,6 +57,11 @@ pub struct Facts<'a> {
     /// The operator allowed replicas to sync from an empty master.
     pub allow_empty_master: bool,
     pub unknown_replica: UnknownReplica,
+    /// Kvrocks: the ledger's record of this replica, if any.
+    pub kv_replica: Option<&'a KvRecord>,
+    /// Kvrocks: a complete full sync (`_fetch_file`) from this replica's address passed through
+    /// the link since it was refused a resume.
+    pub kv_full_sync_seen: bool,
 }
 
 /// Why a request was not passed (or, for `UnknownReplicaPassed`, why it was).
@@ -83,6 +102,20 @@ pub enum Reason {
     NotDeliveredHistory { replid: String, delivered: String },
     /// The master restarted empty with a new lineage; syncing would wipe the replica.
     EmptyMaster { master_replid: String },
+    /// Kvrocks: a replica with no history on this link presents an id the master's batches
+    /// never carried through it.
+    KvForeignId { replid: String, requested: u64 },
+    /// Kvrocks: the replica asks for a sequence beyond the next one it was delivered.
+    KvBeyondDelivered { next: u64, requested: u64 },
+    /// Kvrocks: the replica presents an id other than the one its last batch carried.
+    KvReplidChanged { replid: String, last: String },
+    /// Kvrocks: batches were missing from the stream delivered to the replica.
+    KvAfterGap { expected: u64, got: u64 },
+    /// Kvrocks: replguard stopped uncleanly while delivering, and the replica asks beyond what
+    /// was recorded.
+    KvUncleanStop { recorded_next: u64, requested: u64 },
+    /// Kvrocks: the replica was told to full-sync but no full sync of it passed the link.
+    KvFullSyncNotSeen { requested: u64 },
 }
 
 impl Reason {
@@ -97,6 +130,12 @@ impl Reason {
             Reason::UnknownReplica { .. } => "unknown_replica",
             Reason::NotDeliveredHistory { .. } => "not_delivered_history",
             Reason::EmptyMaster { .. } => "empty_master",
+            Reason::KvForeignId { .. } => "unknown_id",
+            Reason::KvBeyondDelivered { .. } => "beyond_delivered",
+            Reason::KvReplidChanged { .. } => "replid_changed",
+            Reason::KvAfterGap { .. } => "after_gap",
+            Reason::KvUncleanStop { .. } => "unclean_stop",
+            Reason::KvFullSyncNotSeen { .. } => "full_sync_not_seen",
         }
     }
 }
@@ -135,6 +174,33 @@ impl fmt::Display for Reason {
                 f,
                 "the master came back empty with a new, unrelated replication id {master_replid}; a sync would wipe this replica's data"
             ),
+            Reason::KvForeignId { replid, requested } => write!(
+                f,
+                "this replica has no history on this link and presents replication id {replid}, which no batch from the master carried through it: the id is its own, so it wrote locally and asks for sequence {requested} past the master's batches it never received"
+            ),
+            Reason::KvBeyondDelivered { next, requested } => write!(
+                f,
+                "this link delivered this replica batches up to sequence {}; it asks to resume at {requested}, so the master's sequences {next}..={} would never reach it (apache/kvrocks#2214)",
+                next.saturating_sub(1),
+                requested.saturating_sub(1)
+            ),
+            Reason::KvReplidChanged { replid, last } => write!(
+                f,
+                "the replica presents replication id {replid}, but the last batch this link delivered to it carried {last}: it wrote data of its own since"
+            ),
+            Reason::KvAfterGap { expected, got } => write!(
+                f,
+                "the stream this link delivered to this replica skipped sequences {expected}..={}",
+                got.saturating_sub(1)
+            ),
+            Reason::KvUncleanStop { recorded_next, requested } => write!(
+                f,
+                "replguard stopped uncleanly while delivering to this replica; it can vouch for sequences below {recorded_next} only, and the replica asks to resume at {requested}"
+            ),
+            Reason::KvFullSyncNotSeen { requested } => write!(
+                f,
+                "the replica was refused a resume and must full-sync, but no complete full sync from its address passed this link since; it asks to resume at {requested} from data replguard did not see it receive"
+            ),
         }
     }
 }
@@ -165,7 +231,86 @@ impl Verdict {
 }
 
 /// Judges one PSYNC request.
+///
+/// Kvrocks rules, in order (`next` is the sequence after the last batch delivered):
+/// 1. No record of the replica on this link: asking for sequence 1 or less (it holds nothing)
+///    passes; presenting an id no master batch carried through the link is forced full
+///    whatever the policy (the id is the replica's own: the 2.7.0 start-up write, whose
+///    sequence makes it skip the master's first batches); anything else follows
+///    `unknown_replica`.
+/// 2. Refused earlier and told to full-sync: passes (and starts new books) once a complete
+///    full sync from its address passed the link, else forced full.
+/// 3. A gap in what it was delivered: forced full.
+/// 4. A sequence beyond `next`: forced full (apache/kvrocks#2214, #462).
+/// 5. At `next` with an id other than the one the last batch carried: forced full.
+/// 6. Anything else passes, a sequence below `next` included: a rewind the master checks
+///    against its own WAL.
 pub fn judge(facts: &Facts<'_>, req: &Request<'_>) -> Verdict {
+    match *req {
+        Request::Psync2 { replid, offset } => judge_psync2(facts, replid, offset),
+        Request::Kvrocks { replid, seq } => judge_kvrocks(facts, replid, seq),
+    }
+}
+
+fn judge_kvrocks(facts: &Facts<'_>, replid: Option<&str>, seq: u64) -> Verdict {
+    let full = Verdict::ForceFull;
+    let Some(rec) = facts.kv_replica else {
+        if seq <= 1 {
+            return Verdict::Pass;
+        }
+        if let Some(id) = replid {
+            if !facts.ledger.kvrocks.knows_master_replid(id) {
+                return full(Reason::KvForeignId {
+                    replid: id.to_string(),
+                    requested: seq,
+                });
+            }
+        }
+        return match facts.unknown_replica {
+            UnknownReplica::Pass => Verdict::Pass,
+            UnknownReplica::Full => full(Reason::UnknownReplica {
+                replid: replid.unwrap_or("-").to_string(),
+            }),
+        };
+    };
+    if rec.full_sync_pending {
+        return if facts.kv_full_sync_seen {
+            Verdict::Pass
+        } else {
+            full(Reason::KvFullSyncNotSeen { requested: seq })
+        };
+    }
+    if let Some(g) = rec.gap {
+        return full(Reason::KvAfterGap {
+            expected: g.expected,
+            got: g.got,
+        });
+    }
+    if seq > rec.next_seq {
+        return full(if facts.unclean_stop && rec.open {
+            Reason::KvUncleanStop {
+                recorded_next: rec.next_seq,
+                requested: seq,
+            }
+        } else {
+            Reason::KvBeyondDelivered {
+                next: rec.next_seq,
+                requested: seq,
+            }
+        });
+    }
+    if let (Some(id), Some(last), true) = (replid, &rec.replid, seq == rec.next_seq) {
+        if id != last {
+            return full(Reason::KvReplidChanged {
+                replid: id.to_string(),
+                last: last.clone(),
+            });
+        }
+    }
+    Verdict::Pass
+}
+
+fn judge_psync2(facts: &Facts<'_>, replid: &str, offset: i64) -> Verdict {
     // 1. An empty master would wipe a replica this link filled.
     if let (Some(id), Some(rec)) = (facts.empty_master, facts.replica) {
         if !facts.allow_empty_master && !facts.ledger.same_lineage(&rec.replid, id) {
@@ -175,21 +320,22 @@ pub fn judge(facts: &Facts<'_>, req: &Request<'_>) -> Verdict {
         }
     }
     // 2. A replica asking for a full sync gets one.
-    if req.replid == "?" || req.offset < 0 {
+    if replid == "?" || offset < 0 {
         return Verdict::Pass;
     }
-    let requested = req.offset as u64;
-    let replid = req.replid.to_string();
+    let requested = offset as u64;
+    let id = replid;
+    let replid = id.to_string();
     let full = Verdict::ForceFull;
 
     // 3. The id must belong to this link's lineage.
-    let Some(epoch) = facts.ledger.epoch(req.replid) else {
+    let Some(epoch) = facts.ledger.epoch(id) else {
         return full(Reason::UnknownId { replid });
     };
     // 4. Not beyond a point where the history diverged: the id's own, or that of any id it
     //    handed over to, since the master serves the old id from its successors' history. A
     //    record written after the fork was found is of the new history and vouches for itself.
-    for e in facts.ledger.chain(req.replid) {
+    for e in facts.ledger.chain(id) {
         for fork in &e.forks {
             let post_fork_record = facts.replica.is_some_and(|r| {
                 r.seq > fork.seq && facts.ledger.same_lineage(&r.replid, &e.replid)
@@ -222,7 +368,7 @@ pub fn judge(facts: &Facts<'_>, req: &Request<'_>) -> Verdict {
     let Some(rec) = facts.replica else {
         return unknown(Reason::UnknownReplica { replid });
     };
-    if !facts.ledger.same_lineage(&rec.replid, req.replid) {
+    if !facts.ledger.same_lineage(&rec.replid, id) {
         return unknown(Reason::NotDeliveredHistory {
             replid,
             delivered: rec.replid.clone(),
@@ -264,11 +410,13 @@ mod tests {
             empty_master: None,
             allow_empty_master: false,
             unknown_replica: UnknownReplica::Full,
+            kv_replica: None,
+            kv_full_sync_seen: false,
         }
     }
 
     fn req(replid: &str, offset: i64) -> Request<'_> {
-        Request { replid, offset }
+        Request::Psync2 { replid, offset }
     }
 
     #[test]
@@ -502,10 +650,12 @@ mod tests {
                         empty_master: None,
                         allow_empty_master: false,
                         unknown_replica: UnknownReplica::Full,
+                        kv_replica: None,
+                        kv_full_sync_seen: false,
                     };
                     let v = judge(
                         &f,
-                        &Request {
+                        &Request::Psync2 {
                             replid: &rid,
                             offset: o as i64,
                         },
