@@ -158,13 +158,13 @@ impl AdminState {
         family(
             "replguard_full_syncs_total",
             "counter",
-            "Full resyncs started (+FULLRESYNC or SYNC).",
+            "Full resyncs started (+FULLRESYNC or SYNC; for Kvrocks, checkpoint files relayed whole).",
             &mut counter(|l| l.counters.full_syncs.load(Relaxed)).into_iter(),
         );
         family(
             "replguard_partial_syncs_total",
             "counter",
-            "Partial resyncs accepted by the master (+CONTINUE).",
+            "Partial resyncs accepted by the master (+CONTINUE; +OK to a Kvrocks PSYNC).",
             &mut counter(|l| l.counters.partial_syncs.load(Relaxed)).into_iter(),
         );
         family(
@@ -205,6 +205,12 @@ impl AdminState {
             "counter",
             "PSYNC requests held (answered -LOADING) by the empty-master protection.",
             &mut counter(|l| l.guard.holds.load(Relaxed)).into_iter(),
+        );
+        family(
+            "replguard_kvrocks_stream_gaps_total",
+            "counter",
+            "Kvrocks: batches that started beyond the expected next sequence (missing batches).",
+            &mut counter(|l| l.guard.kv_gaps.load(Relaxed)).into_iter(),
         );
         family(
             "replguard_empty_master",
@@ -251,6 +257,29 @@ impl AdminState {
             "gauge",
             "Age of the oldest delivered byte the replica has not acknowledged.",
             &mut per_session(|s| s.lag_seconds).into_iter(),
+        );
+        family(
+            "replguard_replica_kvrocks_next_seq",
+            "gauge",
+            "Kvrocks: the sequence the replica's next batch should start at.",
+            &mut per_session(|s| s.kvrocks.as_ref().map(|k| k.next_seq as f64)).into_iter(),
+        );
+        family(
+            "replguard_replica_kvrocks_batches",
+            "gauge",
+            "Kvrocks: WAL batches relayed in this session.",
+            &mut per_session(|s| s.kvrocks.as_ref().map(|k| k.batches as f64)).into_iter(),
+        );
+        family(
+            "replguard_replica_kvrocks_heartbeat_age_seconds",
+            "gauge",
+            "Kvrocks: seconds since the master's last ping on this stream.",
+            &mut per_session(|s| {
+                s.kvrocks
+                    .as_ref()
+                    .and_then(|k| k.last_heartbeat_seconds_ago)
+            })
+            .into_iter(),
         );
         family(
             "replguard_replica_rdb_bytes",

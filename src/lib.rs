@@ -44,6 +44,8 @@
 pub mod admin;
 pub mod config;
 pub mod guard;
+pub mod kvrocks;
+pub mod kvsession;
 pub mod ledger;
 pub mod link;
 pub mod psync;

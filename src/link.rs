@@ -1,7 +1,7 @@
 //! One configured link: the listener replicas connect to, the master it leads to, its bounded set
 //! of sessions and its counters.
 
-use crate::config::{parse_addr, Credentials, LinkConfig};
+use crate::config::{parse_addr, Credentials, Flavor, LinkConfig};
 use crate::guard::Guard;
 use crate::session::{self, SessionEnd};
 use crate::stats::{LinkCounters, SessionSnapshot, SessionState, SessionStats};
@@ -111,9 +111,18 @@ impl LinkCtx {
             .await;
     }
 
+    /// Whether this link speaks Kvrocks replication (sequences, no INFO lineage).
+    pub fn is_kvrocks(&self) -> bool {
+        self.cfg.flavor == Flavor::Kvrocks
+    }
+
     /// Reads the master's INFO and folds it into the ledger; returns whether it could. Failures
     /// are logged at debug level here: the master may simply be down, which sessions report.
+    /// Kvrocks masters are not read: their books come from the stream alone.
     pub async fn refresh_master(&self, limit: Duration) -> bool {
+        if self.is_kvrocks() {
+            return false;
+        }
         let _one_at_a_time = self.poll_lock.lock().await;
         match watch::read_master(self.master(), self.credentials.as_ref(), limit).await {
             Ok(view) => {
@@ -133,10 +142,7 @@ impl LinkCtx {
             if s.state() != SessionState::Streaming {
                 continue;
             }
-            let snap = s.snapshot();
-            if let (Some(replid), Some(off)) = (&snap.replid, snap.expected_offset) {
-                self.guard.delivered(&snap.replica, replid, off, true);
-            }
+            record_delivery(self, &s.snapshot(), true);
         }
     }
 
@@ -202,15 +208,27 @@ pub async fn serve(
     }
 }
 
+/// Writes what a streaming session delivered into the ledger; `open` while it goes on.
+fn record_delivery(link: &LinkCtx, s: &SessionSnapshot, open: bool) {
+    if let Some(kv) = &s.kvrocks {
+        link.guard.kv_delivered(
+            &s.replica,
+            kv.next_seq,
+            kv.last_batch_replid.as_deref(),
+            open,
+        );
+    } else if let (Some(replid), Some(off)) = (&s.replid, s.expected_offset) {
+        link.guard.delivered(&s.replica, replid, off, open);
+    }
+}
+
 /// Logs the end of a session with its books, at a level chosen by whose fault it was.
 fn finish(link: &LinkCtx, stats: &SessionStats, end: Result<(), SessionEnd>) {
     let s = stats.snapshot();
     link.counters.add_ended(&s);
     if s.state == SessionState::Streaming {
-        if let (Some(replid), Some(off)) = (&s.replid, s.expected_offset) {
-            link.guard.delivered(&s.replica, replid, off, false);
-            link.guard.save_if_dirty(&link.cfg.name);
-        }
+        record_delivery(link, &s, false);
+        link.guard.save_if_dirty(&link.cfg.name);
     }
     let reason = match &end {
         Ok(()) => "completed".to_string(),

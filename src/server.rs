@@ -68,9 +68,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             tracker.clone(),
         ));
         tracker.spawn(link::keep(link.clone(), cancel.clone()));
-        if link.cfg.flavor == crate::config::Flavor::Kvrocks {
-            warn!(link = %link.cfg.name, "flavor kvrocks: replguard does not speak Kvrocks replication yet; its connections pass through as a plain byte pipe and the guard does not judge them");
-        }
     }
     let state = Arc::new(AdminState {
         links: links.clone(),

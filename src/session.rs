@@ -18,7 +18,7 @@
 //! 6. Whichever side closes or fails first ends both: the replica then reconnects and resumes with
 //!    its own replication id and offset. Shutdown cancels the session the same way.
 
-use crate::config::Credentials;
+use crate::config::{Credentials, Flavor};
 use crate::link::LinkCtx;
 use crate::psync::{self, PsyncRequest, Route};
 use crate::resp::{
@@ -91,6 +91,8 @@ pub enum SessionEnd {
     Held,
     #[error("master refused the sync with {0:?} (relayed to the replica)")]
     SyncRefused(String),
+    #[error("the master's stream skipped sequences {expected}..={last}; closed before the batch that starts at {got} (guard: enforce)")]
+    StreamGap { expected: u64, got: u64, last: u64 },
 }
 
 impl SessionEnd {
@@ -103,13 +105,13 @@ impl SessionEnd {
     }
 }
 
-type Result<T> = std::result::Result<T, SessionEnd>;
+pub(crate) type Result<T> = std::result::Result<T, SessionEnd>;
 
 /// A byte source with a buffer and a name, so reads can be bounded by time and errors say
 /// which side failed.
-struct Peer<S> {
-    io: S,
-    buf: BytesMut,
+pub(crate) struct Peer<S> {
+    pub(crate) io: S,
+    pub(crate) buf: BytesMut,
     side: Side,
 }
 
@@ -145,7 +147,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Peer<S> {
         Ok(())
     }
 
-    async fn send(&mut self, bytes: &[u8]) -> Result<()> {
+    pub(crate) async fn send(&mut self, bytes: &[u8]) -> Result<()> {
         self.io
             .write_all(bytes)
             .await
@@ -163,7 +165,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Peer<S> {
     }
 
     /// Reads one command from a client.
-    async fn command(
+    pub(crate) async fn command(
         &mut self,
         limit: Option<(Duration, &'static str)>,
     ) -> Result<(Command, BytesMut)> {
@@ -177,7 +179,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Peer<S> {
 
     /// Reads one complete reply from the master. A bare newline counts as a reply, as the
     /// replica itself would read it.
-    async fn reply(&mut self, after: Duration, step: &'static str) -> Result<BytesMut> {
+    pub(crate) async fn reply(&mut self, after: Duration, step: &'static str) -> Result<BytesMut> {
         loop {
             if self.buf.first() == Some(&b'\n') {
                 return Ok(self.buf.split_to(1));
@@ -190,7 +192,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Peer<S> {
     }
 
     /// Reads one line (without its CRLF) and the exact bytes it took.
-    async fn line(&mut self, after: Duration, step: &'static str) -> Result<(String, BytesMut)> {
+    pub(crate) async fn line(
+        &mut self,
+        after: Duration,
+        step: &'static str,
+    ) -> Result<(String, BytesMut)> {
         loop {
             if let Some((text, used)) =
                 split_line(&self.buf, MAX_REPLY_LINE).map_err(|e| self.protocol(e))?
@@ -205,7 +211,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Peer<S> {
 
 /// What the handshake learned, used to decide what replguard adds on its own.
 #[derive(Debug, Default)]
-struct Handshake {
+pub(crate) struct Handshake {
     /// The replica authenticated itself successfully.
     client_authed: bool,
     /// replguard already sent its own AUTH.
@@ -251,29 +257,20 @@ async fn session(link: &LinkCtx, replica: TcpStream, stats: &SessionStats) -> Re
     let _ = replica.set_nodelay(true);
     let mut r = Peer::new(replica, Side::Replica);
     let mut m = Peer::new(upstream, Side::Master);
+    if link.cfg.flavor == Flavor::Kvrocks {
+        return crate::kvsession::run(link, r, m, stats).await;
+    }
     let mut hs = Handshake::default();
     let step = t.handshake_step();
 
     loop {
-        // A client that has not shown it is a replica may sit idle like any client.
-        let limit = hs
-            .is_replica
-            .then_some((step, "the next handshake command"));
-        let (cmd, raw) = r.command(limit).await?;
+        let (cmd, raw) = next_command(&mut r, &hs, step).await?;
         let name = cmd.name();
         match name.as_str() {
             "" => m.send(&raw).await?,
-            "PING" | "AUTH" => {
-                m.send(&raw).await?;
-                let reply = m.reply(step, "a handshake reply").await?;
-                if name == "AUTH" && reply.starts_with(b"+") {
-                    hs.client_authed = true;
-                }
-                r.send(&reply).await?;
-            }
+            "PING" | "AUTH" => exchange(&mut r, &mut m, &mut hs, &name, &raw, step).await?,
             "REPLCONF" => {
-                hs.is_replica = true;
-                proxy_auth(link, &mut m, &mut hs, step).await?;
+                replication_command(link, &mut m, &mut hs, step).await?;
                 let rewritten = replconf(&cmd, stats, &mut hs);
                 m.send(rewritten.as_deref().unwrap_or(&raw)).await?;
                 if !is_ack(&cmd) {
@@ -282,8 +279,7 @@ async fn session(link: &LinkCtx, replica: TcpStream, stats: &SessionStats) -> Re
                 }
             }
             "PSYNC" | "SYNC" => {
-                hs.is_replica = true;
-                proxy_auth(link, &mut m, &mut hs, step).await?;
+                replication_command(link, &mut m, &mut hs, step).await?;
                 announce_ip(link, &mut m, &mut hs, stats, step).await?;
                 let req = if name == "SYNC" {
                     Some(PsyncRequest {
@@ -312,7 +308,7 @@ async fn session(link: &LinkCtx, replica: TcpStream, stats: &SessionStats) -> Re
                 let route = psync::route(link.cfg.guard, &verdict);
                 let decision = DecisionCtx {
                     replica: &replica,
-                    req: req.as_ref(),
+                    req: req.as_ref().map(|q| (q.replid.as_str(), q.offset)),
                     facts: &facts,
                     verdict: &verdict,
                     route: &route,
@@ -325,7 +321,7 @@ async fn session(link: &LinkCtx, replica: TcpStream, stats: &SessionStats) -> Re
                         return Err(SessionEnd::Held);
                     }
                     Route::Full if name == "PSYNC" => m.send(psync::FULL_SYNC_REQUEST).await?,
-                    Route::Full | Route::Forward => m.send(&raw).await?,
+                    Route::Full | Route::Forward | Route::Refuse(_) => m.send(&raw).await?,
                 }
                 let down = if name == "SYNC" {
                     decision.log(link, "(inline SYNC: payload follows)");
@@ -349,6 +345,40 @@ async fn session(link: &LinkCtx, replica: TcpStream, stats: &SessionStats) -> Re
     }
 }
 
+/// Reads the next handshake command. A client that has not shown it is a replica may sit idle
+/// like any client; a replica's steps are timed.
+pub(crate) async fn next_command<S: AsyncRead + AsyncWrite + Unpin>(
+    r: &mut Peer<S>,
+    hs: &Handshake,
+    step: Duration,
+) -> Result<(Command, BytesMut)> {
+    let limit = hs
+        .is_replica
+        .then_some((step, "the next handshake command"));
+    r.command(limit).await
+}
+
+/// Forwards `PING` or `AUTH` and relays its one reply; notes a successful `AUTH`.
+pub(crate) async fn exchange<S, T>(
+    r: &mut Peer<S>,
+    m: &mut Peer<T>,
+    hs: &mut Handshake,
+    name: &str,
+    raw: &[u8],
+    step: Duration,
+) -> Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    m.send(raw).await?;
+    let reply = m.reply(step, "a handshake reply").await?;
+    if name == "AUTH" && reply.starts_with(b"+") {
+        hs.client_authed = true;
+    }
+    r.send(&reply).await
+}
+
 fn is_ack(cmd: &Command) -> bool {
     cmd.args
         .get(1)
@@ -357,7 +387,7 @@ fn is_ack(cmd: &Command) -> bool {
 
 /// Notes what a REPLCONF announces and returns a rewritten command when one must be sent
 /// instead (dual-channel capability removed).
-fn replconf(cmd: &Command, stats: &SessionStats, hs: &mut Handshake) -> Option<Vec<u8>> {
+pub(crate) fn replconf(cmd: &Command, stats: &SessionStats, hs: &mut Handshake) -> Option<Vec<u8>> {
     let mut keep: Vec<&[u8]> = vec![&cmd.args[0]];
     let mut changed = false;
     for pair in cmd.args[1..].chunks(2) {
@@ -378,6 +408,18 @@ fn replconf(cmd: &Command, stats: &SessionStats, hs: &mut Handshake) -> Option<V
     }
     // A REPLCONF left with no options would be an error; keep the original then.
     (changed && keep.len() > 1).then(|| encode_command(&keep))
+}
+
+/// A replication command is about to be forwarded: the client is a replica from now on, and
+/// replguard's own AUTH goes first if it is due.
+pub(crate) async fn replication_command<S: AsyncRead + AsyncWrite + Unpin>(
+    link: &LinkCtx,
+    m: &mut Peer<S>,
+    hs: &mut Handshake,
+    step: Duration,
+) -> Result<()> {
+    hs.is_replica = true;
+    proxy_auth(link, m, hs, step).await
 }
 
 /// Sends replguard's own AUTH once, before the first replication command, when the link has
@@ -490,26 +532,29 @@ where
 }
 
 /// One guard decision, logged once the master's answer is known.
-struct DecisionCtx<'a> {
-    replica: &'a str,
-    req: Option<&'a PsyncRequest>,
-    facts: &'a str,
-    verdict: &'a Verdict,
-    route: &'a Route,
+pub(crate) struct DecisionCtx<'a> {
+    pub(crate) replica: &'a str,
+    /// The requested id and offset (sequence for Kvrocks), when the PSYNC could be read.
+    pub(crate) req: Option<(&'a str, i64)>,
+    pub(crate) facts: &'a str,
+    pub(crate) verdict: &'a Verdict,
+    pub(crate) route: &'a Route,
 }
 
 impl DecisionCtx<'_> {
     /// One line per decision, counted, and kept as the replica's last verdict. A master that
     /// resumes a replica replguard judged inconsistent (observe mode) is called out.
-    fn log(&self, link: &LinkCtx, answer: &str) {
-        let (replid, offset) = self.req.map_or(("-", 0), |q| (q.replid.as_str(), q.offset));
+    pub(crate) fn log(&self, link: &LinkCtx, answer: &str) {
+        let (replid, offset) = self.req.unwrap_or(("-", 0));
         let reason = self.verdict.reason().map(|r| r.to_string());
         let first = answer
             .split_ascii_whitespace()
             .next()
             .unwrap_or("")
             .to_string();
-        let unsafe_accepted = matches!(self.verdict, Verdict::ForceFull(_)) && first == "+CONTINUE";
+        // `+OK` is a Kvrocks master's acceptance.
+        let unsafe_accepted = matches!(self.verdict, Verdict::ForceFull(_))
+            && matches!(first.as_str(), "+CONTINUE" | "+OK");
         if unsafe_accepted {
             link.guard.unsafe_accepted.fetch_add(1, Relaxed);
         }
@@ -679,14 +724,14 @@ async fn relay(
     }
 }
 
-fn replica_io(err: io::Error) -> SessionEnd {
+pub(crate) fn replica_io(err: io::Error) -> SessionEnd {
     SessionEnd::Io {
         side: Side::Replica,
         err,
     }
 }
 
-fn master_io(err: io::Error) -> SessionEnd {
+pub(crate) fn master_io(err: io::Error) -> SessionEnd {
     SessionEnd::Io {
         side: Side::Master,
         err,
@@ -719,7 +764,7 @@ fn on_event(link: &LinkCtx, stats: &SessionStats, e: &Event) -> Result<()> {
 }
 
 /// Not a replica: forward everything both ways, untouched, until either side closes.
-async fn passthrough(
+pub(crate) async fn passthrough(
     link: &LinkCtx,
     mut r: Peer<TcpStream>,
     mut m: Peer<TcpStream>,

@@ -20,6 +20,8 @@ pub enum SessionState {
     Streaming,
     /// Not a replica: bytes pass through untouched.
     Passthrough,
+    /// A Kvrocks full-sync connection (`_fetch_meta`, `_fetch_file`): relayed unchanged.
+    Checkpoint,
 }
 
 impl SessionState {
@@ -28,6 +30,7 @@ impl SessionState {
             1 => SessionState::Rdb,
             2 => SessionState::Streaming,
             3 => SessionState::Passthrough,
+            4 => SessionState::Checkpoint,
             _ => SessionState::Handshake,
         }
     }
@@ -37,6 +40,7 @@ impl SessionState {
             SessionState::Rdb => "rdb",
             SessionState::Streaming => "streaming",
             SessionState::Passthrough => "passthrough",
+            SessionState::Checkpoint => "checkpoint",
         }
     }
 }
@@ -63,6 +67,8 @@ struct Facts {
     /// The newest sample stands for everything delivered since it was taken.
     samples: VecDeque<(u64, Instant)>,
     last_ack_at: Option<Instant>,
+    /// A Kvrocks stream: offsets are sequences, and these books apply.
+    kvrocks: bool,
 }
 
 /// Most lag samples kept; at one per [`SAMPLE_EVERY`] this covers a minute.
@@ -93,7 +99,27 @@ pub struct SessionStats {
     /// When the next lag sample is due, in nanoseconds since `started`: the relay takes the
     /// facts lock only then, not for every chunk.
     next_sample_ns: AtomicU64,
+    /// Kvrocks: the sequence the next batch should start at, plus one (0 = not a stream).
+    kv_next_plus_one: AtomicU64,
+    kv_batches: AtomicU64,
+    kv_pings: AtomicU64,
+    kv_gaps: AtomicU64,
+    /// Kvrocks: nanoseconds since `started` of the last heartbeat, plus one (0 = none).
+    kv_last_ping_ns: AtomicU64,
     facts: Mutex<Facts>,
+}
+
+/// The Kvrocks part of a session snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct KvSnapshot {
+    /// The sequence the next batch should start at.
+    pub next_seq: u64,
+    /// The id the last batch carried (the PSYNC's id before any batch).
+    pub last_batch_replid: Option<String>,
+    pub batches: u64,
+    pub heartbeats: u64,
+    pub gaps: u64,
+    pub last_heartbeat_seconds_ago: Option<f64>,
 }
 
 /// A snapshot of a session for /status, /metrics and the end-of-session log line.
@@ -123,6 +149,10 @@ pub struct SessionSnapshot {
     pub last_ack_seconds_ago: Option<f64>,
     pub rdb_bytes: u64,
     pub rdb_diskless: Option<bool>,
+    /// Kvrocks streams only; their offsets above are sequences (start = PSYNC sequence - 1,
+    /// expected = last sequence delivered) and they have no ACKs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kvrocks: Option<KvSnapshot>,
 }
 
 impl SessionStats {
@@ -139,6 +169,11 @@ impl SessionStats {
             rdb_bytes: AtomicU64::new(0),
             ack_plus_one: AtomicU64::new(0),
             next_sample_ns: AtomicU64::new(0),
+            kv_next_plus_one: AtomicU64::new(0),
+            kv_batches: AtomicU64::new(0),
+            kv_pings: AtomicU64::new(0),
+            kv_gaps: AtomicU64::new(0),
+            kv_last_ping_ns: AtomicU64::new(0),
             facts: Mutex::new(Facts::default()),
         }
     }
@@ -191,6 +226,41 @@ impl SessionStats {
         self.next_sample_ns.store(0, Relaxed);
         self.reset_counters();
         self.set_state(SessionState::Streaming);
+    }
+
+    /// A Kvrocks replica was answered `+OK` to `PSYNC [replid] <seq>`: batches from `seq` follow.
+    pub fn begin_kvrocks(&self, replid: Option<&str>, seq: u64) {
+        let mut f = self.facts();
+        f.sync = Some(SyncKind::Partial);
+        f.replid = replid.map(str::to_string);
+        f.start_offset = Some(seq.saturating_sub(1));
+        f.kvrocks = true;
+        drop(f);
+        self.reset_counters();
+        self.kv_next_plus_one.store(seq.saturating_add(1), Relaxed);
+        self.set_state(SessionState::Streaming);
+    }
+
+    /// Called by a Kvrocks relay after each forwarded chunk.
+    pub fn record_kvrocks(&self, s: &crate::kvrocks::WalScanner) {
+        self.stream_bytes.store(s.bytes, Relaxed);
+        self.stream_boundary.store(s.boundary, Relaxed);
+        self.kv_next_plus_one
+            .store(s.next_seq.saturating_add(1), Relaxed);
+        self.kv_batches.store(s.batches, Relaxed);
+        if self.kv_pings.swap(s.pings, Relaxed) != s.pings {
+            let ns = Instant::now().duration_since(self.started).as_nanos() as u64;
+            self.kv_last_ping_ns.store(ns + 1, Relaxed);
+        }
+    }
+
+    /// The id the last Kvrocks batch carried changed.
+    pub fn set_kvrocks_replid(&self, replid: Option<&str>) {
+        self.facts().replid = replid.map(str::to_string);
+    }
+
+    pub fn count_kvrocks_gap(&self) {
+        self.kv_gaps.fetch_add(1, Relaxed);
     }
 
     fn reset_counters(&self) {
@@ -257,7 +327,23 @@ impl SessionStats {
         let delivered = self.stream_bytes.load(Relaxed);
         let boundary = self.stream_boundary.load(Relaxed);
         let ack = self.ack_plus_one.load(Relaxed).checked_sub(1);
-        let expected = f.start_offset.map(|s| s + boundary);
+        let kv_next = self.kv_next_plus_one.load(Relaxed).checked_sub(1);
+        let expected = match (f.kvrocks, kv_next) {
+            (true, Some(next)) => Some(next.saturating_sub(1)),
+            _ => f.start_offset.map(|s| s + boundary),
+        };
+        let kvrocks = kv_next.filter(|_| f.kvrocks).map(|next_seq| KvSnapshot {
+            next_seq,
+            last_batch_replid: f.replid.clone(),
+            batches: self.kv_batches.load(Relaxed),
+            heartbeats: self.kv_pings.load(Relaxed),
+            gaps: self.kv_gaps.load(Relaxed),
+            last_heartbeat_seconds_ago: self
+                .kv_last_ping_ns
+                .load(Relaxed)
+                .checked_sub(1)
+                .map(|ns| now.duration_since(self.started).as_secs_f64() - ns as f64 / 1e9),
+        });
         let lag_bytes = match (expected, ack) {
             (Some(e), Some(a)) => Some(e.saturating_sub(a)),
             _ => None,
@@ -299,6 +385,7 @@ impl SessionStats {
             last_ack_seconds_ago: f.last_ack_at.map(|t| now.duration_since(t).as_secs_f64()),
             rdb_bytes: self.rdb_bytes.load(Relaxed),
             rdb_diskless: f.rdb_diskless,
+            kvrocks,
         }
     }
 }

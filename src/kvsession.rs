@@ -1,0 +1,326 @@
+//! One connection on a Kvrocks link: its handshake command by command, the guard's verdict on
+//! its `PSYNC`, then the stream of WAL batches relayed byte for byte with the sequence books; or
+//! one of the full-sync connections (`_fetch_meta`, `_fetch_file`), relayed unchanged.
+//!
+//! The flow (see [`crate::kvrocks`] for the wire facts):
+//! 1. `AUTH` (a replica may send it several times), `PING`: forwarded, one RESP reply back.
+//! 2. `_db_name`: forwarded; the master's answer is a raw line, relayed as is.
+//! 3. `replconf listening-port <p> [ip-address <ip>]`: noted (it names the replica), forwarded.
+//! 4. `PSYNC [replid] <seq>`: judged by the link's guard. Passed or `observe`: forwarded, and
+//!    the master's `+OK` starts the stream relay; an error reply is relayed and marks the replica
+//!    as due for a full sync. Forced full under `enforce`: replguard answers
+//!    [`crate::kvrocks::FULL_SYNC_ANSWER`] itself and the replica starts its full sync.
+//! 5. `_fetch_meta` / `_fetch_file`: forwarded, then both directions are copied unchanged until
+//!    the master closes; a `_fetch_file` answer that arrives whole is counted as a full sync
+//!    of the replica at that address.
+//! 6. Anything else: a plain pipe, as for any client.
+
+use crate::config::GuardMode;
+use crate::kvrocks::{fetch_file_count, FetchScanner, KvPsync, WalEvent, WalScanner};
+use crate::ledger::KvGap;
+use crate::link::LinkCtx;
+use crate::psync::{self, Route};
+use crate::session::{
+    exchange, master_io, next_command, passthrough, replconf, replica_io, replication_command,
+    DecisionCtx, Handshake, Peer, Result, SessionEnd, Side,
+};
+use crate::stats::{SessionState, SessionStats};
+use bytes::BytesMut;
+use std::sync::atomic::Ordering::Relaxed;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::{error, info, warn};
+
+/// Size of the master-to-replica relay buffer.
+const DOWN_BUF: usize = 64 * 1024;
+
+/// Runs a Kvrocks session on an established pair of connections.
+pub(crate) async fn run(
+    link: &LinkCtx,
+    mut r: Peer<TcpStream>,
+    mut m: Peer<TcpStream>,
+    stats: &SessionStats,
+) -> Result<()> {
+    let step = link.cfg.timeouts.handshake_step();
+    let mut hs = Handshake::default();
+    loop {
+        let (cmd, raw) = next_command(&mut r, &hs, step).await?;
+        let name = cmd.name();
+        match name.as_str() {
+            "" => m.send(&raw).await?,
+            "AUTH" | "PING" => exchange(&mut r, &mut m, &mut hs, &name, &raw, step).await?,
+            "_DB_NAME" => {
+                replication_command(link, &mut m, &mut hs, step).await?;
+                m.send(&raw).await?;
+                let (_, line) = m.line(step, "the _db_name reply").await?;
+                r.send(&line).await?;
+            }
+            "REPLCONF" => {
+                replication_command(link, &mut m, &mut hs, step).await?;
+                replconf(&cmd, stats, &mut hs);
+                m.send(&raw).await?;
+                let reply = m.reply(step, "a replconf reply").await?;
+                r.send(&reply).await?;
+            }
+            "PSYNC" => {
+                replication_command(link, &mut m, &mut hs, step).await?;
+                let Some(req) = KvPsync::parse(&cmd) else {
+                    warn!(
+                        command = %String::from_utf8_lossy(&raw).escape_debug(),
+                        "a PSYNC replguard cannot read: the connection passes through unguarded"
+                    );
+                    return passthrough(link, r, m, stats, raw).await;
+                };
+                match psync(link, &mut r, &mut m, stats, &req, &raw).await? {
+                    Some(scanner) => return relay(link, r, m, stats, scanner).await,
+                    None => continue,
+                }
+            }
+            "_FETCH_META" | "_FETCH_FILE" => {
+                replication_command(link, &mut m, &mut hs, step).await?;
+                let files = (name == "_FETCH_FILE").then(|| fetch_file_count(&cmd));
+                return checkpoint(link, r, m, stats, raw, files).await;
+            }
+            _ => return passthrough(link, r, m, stats, raw).await,
+        }
+    }
+}
+
+/// Judges and routes one PSYNC and relays the answer. `Some` when the master answered `+OK`
+/// and the stream follows; `None` when the replica was refused and the handshake goes on.
+async fn psync(
+    link: &LinkCtx,
+    r: &mut Peer<TcpStream>,
+    m: &mut Peer<TcpStream>,
+    stats: &SessionStats,
+    req: &KvPsync,
+    raw: &[u8],
+) -> Result<Option<WalScanner>> {
+    let step = link.cfg.timeouts.handshake_step();
+    let seq_i64 = i64::try_from(req.seq).unwrap_or(i64::MAX);
+    stats.set_psync_request(req.replid_or_dash(), seq_i64);
+    let replica = stats.snapshot().replica;
+    let ip = stats.peer.ip();
+    let (verdict, facts) = link
+        .guard
+        .judge_kvrocks(&replica, ip, req.replid.as_deref(), req.seq);
+    let route = psync::route_kvrocks(link.cfg.guard, &verdict);
+    let decision = DecisionCtx {
+        replica: &replica,
+        req: Some((req.replid_or_dash(), seq_i64)),
+        facts: &facts,
+        verdict: &verdict,
+        route: &route,
+    };
+    if let Route::Refuse(answer) = route {
+        r.send(answer.as_bytes()).await?;
+        decision.log(link, answer.trim_end());
+        link.counters.psync_rejected.fetch_add(1, Relaxed);
+        link.guard.kv_refused(&replica, ip);
+        return Ok(None);
+    }
+    m.send(raw).await?;
+    let (line, raw_reply) = m.line(step, "the PSYNC reply").await?;
+    r.send(&raw_reply).await?;
+    decision.log(link, &line);
+    if line == "+OK" {
+        link.guard
+            .kv_started(&replica, req.replid.as_deref(), req.seq);
+        stats.begin_kvrocks(req.replid.as_deref(), req.seq);
+        link.counters.partial_syncs.fetch_add(1, Relaxed);
+        let mut scanner = WalScanner::new(req.seq);
+        scanner.last_replid.clone_from(&req.replid);
+        return Ok(Some(scanner));
+    }
+    if line.starts_with('-') {
+        link.counters.psync_rejected.fetch_add(1, Relaxed);
+        // The 2.7.0 replica resends the two-argument form after this one; every other
+        // refusal makes it run a full sync.
+        if !line.contains("wrong number of arguments") {
+            link.guard.kv_refused(&replica, ip);
+        }
+        return Ok(None);
+    }
+    Err(SessionEnd::Unsupported(line))
+}
+
+/// Relays the stream of WAL batches until one side ends, keeping the sequence books.
+async fn relay(
+    link: &LinkCtx,
+    r: Peer<TcpStream>,
+    m: Peer<TcpStream>,
+    stats: &SessionStats,
+    mut scanner: WalScanner,
+) -> Result<()> {
+    let (mut rr, mut rw) = r.io.into_split();
+    let (mut mr, mut mw) = m.io.into_split();
+    let up_early = r.buf;
+    let first = m.buf;
+    let replica = stats.snapshot().replica;
+    let enforce = link.cfg.guard == GuardMode::Enforce;
+
+    let downstream = async {
+        let mut events = Vec::new();
+        let mut buf = vec![0u8; DOWN_BUF];
+        let mut chunk: &[u8] = &first;
+        loop {
+            if !chunk.is_empty() {
+                events.clear();
+                let before = scanner.last_replid.clone();
+                scanner
+                    .feed(chunk, &mut events)
+                    .map_err(|err| SessionEnd::Protocol {
+                        side: Side::Master,
+                        err,
+                    })?;
+                let mut cut = None;
+                for e in &events {
+                    if let WalEvent::Gap {
+                        expected,
+                        batch,
+                        bulk_start,
+                    } = e
+                    {
+                        let last = batch.seq - 1;
+                        error!(
+                            replica = %replica,
+                            expected,
+                            got = batch.seq,
+                            missing = format_args!("{expected}..={last}"),
+                            "kvrocks stream gap: the master's stream skipped batches; this replica is missing them"
+                        );
+                        stats.count_kvrocks_gap();
+                        link.guard.kv_gap(
+                            &replica,
+                            KvGap {
+                                expected: *expected,
+                                got: batch.seq,
+                            },
+                        );
+                        if enforce {
+                            cut = Some((bulk_start.unwrap_or(0), *expected, batch.seq));
+                            break;
+                        }
+                    }
+                }
+                if let Some((at, expected, got)) = cut {
+                    // Everything before the batch goes; the batch itself and what follows do not.
+                    rw.write_all(&chunk[..at]).await.map_err(replica_io)?;
+                    return Err(SessionEnd::StreamGap {
+                        expected,
+                        got,
+                        last: got - 1,
+                    });
+                }
+                rw.write_all(chunk).await.map_err(replica_io)?;
+                if scanner.last_replid != before {
+                    stats.set_kvrocks_replid(scanner.last_replid.as_deref());
+                }
+                stats.record_kvrocks(&scanner);
+            }
+            let n = mr.read(&mut buf).await.map_err(master_io)?;
+            if n == 0 {
+                return Err(SessionEnd::Closed(Side::Master));
+            }
+            chunk = &buf[..n];
+        }
+    };
+
+    // A Kvrocks replica never writes on its stream connection; whatever it does send is
+    // forwarded unchanged.
+    let upstream = async {
+        mw.write_all(&up_early).await.map_err(master_io)?;
+        match tokio::io::copy(&mut rr, &mut mw).await {
+            Ok(_) => Err(SessionEnd::Closed(Side::Replica)),
+            Err(err) => Err(SessionEnd::Io {
+                side: Side::Replica,
+                err,
+            }),
+        }
+    };
+
+    tokio::select! {
+        r = downstream => r,
+        r = upstream => r,
+    }
+}
+
+/// Relays a full-sync connection unchanged until the master closes it. For `_fetch_file`
+/// (`files` named), the answer's framing is followed so a complete transfer can be counted.
+async fn checkpoint(
+    link: &LinkCtx,
+    r: Peer<TcpStream>,
+    m: Peer<TcpStream>,
+    stats: &SessionStats,
+    first: BytesMut,
+    files: Option<usize>,
+) -> Result<()> {
+    stats.set_state(SessionState::Checkpoint);
+    let (mut rr, mut rw) = r.io.into_split();
+    let (mut mr, mut mw) = m.io.into_split();
+    let up_early = r.buf;
+    let down_early = m.buf;
+    let mut scan = files.map(FetchScanner::new);
+    let idle = link.cfg.timeouts.sync_idle();
+
+    let downstream = async {
+        let mut buf = vec![0u8; DOWN_BUF];
+        let mut chunk: &[u8] = &down_early;
+        loop {
+            if !chunk.is_empty() {
+                if let Some(f) = scan.as_mut() {
+                    if let Err(e) = f.feed(chunk) {
+                        warn!(error = %e, "the _fetch_file answer is not framed as expected; relaying it unchanged without counting it");
+                        scan = None;
+                    } else {
+                        stats.set_rdb_bytes(f.file_bytes);
+                    }
+                }
+                rw.write_all(chunk).await.map_err(replica_io)?;
+            }
+            let n = tokio::time::timeout(idle, mr.read(&mut buf))
+                .await
+                .map_err(|_| SessionEnd::Timeout {
+                    side: Side::Master,
+                    step: "the checkpoint files",
+                    after: idle,
+                })?
+                .map_err(master_io)?;
+            if n == 0 {
+                rw.shutdown().await.map_err(replica_io)?;
+                return Ok(());
+            }
+            chunk = &buf[..n];
+        }
+    };
+    let upstream = async {
+        mw.write_all(&first).await.map_err(master_io)?;
+        mw.write_all(&up_early).await.map_err(master_io)?;
+        let _ = tokio::io::copy(&mut rr, &mut mw).await;
+        // The replica is done sending; the master's answer may still be on its way.
+        let _ = mw.shutdown().await;
+        std::future::pending::<Result<()>>().await
+    };
+    let out = tokio::select! {
+        r = downstream => r,
+        r = upstream => r,
+    };
+    if let Some(f) = &scan {
+        if out.is_ok() && f.complete() {
+            link.guard.kv_fetch_complete(stats.peer.ip());
+            link.counters.full_syncs.fetch_add(1, Relaxed);
+            info!(
+                files = f.files,
+                bytes = f.file_bytes,
+                "kvrocks full sync: checkpoint files relayed whole"
+            );
+        } else {
+            warn!(
+                files = f.files,
+                bytes = f.file_bytes,
+                "kvrocks full sync: the master closed before every file arrived whole"
+            );
+        }
+    }
+    out.and(Err(SessionEnd::Closed(Side::Master)))
+}
