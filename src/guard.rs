@@ -49,12 +49,23 @@ pub struct Guard {
     pub unsafe_accepted: AtomicU64,
     pub holds: AtomicU64,
     pub last: DashMap<String, Decision>,
-    /// Kvrocks: complete full syncs (`_fetch_file` answers relayed whole) per replica address.
-    kv_fetches: Mutex<HashMap<IpAddr, u64>>,
+    /// Kvrocks: full syncs relayed per replica address.
+    kv_fetches: Mutex<HashMap<IpAddr, FetchBook>>,
     /// Kvrocks: replicas refused a resume, with their address and its full-sync count then.
     kv_refused: Mutex<HashMap<String, (IpAddr, u64)>>,
     /// Kvrocks: gaps seen in streams relayed from the master.
     pub kv_gaps: AtomicU64,
+}
+
+/// The Kvrocks full syncs relayed to one address.
+#[derive(Debug, Clone, Copy, Default)]
+struct FetchBook {
+    /// `_fetch_file` answers relayed whole.
+    complete: u64,
+    /// The checkpoint's last sequence as its files told it, since the last `_fetch_meta`.
+    checkpoint_seq: Option<u64>,
+    /// Some of those files could not be read: the last sequence is unknown.
+    checkpoint_unknown: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -141,6 +152,7 @@ impl Guard {
             unknown_replica: self.policy,
             kv_replica: None,
             kv_full_sync_seen: false,
+            kv_checkpoint_seq: None,
         };
         let v = judge(&facts, &Request::Psync2 { replid, offset });
         (v, describe(&data, rec, replid, uncertain, empty.as_deref()))
@@ -157,7 +169,8 @@ impl Guard {
         let data = lock(&self.data);
         let uncertain = lock(&self.uncertain).contains(replica);
         let rec = data.kvrocks.replicas.get(replica);
-        let seen = self.kv_full_sync_seen(replica, ip);
+        let full_sync = self.kv_full_sync(replica, ip);
+        let seen = full_sync.is_some();
         let facts = Facts {
             ledger: &data,
             replica: None,
@@ -167,23 +180,24 @@ impl Guard {
             unknown_replica: self.policy,
             kv_replica: rec,
             kv_full_sync_seen: seen,
+            kv_checkpoint_seq: full_sync.flatten(),
         };
         let v = judge(&facts, &Request::Kvrocks { replid, seq });
-        (v, describe_kvrocks(&data, rec, uncertain, seen))
+        (v, describe_kvrocks(&data, rec, uncertain, full_sync))
     }
 
-    /// Whether a complete full sync from `ip` passed since `replica` was refused.
-    fn kv_full_sync_seen(&self, replica: &str, ip: IpAddr) -> bool {
-        let Some((at_ip, before)) = lock(&self.kv_refused).get(replica).copied() else {
-            return false;
-        };
-        let fetches = lock(&self.kv_fetches);
-        at_ip == ip && fetches.get(&ip).copied().unwrap_or(0) > before
+    /// Whether a complete full sync from `ip` passed since `replica` was refused, and then the
+    /// last sequence of its checkpoint when known.
+    fn kv_full_sync(&self, replica: &str, ip: IpAddr) -> Option<Option<u64>> {
+        let (at_ip, before) = lock(&self.kv_refused).get(replica).copied()?;
+        let book = lock(&self.kv_fetches).get(&ip).copied().unwrap_or_default();
+        (at_ip == ip && book.complete > before)
+            .then(|| book.checkpoint_seq.filter(|_| !book.checkpoint_unknown))
     }
 
     /// A Kvrocks replica was refused a resume (by the master or by replguard): it must full-sync.
     pub fn kv_refused(&self, replica: &str, ip: IpAddr) {
-        let count = lock(&self.kv_fetches).get(&ip).copied().unwrap_or(0);
+        let count = lock(&self.kv_fetches).get(&ip).map_or(0, |b| b.complete);
         lock(&self.kv_refused).insert(replica.to_string(), (ip, count));
         let mut data = lock(&self.data);
         data.kvrocks.update(replica, |r| {
@@ -193,9 +207,22 @@ impl Guard {
         self.dirty.store(true, Relaxed);
     }
 
-    /// A `_fetch_file` answer was relayed whole to `ip`.
-    pub fn kv_fetch_complete(&self, ip: IpAddr) {
-        *lock(&self.kv_fetches).entry(ip).or_default() += 1;
+    /// A `_fetch_meta` from `ip`: a full sync (with a checkpoint of its own) begins.
+    pub fn kv_fetch_meta(&self, ip: IpAddr) {
+        let mut f = lock(&self.kv_fetches);
+        let book = f.entry(ip).or_default();
+        book.checkpoint_seq = None;
+        book.checkpoint_unknown = false;
+    }
+
+    /// A `_fetch_file` answer was relayed whole to `ip`; its files told the checkpoint's last
+    /// sequence (`seq`), or could not be read (`unreadable`).
+    pub fn kv_fetch_complete(&self, ip: IpAddr, seq: Option<u64>, unreadable: bool) {
+        let mut f = lock(&self.kv_fetches);
+        let book = f.entry(ip).or_default();
+        book.complete += 1;
+        book.checkpoint_unknown |= unreadable;
+        book.checkpoint_seq = book.checkpoint_seq.max(seq);
     }
 
     /// The master accepted a Kvrocks PSYNC the guard passed: the replica's books continue from
@@ -360,37 +387,39 @@ fn describe_kvrocks(
     data: &LedgerData,
     rec: Option<&KvRecord>,
     uncertain: bool,
-    full_sync_seen: bool,
+    full_sync: Option<Option<u64>>,
 ) -> String {
-    let ids = data.kvrocks.master_replids.len();
     let mut s = match rec {
         None => "replica never served by this link".to_string(),
-        Some(r) => {
-            let mut s = format!(
-                "replica delivered batches up to sequence {} (next {})",
-                r.next_seq.saturating_sub(1),
-                r.next_seq
-            );
-            if let Some(id) = &r.replid {
-                s.push_str(&format!(", last batch id {id}"));
-            }
-            if let Some(g) = r.gap {
-                s.push_str(&format!(", gap {}..{}", g.expected, g.got));
-            }
-            if r.full_sync_pending {
-                s.push_str(if full_sync_seen {
-                    ", full sync pending and seen"
-                } else {
-                    ", full sync pending and not seen"
-                });
-            }
-            if uncertain {
-                s.push_str(" (session open at an unclean stop)");
-            }
-            s
-        }
+        Some(r) if r.next_seq == 0 => "replica delivered no batches through this link".into(),
+        Some(r) => format!(
+            "replica delivered batches up to sequence {} (next {})",
+            r.next_seq - 1,
+            r.next_seq
+        ),
     };
-    s.push_str(&format!("; {ids} master ids seen in batches"));
+    if let Some(r) = rec {
+        if let Some(id) = &r.replid {
+            s.push_str(&format!(", last batch id {id}"));
+        }
+        if let Some(g) = r.gap {
+            s.push_str(&format!(", gap {}..{}", g.expected, g.got));
+        }
+        if r.full_sync_pending {
+            s.push_str(&match full_sync {
+                None => ", owes a full sync (none seen yet)".to_string(),
+                Some(None) => ", full sync seen (checkpoint sequence unknown)".to_string(),
+                Some(Some(c)) => format!(", full sync seen (checkpoint at sequence {c})"),
+            });
+        }
+        if uncertain {
+            s.push_str(" (session open at an unclean stop)");
+        }
+    }
+    s.push_str(&format!(
+        "; {} master ids seen in batches",
+        data.kvrocks.master_replids.len()
+    ));
     s
 }
 

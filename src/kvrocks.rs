@@ -5,6 +5,7 @@
 //! Everything here is pure: scanners are fed the bytes as they pass and say what they saw; the
 //! bytes themselves are forwarded unchanged by the session.
 
+use crate::checkpoint::CheckpointScan;
 use crate::resp::{Command, ProtocolError};
 
 /// Length of a Kvrocks replication id.
@@ -391,12 +392,14 @@ impl WalScanner {
 }
 
 /// Follows a `_fetch_file` answer: per file, a `<size>\r\n` line then exactly that many raw
-/// bytes. Says when every requested file has arrived whole.
+/// bytes. Says when every requested file has arrived whole, and the checkpoint's last sequence
+/// when its files tell it.
 #[derive(Debug)]
 pub struct FetchScanner {
-    wanted: usize,
+    names: Vec<String>,
     line: Vec<u8>,
     remaining: Option<u64>,
+    checkpoint: CheckpointScan,
     /// Files received whole.
     pub files: usize,
     /// File bytes received (size lines not counted).
@@ -404,12 +407,13 @@ pub struct FetchScanner {
 }
 
 impl FetchScanner {
-    /// A scanner for an answer to `_fetch_file` naming `wanted` files.
-    pub fn new(wanted: usize) -> Self {
+    /// A scanner for an answer to `_fetch_file` naming `names`, in order.
+    pub fn new(names: Vec<String>) -> Self {
         FetchScanner {
-            wanted,
+            names,
             line: Vec::with_capacity(MAX_HEADER),
             remaining: None,
+            checkpoint: CheckpointScan::new(),
             files: 0,
             file_bytes: 0,
         }
@@ -417,7 +421,18 @@ impl FetchScanner {
 
     /// Whether every requested file has arrived whole.
     pub fn complete(&self) -> bool {
-        self.files == self.wanted && self.remaining.is_none() && self.line.is_empty()
+        self.files == self.names.len() && self.remaining.is_none() && self.line.is_empty()
+    }
+
+    /// The last sequence recorded in these files (a MANIFEST or WAL among them).
+    pub fn checkpoint_seq(&self) -> Option<u64> {
+        self.checkpoint.last_seq()
+    }
+
+    /// A MANIFEST or WAL among these files could not be read: the checkpoint's last sequence
+    /// is unknown.
+    pub fn checkpoint_unreadable(&self) -> bool {
+        self.checkpoint.unreadable()
     }
 
     pub fn feed(&mut self, chunk: &[u8]) -> Result<(), ProtocolError> {
@@ -426,16 +441,21 @@ impl FetchScanner {
             match self.remaining {
                 Some(left) => {
                     let take = left.min((chunk.len() - i) as u64);
+                    self.checkpoint.feed(&chunk[i..i + take as usize]);
                     i += take as usize;
                     self.file_bytes += take;
                     if take == left {
-                        self.remaining = None;
-                        self.files += 1;
+                        self.end_file();
                     } else {
                         self.remaining = Some(left - take);
                     }
                 }
                 None => {
+                    if self.files == self.names.len() {
+                        return Err(ProtocolError::Malformed(
+                            "bytes after the last requested file".into(),
+                        ));
+                    }
                     let rest = &chunk[i..];
                     let take = memchr::memchr(b'\n', rest).map_or(rest.len(), |p| p + 1);
                     self.line.extend_from_slice(&rest[..take]);
@@ -455,8 +475,9 @@ impl FetchScanner {
                                 ))
                             })?;
                         self.line.clear();
+                        self.checkpoint.begin_file(&self.names[self.files]);
                         if size == 0 {
-                            self.files += 1;
+                            self.end_file();
                         } else {
                             self.remaining = Some(size);
                         }
@@ -466,12 +487,21 @@ impl FetchScanner {
         }
         Ok(())
     }
+
+    fn end_file(&mut self) {
+        self.checkpoint.end_file();
+        self.remaining = None;
+        self.files += 1;
+    }
 }
 
-/// The number of files a `_fetch_file <f1,f2,...>` names.
-pub fn fetch_file_count(cmd: &Command) -> usize {
-    cmd.args.get(1).map_or(0, |list| {
-        list.split(|&b| b == b',').filter(|f| !f.is_empty()).count()
+/// The files a `_fetch_file <f1,f2,...>` names.
+pub fn fetch_file_names(cmd: &Command) -> Vec<String> {
+    cmd.args.get(1).map_or_else(Vec::new, |list| {
+        list.split(|&b| b == b',')
+            .filter(|f| !f.is_empty())
+            .map(|f| String::from_utf8_lossy(f).into_owned())
+            .collect()
     })
 }
 
@@ -652,20 +682,42 @@ mod tests {
 
     #[test]
     fn fetch_scanner_counts_whole_files() {
-        let c = cmd(b"*2\r\n$11\r\n_fetch_file\r\n$22\r\nOPTIONS-1,CURRENT,0.log\r\n");
-        assert_eq!(fetch_file_count(&c), 3);
+        let c = cmd(b"*2\r\n$11\r\n_fetch_file\r\n$23\r\nOPTIONS-1,CURRENT,0.log\r\n");
+        let names = fetch_file_names(&c);
+        assert_eq!(names, ["OPTIONS-1", "CURRENT", "0.log"]);
         let answer = b"5\r\nhello16\r\nMANIFEST-000011\n0\r\n";
         for step in [1, 4, answer.len()] {
-            let mut f = FetchScanner::new(3);
+            let mut f = FetchScanner::new(names.clone());
             for chunk in answer.chunks(step) {
                 f.feed(chunk).unwrap();
             }
             assert!(f.complete(), "chunks of {step}");
             assert_eq!(f.file_bytes, 21);
         }
-        let mut short = FetchScanner::new(3);
+        let mut short = FetchScanner::new(names.clone());
         short.feed(b"5\r\nhel").unwrap();
         assert!(!short.complete());
-        assert!(FetchScanner::new(1).feed(b"-ERR nope\r\n").is_err());
+        let one = vec!["CURRENT".to_string()];
+        assert!(FetchScanner::new(one.clone())
+            .feed(b"-ERR nope\r\n")
+            .is_err());
+        assert!(FetchScanner::new(one).feed(b"1\r\nxy").is_err());
+    }
+
+    #[test]
+    fn a_recorded_checkpoint_tells_its_last_sequence() {
+        // The `_fetch_file` answer of a real Kvrocks 2.7.0 master (checkpoint at sequence 5:
+        // its WAL holds batches 1..=5; the replica then asked PSYNC <id> 6).
+        let answer =
+            include_bytes!("../tests/data/kvrocks-wire/wire-cluster-rsid-yes.txt.conn3.s2c.bin");
+        let c = cmd(b"*2\r\n$11\r\n_fetch_file\r\n$49\r\nOPTIONS-000013,MANIFEST-000011,CURRENT,000010.log\r\n");
+        for step in [1000, answer.len()] {
+            let mut f = FetchScanner::new(fetch_file_names(&c));
+            for chunk in answer.chunks(step) {
+                f.feed(chunk).unwrap();
+            }
+            assert!(f.complete());
+            assert_eq!(f.checkpoint_seq(), Some(5));
+        }
     }
 }

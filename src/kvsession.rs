@@ -16,7 +16,7 @@
 //! 6. Anything else: a plain pipe, as for any client.
 
 use crate::config::GuardMode;
-use crate::kvrocks::{fetch_file_count, FetchScanner, KvPsync, WalEvent, WalScanner};
+use crate::kvrocks::{fetch_file_names, FetchScanner, KvPsync, WalEvent, WalScanner};
 use crate::ledger::KvGap;
 use crate::link::LinkCtx;
 use crate::psync::{self, Route};
@@ -78,7 +78,7 @@ pub(crate) async fn run(
             }
             "_FETCH_META" | "_FETCH_FILE" => {
                 replication_command(link, &mut m, &mut hs, step).await?;
-                let files = (name == "_FETCH_FILE").then(|| fetch_file_count(&cmd));
+                let files = (name == "_FETCH_FILE").then(|| fetch_file_names(&cmd));
                 return checkpoint(link, r, m, stats, raw, files).await;
             }
             _ => return passthrough(link, r, m, stats, raw).await,
@@ -114,7 +114,7 @@ async fn psync(
     };
     if let Route::Refuse(answer) = route {
         r.send(answer.as_bytes()).await?;
-        decision.log(link, answer.trim_end());
+        decision.log(link, &format!("{} (from replguard)", answer.trim_end()));
         link.counters.psync_rejected.fetch_add(1, Relaxed);
         link.guard.kv_refused(&replica, ip);
         return Ok(None);
@@ -253,9 +253,12 @@ async fn checkpoint(
     m: Peer<TcpStream>,
     stats: &SessionStats,
     first: BytesMut,
-    files: Option<usize>,
+    files: Option<Vec<String>>,
 ) -> Result<()> {
     stats.set_state(SessionState::Checkpoint);
+    if files.is_none() {
+        link.guard.kv_fetch_meta(stats.peer.ip());
+    }
     let (mut rr, mut rw) = r.io.into_split();
     let (mut mr, mut mw) = m.io.into_split();
     let up_early = r.buf;
@@ -266,6 +269,7 @@ async fn checkpoint(
     let downstream = async {
         let mut buf = vec![0u8; DOWN_BUF];
         let mut chunk: &[u8] = &down_early;
+        let mut counted = false;
         loop {
             if !chunk.is_empty() {
                 if let Some(f) = scan.as_mut() {
@@ -274,6 +278,12 @@ async fn checkpoint(
                         scan = None;
                     } else {
                         stats.set_rdb_bytes(f.file_bytes);
+                        if f.complete() && !counted {
+                            // Counted before the last bytes go out: the replica's PSYNC that
+                            // follows them must find its full sync on the books.
+                            counted = true;
+                            fetch_complete(link, stats, f);
+                        }
                     }
                 }
                 rw.write_all(chunk).await.map_err(replica_io)?;
@@ -287,6 +297,13 @@ async fn checkpoint(
                 })?
                 .map_err(master_io)?;
             if n == 0 {
+                if let Some(f) = scan.as_ref().filter(|f| !f.complete()) {
+                    warn!(
+                        files = f.files,
+                        bytes = f.file_bytes,
+                        "kvrocks full sync: the master closed before every file arrived whole"
+                    );
+                }
                 rw.shutdown().await.map_err(replica_io)?;
                 return Ok(());
             }
@@ -305,22 +322,20 @@ async fn checkpoint(
         r = downstream => r,
         r = upstream => r,
     };
-    if let Some(f) = &scan {
-        if out.is_ok() && f.complete() {
-            link.guard.kv_fetch_complete(stats.peer.ip());
-            link.counters.full_syncs.fetch_add(1, Relaxed);
-            info!(
-                files = f.files,
-                bytes = f.file_bytes,
-                "kvrocks full sync: checkpoint files relayed whole"
-            );
-        } else {
-            warn!(
-                files = f.files,
-                bytes = f.file_bytes,
-                "kvrocks full sync: the master closed before every file arrived whole"
-            );
-        }
-    }
     out.and(Err(SessionEnd::Closed(Side::Master)))
+}
+
+/// A `_fetch_file` answer arrived whole: the replica at that address has its full sync.
+fn fetch_complete(link: &LinkCtx, stats: &SessionStats, f: &FetchScanner) {
+    let seq = f.checkpoint_seq();
+    link.guard
+        .kv_fetch_complete(stats.peer.ip(), seq, f.checkpoint_unreadable());
+    link.counters.full_syncs.fetch_add(1, Relaxed);
+    info!(
+        files = f.files,
+        bytes = f.file_bytes,
+        checkpoint_seq = ?seq,
+        unreadable = f.checkpoint_unreadable(),
+        "kvrocks full sync: checkpoint files relayed whole"
+    );
 }

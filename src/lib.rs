@@ -14,6 +14,9 @@
 //! | [`verdict`] | pure: (ledger facts, PSYNC request) -> Pass / ForceFull / Hold, reasons  |
 //! | [`ledger`]  | lineage of each master id and what each replica was delivered; on disk   |
 //! | [`guard`]   | a link's ledger at runtime: judge, record, observe the master, persist   |
+//! | [`kvrocks`] | Kvrocks wire: PSYNC forms, WAL-batch stream scanner, `_fetch_file` framing |
+//! | [`checkpoint`] | the last sequence of a Kvrocks checkpoint, read from its files      |
+//! | [`kvsession`] | one Kvrocks connection: handshake, guarded PSYNC, stream, checkpoints  |
 //! | [`watch`]   | reading the master's own INFO replication / keyspace                     |
 //! | [`stream`]  | watching the sync as it passes: RDB framing, command-stream boundaries   |
 //! | [`stats`]   | offset books per session (delivered, acknowledged, lag), link counters   |
@@ -42,6 +45,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod checkpoint;
 pub mod config;
 pub mod guard;
 pub mod kvrocks;

@@ -62,6 +62,9 @@ pub struct Facts<'a> {
     /// Kvrocks: a complete full sync (`_fetch_file`) from this replica's address passed through
     /// the link since it was refused a resume.
     pub kv_full_sync_seen: bool,
+    /// Kvrocks: the last sequence of the checkpoint that full sync shipped, when its files
+    /// told it.
+    pub kv_checkpoint_seq: Option<u64>,
 }
 
 /// Why a request was not passed (or, for `UnknownReplicaPassed`, why it was).
@@ -116,6 +119,8 @@ pub enum Reason {
     KvUncleanStop { recorded_next: u64, requested: u64 },
     /// Kvrocks: the replica was told to full-sync but no full sync of it passed the link.
     KvFullSyncNotSeen { requested: u64 },
+    /// Kvrocks: after its full sync the replica asks past the checkpoint it was shipped.
+    KvBeyondCheckpoint { checkpoint: u64, requested: u64 },
 }
 
 impl Reason {
@@ -136,6 +141,7 @@ impl Reason {
             Reason::KvAfterGap { .. } => "after_gap",
             Reason::KvUncleanStop { .. } => "unclean_stop",
             Reason::KvFullSyncNotSeen { .. } => "full_sync_not_seen",
+            Reason::KvBeyondCheckpoint { .. } => "beyond_checkpoint",
         }
     }
 }
@@ -197,6 +203,12 @@ impl fmt::Display for Reason {
                 f,
                 "replguard stopped uncleanly while delivering to this replica; it can vouch for sequences below {recorded_next} only, and the replica asks to resume at {requested}"
             ),
+            Reason::KvBeyondCheckpoint { checkpoint, requested } => write!(
+                f,
+                "the checkpoint this link shipped the replica in its full sync ends at sequence {checkpoint}; it asks to resume at {requested}, so it wrote locally since and the master's sequences {}..={} would never reach it",
+                checkpoint + 1,
+                requested.saturating_sub(1)
+            ),
             Reason::KvFullSyncNotSeen { requested } => write!(
                 f,
                 "the replica was refused a resume and must full-sync, but no complete full sync from its address passed this link since; it asks to resume at {requested} from data replguard did not see it receive"
@@ -238,8 +250,9 @@ impl Verdict {
 ///    whatever the policy (the id is the replica's own: the 2.7.0 start-up write, whose
 ///    sequence makes it skip the master's first batches); anything else follows
 ///    `unknown_replica`.
-/// 2. Refused earlier and told to full-sync: passes (and starts new books) once a complete
-///    full sync from its address passed the link, else forced full.
+/// 2. Refused earlier and told to full-sync: forced full until a complete full sync from its
+///    address passed the link; then forced full if it asks past the checkpoint's last
+///    sequence plus one (when the checkpoint's files told it), else passed: new books.
 /// 3. A gap in what it was delivered: forced full.
 /// 4. A sequence beyond `next`: forced full (apache/kvrocks#2214, #462).
 /// 5. At `next` with an id other than the one the last batch carried: forced full.
@@ -274,10 +287,15 @@ fn judge_kvrocks(facts: &Facts<'_>, replid: Option<&str>, seq: u64) -> Verdict {
         };
     };
     if rec.full_sync_pending {
-        return if facts.kv_full_sync_seen {
-            Verdict::Pass
-        } else {
-            full(Reason::KvFullSyncNotSeen { requested: seq })
+        if !facts.kv_full_sync_seen {
+            return full(Reason::KvFullSyncNotSeen { requested: seq });
+        }
+        return match facts.kv_checkpoint_seq {
+            Some(c) if seq > c + 1 => full(Reason::KvBeyondCheckpoint {
+                checkpoint: c,
+                requested: seq,
+            }),
+            _ => Verdict::Pass,
         };
     }
     if let Some(g) = rec.gap {
@@ -412,6 +430,7 @@ mod tests {
             unknown_replica: UnknownReplica::Full,
             kv_replica: None,
             kv_full_sync_seen: false,
+            kv_checkpoint_seq: None,
         }
     }
 
@@ -488,6 +507,137 @@ mod tests {
         assert_eq!(judge(&f, &req("?", -1)).name(), "hold");
         f.allow_empty_master = true;
         assert_eq!(judge(&f, &req(A, 101)), Verdict::Pass);
+    }
+
+    fn kv(l: &LedgerData) -> Facts<'_> {
+        Facts {
+            kv_replica: l.kvrocks.replicas.get(R),
+            ..facts(l)
+        }
+    }
+
+    fn kvreq(replid: Option<&str>, seq: u64) -> Request<'_> {
+        Request::Kvrocks { replid, seq }
+    }
+
+    fn kv_record(l: &mut LedgerData, next_seq: u64, replid: Option<&str>) {
+        l.kvrocks.update(R, |r| {
+            r.next_seq = next_seq;
+            r.replid = replid.map(str::to_string);
+        });
+    }
+
+    #[test]
+    fn kvrocks_resume_beyond_delivered_is_forced_full_and_a_rewind_passes() {
+        let mut l = LedgerData::new();
+        kv_record(&mut l, 5, None); // delivered up to sequence 4
+        assert_eq!(judge(&kv(&l), &kvreq(None, 5)), Verdict::Pass);
+        assert_eq!(judge(&kv(&l), &kvreq(None, 3)), Verdict::Pass);
+        // The apache/kvrocks#2214 restart: a local write took 5, the replica asks for 6.
+        let v = judge(&kv(&l), &kvreq(Some("E1PZBV0DJ9JAP0TH"), 6));
+        assert_eq!(
+            v,
+            Verdict::ForceFull(Reason::KvBeyondDelivered {
+                next: 5,
+                requested: 6
+            })
+        );
+        assert!(v.reason().unwrap().to_string().contains("sequences 5..=5"));
+        l.kvrocks.update(R, |r| r.open = true);
+        let mut f = kv(&l);
+        f.unclean_stop = true;
+        assert_eq!(
+            judge(&f, &kvreq(None, 9)).reason().unwrap().code(),
+            "unclean_stop"
+        );
+    }
+
+    #[test]
+    fn kvrocks_first_attach_rules() {
+        let mut l = LedgerData::new();
+        // Nothing held: nothing to lose.
+        assert_eq!(judge(&kv(&l), &kvreq(None, 1)), Verdict::Pass);
+        assert_eq!(
+            judge(&kv(&l), &kvreq(Some("PP3XNZHJZ3YGXJU9"), 1)),
+            Verdict::Pass
+        );
+        // An id of its own, never seen from the master: forced full whatever the policy.
+        let mut f = kv(&l);
+        f.unknown_replica = UnknownReplica::Pass;
+        assert_eq!(
+            judge(&f, &kvreq(Some("XXP9LCB4ADZIPLXD"), 2))
+                .reason()
+                .unwrap()
+                .code(),
+            "unknown_id"
+        );
+        // A two-argument resume from an unknown replica follows the policy.
+        assert_eq!(judge(&f, &kvreq(None, 7)), Verdict::Pass);
+        assert_eq!(
+            judge(&kv(&l), &kvreq(None, 7)).reason().unwrap().code(),
+            "unknown_replica"
+        );
+        // An id the master's batches carried follows the policy too.
+        l.kvrocks.saw_master_replid("C3EORR3YM0FAK7BG");
+        let mut f = kv(&l);
+        f.unknown_replica = UnknownReplica::Pass;
+        assert_eq!(
+            judge(&f, &kvreq(Some("C3EORR3YM0FAK7BG"), 6)),
+            Verdict::Pass
+        );
+    }
+
+    #[test]
+    fn kvrocks_changed_id_gap_and_owed_full_sync() {
+        let mut l = LedgerData::new();
+        kv_record(&mut l, 6, Some("C3EORR3YM0FAK7BG"));
+        assert_eq!(
+            judge(&kv(&l), &kvreq(Some("C3EORR3YM0FAK7BG"), 6)),
+            Verdict::Pass
+        );
+        assert_eq!(
+            judge(&kv(&l), &kvreq(Some("AGP4VQU347ZNLD0J"), 6))
+                .reason()
+                .unwrap()
+                .code(),
+            "replid_changed"
+        );
+        // A rewind is the master's to check, whatever id its earlier batch carried.
+        assert_eq!(
+            judge(&kv(&l), &kvreq(Some("AGP4VQU347ZNLD0J"), 4)),
+            Verdict::Pass
+        );
+        l.kvrocks.update(R, |r| {
+            r.gap = Some(crate::ledger::KvGap {
+                expected: 6,
+                got: 8,
+            })
+        });
+        assert_eq!(
+            judge(&kv(&l), &kvreq(Some("C3EORR3YM0FAK7BG"), 6))
+                .reason()
+                .unwrap()
+                .code(),
+            "after_gap"
+        );
+        l.kvrocks.update(R, |r| {
+            r.gap = None;
+            r.full_sync_pending = true;
+        });
+        assert_eq!(
+            judge(&kv(&l), &kvreq(None, 6)).reason().unwrap().code(),
+            "full_sync_not_seen"
+        );
+        let mut f = kv(&l);
+        f.kv_full_sync_seen = true;
+        assert_eq!(judge(&f, &kvreq(None, 42)), Verdict::Pass);
+        // With the checkpoint's last sequence known, a local write after the restore shows.
+        f.kv_checkpoint_seq = Some(40);
+        assert_eq!(judge(&f, &kvreq(None, 41)), Verdict::Pass);
+        assert_eq!(
+            judge(&f, &kvreq(None, 42)).reason().unwrap().code(),
+            "beyond_checkpoint"
+        );
     }
 
     #[test]
@@ -652,6 +802,7 @@ mod tests {
                         unknown_replica: UnknownReplica::Full,
                         kv_replica: None,
                         kv_full_sync_seen: false,
+                        kv_checkpoint_seq: None,
                     };
                     let v = judge(
                         &f,
@@ -679,11 +830,136 @@ mod tests {
         }
     }
 
+    /// A Kvrocks master (one sequence per batch; some writes never reach its WAL) and one
+    /// replica whose batches either came from the master or were written by itself.
+    #[derive(Debug, Clone)]
+    enum KvOp {
+        Write(u8),
+        Unlogged,
+        Attach(u8),
+        LocalWrite,
+    }
+
+    fn kv_op() -> impl Strategy<Value = KvOp> {
+        prop_oneof![
+            4 => (1u8..4).prop_map(KvOp::Write),
+            1 => Just(KvOp::Unlogged),
+            4 => (0u8..5).prop_map(KvOp::Attach),
+            2 => Just(KvOp::LocalWrite),
+        ]
+    }
+
+    #[derive(Default)]
+    struct KvModel {
+        ledger: LedgerData,
+        /// Per master sequence (index = seq - 1): whether it is a batch in the WAL.
+        master: Vec<bool>,
+        /// Per replica sequence: whether it holds the master's batch there (false: its own).
+        replica: Vec<bool>,
+        full_sync_seen: bool,
+        checkpoint: Option<u64>,
+    }
+
+    impl KvModel {
+        fn full_sync(&mut self) {
+            self.replica = vec![true; self.master.len()];
+            self.full_sync_seen = true;
+            self.checkpoint = Some(self.master.len() as u64);
+        }
+
+        /// The 2.7.0 rule: latest + 1, or the start of a batch in the WAL.
+        fn master_accepts(&self, seq: u64) -> bool {
+            let latest = self.master.len() as u64;
+            seq == latest + 1 || (seq >= 1 && seq <= latest && self.master[seq as usize - 1])
+        }
+
+        fn attach(&mut self, stream: u8) -> Result<(), TestCaseError> {
+            let seq = self.replica.len() as u64 + 1;
+            let rec = self.ledger.kvrocks.replicas.get(R).cloned();
+            let f = Facts {
+                kv_replica: rec.as_ref(),
+                kv_full_sync_seen: self.full_sync_seen,
+                kv_checkpoint_seq: self.checkpoint,
+                ..facts(&self.ledger)
+            };
+            let v = judge(&f, &kvreq(None, seq));
+            let safe = self.replica.iter().all(|&m| m) && self.replica.len() <= self.master.len();
+            let accepts = self.master_accepts(seq);
+            if v == Verdict::Pass && accepts {
+                prop_assert!(safe, "passed an unsafe resume at {seq}: {:?}", self.replica);
+            }
+            let clean = rec
+                .as_ref()
+                .is_some_and(|r| !r.full_sync_pending && r.gap.is_none());
+            if safe && accepts && clean {
+                prop_assert_eq!(&v, &Verdict::Pass, "blocked an honest resume at {}", seq);
+            }
+            if v != Verdict::Pass || !accepts {
+                // Refused by replguard or by the master: the replica owes a full sync, runs it,
+                // and its next PSYNC starts new books.
+                self.ledger
+                    .kvrocks
+                    .update(R, |r| r.full_sync_pending = true);
+                self.full_sync_seen = false;
+                self.full_sync();
+                return Ok(());
+            }
+            self.full_sync_seen = false;
+            let mut next = seq;
+            for _ in 0..stream {
+                let Some(&logged) = self.master.get(next as usize - 1) else {
+                    break;
+                };
+                if !logged {
+                    // The stream's next batch starts beyond `next`: a gap, cut under enforce.
+                    let got = (next as usize..self.master.len())
+                        .find(|&i| self.master[i])
+                        .map_or(next + 1, |i| i as u64 + 1);
+                    self.ledger.kvrocks.update(R, |r| {
+                        r.gap = Some(crate::ledger::KvGap {
+                            expected: next,
+                            got,
+                        })
+                    });
+                    return Ok(());
+                }
+                self.replica.push(true);
+                next += 1;
+            }
+            self.ledger.kvrocks.update(R, |r| {
+                r.next_seq = next;
+                r.full_sync_pending = false;
+                r.gap = None;
+            });
+            Ok(())
+        }
+
+        fn apply(&mut self, op: &KvOp) -> Result<(), TestCaseError> {
+            match op {
+                KvOp::Write(n) => self.master.extend(std::iter::repeat_n(true, *n as usize)),
+                KvOp::Unlogged => self.master.push(false),
+                KvOp::LocalWrite => self.replica.push(false),
+                KvOp::Attach(n) => self.attach(*n)?,
+            }
+            Ok(())
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
         #[test]
         fn verdict_never_passes_an_unsafe_resume(ops in prop::collection::vec(op(), 1..40)) {
             let mut m = Model::new();
+            for o in &ops {
+                m.apply(o)?;
+            }
+        }
+
+        #[test]
+        fn kvrocks_verdict_never_passes_a_resume_that_skips_batches(
+            ops in prop::collection::vec(kv_op(), 1..40)
+        ) {
+            let mut m = KvModel::default();
             for o in &ops {
                 m.apply(o)?;
             }
