@@ -20,6 +20,8 @@ use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub mod kvrocks_double;
+
 /// Which server family a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -342,14 +344,22 @@ impl Proxy {
 
     /// Like `start`, with the guard mode given.
     pub fn start_mode(kind: Kind, master_port: u16, guard: &str, link_extra: &str) -> Proxy {
+        Self::start_flavor(kind.flavor(), master_port, guard, link_extra)
+    }
+
+    /// A `flavor: kvrocks` link to `master_port`.
+    pub fn start_kvrocks(master_port: u16, guard: &str, link_extra: &str) -> Proxy {
+        Self::start_flavor("kvrocks", master_port, guard, link_extra)
+    }
+
+    fn start_flavor(flavor: &str, master_port: u16, guard: &str, link_extra: &str) -> Proxy {
         init_logging();
         let state_dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let admin_port = free_port();
         let yaml = format!(
-            "state_dir: {}\nadmin:\n  listen: 127.0.0.1:{admin_port}\nlinks:\n  - name: main\n    listen: 127.0.0.1:{port}\n    master: 127.0.0.1:{master_port}\n    flavor: {}\n    guard: {guard}\n    lineage_poll_ms: 200\n{link_extra}",
+            "state_dir: {}\nadmin:\n  listen: 127.0.0.1:{admin_port}\nlinks:\n  - name: main\n    listen: 127.0.0.1:{port}\n    master: 127.0.0.1:{master_port}\n    flavor: {flavor}\n    guard: {guard}\n    lineage_poll_ms: 200\n{link_extra}",
             state_dir.path().display(),
-            kind.flavor()
         );
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
