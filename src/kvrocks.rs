@@ -23,6 +23,40 @@ const TAIL: usize = 2 + 2 + REPLID_LEN;
 /// Longest bulk header line (`$<len>\r\n`).
 const MAX_HEADER: usize = 24;
 
+/// A Kvrocks replication id as a batch carries it: 16 printable ASCII bytes, kept without an
+/// allocation since every batch may carry one.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReplId([u8; REPLID_LEN]);
+
+impl ReplId {
+    /// 16 printable ASCII bytes, else `None`.
+    pub fn parse(id: &str) -> Option<ReplId> {
+        Self::from_bytes(id.as_bytes())
+    }
+
+    fn from_bytes(id: &[u8]) -> Option<ReplId> {
+        let arr: [u8; REPLID_LEN] = id.try_into().ok()?;
+        arr.iter().all(u8::is_ascii_graphic).then_some(ReplId(arr))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Printable ASCII by construction.
+        std::str::from_utf8(&self.0).unwrap_or("?")
+    }
+}
+
+impl std::fmt::Display for ReplId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for ReplId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
 /// A parsed `PSYNC <seq>` or `PSYNC <replid16> <seq>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KvPsync {
@@ -70,7 +104,7 @@ pub struct Unwalkable;
 
 /// The replication id a batch carries in its trailing `r <replid>` LogData record, found by
 /// walking the records. [`Unwalkable`] sends the caller to [`tail_replid`].
-pub fn walk_replid(payload: &[u8]) -> Result<Option<String>, Unwalkable> {
+pub fn walk_replid(payload: &[u8]) -> Result<Option<ReplId>, Unwalkable> {
     let mut r = Reader {
         buf: payload.get(12..).ok_or(Unwalkable)?,
     };
@@ -114,7 +148,7 @@ pub fn walk_replid(payload: &[u8]) -> Result<Option<String>, Unwalkable> {
 
 /// The replid of a batch judged from its last [`TAIL`] bytes only (for batches too large to
 /// keep whole, or with record types [`walk_replid`] does not know).
-pub fn tail_replid(tail: &[u8]) -> Option<String> {
+pub fn tail_replid(tail: &[u8]) -> Option<ReplId> {
     let t = tail.get(tail.len().checked_sub(TAIL)?..)?;
     if t[0] != 0x03 || t[1] as usize != 2 + REPLID_LEN {
         return None;
@@ -123,10 +157,8 @@ pub fn tail_replid(tail: &[u8]) -> Option<String> {
 }
 
 /// `r <16 printable bytes>` -> the id.
-fn replid_record(data: &[u8]) -> Option<String> {
-    let id = data.strip_prefix(b"r ")?;
-    (id.len() == REPLID_LEN && id.iter().all(|b| b.is_ascii_graphic()))
-        .then(|| String::from_utf8_lossy(id).into_owned())
+fn replid_record(data: &[u8]) -> Option<ReplId> {
+    ReplId::from_bytes(data.strip_prefix(b"r ")?)
 }
 
 struct Reader<'a> {
@@ -176,7 +208,7 @@ pub struct Batch {
     pub seq: u64,
     pub count: u32,
     /// The id in its trailing `r` record, when the master writes one.
-    pub replid: Option<String>,
+    pub replid: Option<ReplId>,
     /// Payload length.
     pub len: usize,
 }
@@ -186,6 +218,36 @@ impl Batch {
     pub fn next(&self) -> u64 {
         self.seq + u64::from(self.count.max(1))
     }
+}
+
+/// What a complete bulk payload is.
+#[derive(Debug)]
+enum Read {
+    Ping,
+    Batch {
+        seq: u64,
+        count: u32,
+        replid: Option<ReplId>,
+    },
+}
+
+/// Reads a bulk payload: `payload` whole, or (for a batch too large to keep) its first bytes
+/// and its `tail`.
+fn inspect(payload: &[u8], tail: Option<&[u8]>) -> Result<Read, ProtocolError> {
+    if tail.is_none() && payload == b"ping" {
+        return Ok(Read::Ping);
+    }
+    let Some((seq, count)) = batch_header(payload) else {
+        return Err(ProtocolError::Malformed(format!(
+            "a {}-byte bulk on a Kvrocks stream is neither a WAL batch nor ping",
+            payload.len()
+        )));
+    };
+    let replid = match tail {
+        None => walk_replid(payload).unwrap_or_else(|_| tail_replid(payload)),
+        Some(t) => tail_replid(t),
+    };
+    Ok(Read::Batch { seq, count, replid })
 }
 
 /// What the stream scanner saw, with where in the fed chunk the bulk it concerns began (`None`
@@ -220,11 +282,13 @@ pub struct WalScanner {
     /// Payload kept for the record walk (whole when it fits in [`KEEP`], else the header).
     body: Vec<u8>,
     tail: Vec<u8>,
+    /// The current bulk's payload, read once it is complete.
+    read: Option<Read>,
     /// Where the current bulk began in the chunk being fed.
     bulk_start: Option<usize>,
     /// The sequence the next batch should start at.
     pub next_seq: u64,
-    pub last_replid: Option<String>,
+    pub last_replid: Option<ReplId>,
     pub batches: u64,
     pub pings: u64,
     /// Stream bytes seen, headers and heartbeats included.
@@ -241,6 +305,7 @@ impl WalScanner {
             line: Vec::with_capacity(MAX_HEADER),
             body: Vec::new(),
             tail: Vec::new(),
+            read: None,
             bulk_start: None,
             next_seq: seq,
             last_replid: None,
@@ -295,9 +360,11 @@ impl WalScanner {
                 State::Payload { total, seen } => {
                     let take = (total - seen).min(chunk.len() - i);
                     let part = &chunk[i..i + take];
-                    if total <= KEEP {
+                    // A payload wholly inside this chunk is read in place, without a copy.
+                    let in_place = seen == 0 && take == total;
+                    if !in_place && total <= KEEP {
                         self.body.extend_from_slice(part);
-                    } else {
+                    } else if !in_place {
                         let head = 12usize.saturating_sub(seen).min(take);
                         self.body.extend_from_slice(&part[..head]);
                         let tail_from = (total - TAIL).saturating_sub(seen).min(take);
@@ -306,6 +373,13 @@ impl WalScanner {
                     i += take;
                     let seen = seen + take;
                     self.state = if seen == total {
+                        self.read = Some(if in_place {
+                            inspect(part, None)?
+                        } else if total <= KEEP {
+                            inspect(&self.body, None)?
+                        } else {
+                            inspect(&self.body, Some(&self.tail))?
+                        });
                         State::Crlf { total, seen: 0 }
                     } else {
                         State::Payload { total, seen }
@@ -351,22 +425,10 @@ impl WalScanner {
     }
 
     fn finish_bulk(&mut self, total: usize, out: &mut Vec<WalEvent>) -> Result<(), ProtocolError> {
-        if self.body.as_slice() == b"ping" {
+        let Some(Read::Batch { seq, count, replid }) = self.read.take() else {
             self.pings += 1;
             out.push(WalEvent::Ping);
             return Ok(());
-        }
-        let Some((seq, count)) = batch_header(&self.body) else {
-            return Err(ProtocolError::Malformed(format!(
-                "a {}-byte bulk on a Kvrocks stream is neither a WAL batch nor ping",
-                self.body.len()
-            )));
-        };
-        let whole = self.tail.is_empty();
-        let replid = if whole {
-            walk_replid(&self.body).unwrap_or_else(|_| tail_replid(&self.body))
-        } else {
-            tail_replid(&self.tail)
         };
         let batch = Batch {
             seq,
@@ -375,7 +437,7 @@ impl WalScanner {
             len: total,
         };
         self.batches += 1;
-        self.last_replid.clone_from(&batch.replid);
+        self.last_replid = batch.replid;
         let expected = self.next_seq;
         self.next_seq = self.next_seq.max(batch.next());
         out.push(if seq > expected {
@@ -569,8 +631,10 @@ mod tests {
     fn header_and_replid_are_read_from_a_batch() {
         let b = put_batch(6, b"k1", b"v1-UPDATED", Some("C3EORR3YM0FAK7BG"));
         assert_eq!(batch_header(&b), Some((6, 1)));
-        assert_eq!(walk_replid(&b), Ok(Some("C3EORR3YM0FAK7BG".into())));
-        assert_eq!(tail_replid(&b), Some("C3EORR3YM0FAK7BG".into()));
+        let id = ReplId::parse("C3EORR3YM0FAK7BG");
+        assert_eq!(walk_replid(&b), Ok(id));
+        assert_eq!(tail_replid(&b), id);
+        assert_eq!(id.unwrap().to_string(), "C3EORR3YM0FAK7BG");
         let plain = put_batch(2, b"k1", b"v1", None);
         assert_eq!(walk_replid(&plain), Ok(None));
         assert_eq!(tail_replid(&plain), None);
@@ -610,7 +674,7 @@ mod tests {
             let ev = scan_all(&mut s, &stream, step);
             assert_eq!(ev.len(), 4, "chunks of {step}");
             assert!(
-                matches!(&ev[0], WalEvent::Batch(b) if b.seq == 6 && b.replid.as_deref() == Some("C3EORR3YM0FAK7BG"))
+                matches!(&ev[0], WalEvent::Batch(b) if b.seq == 6 && b.replid == ReplId::parse("C3EORR3YM0FAK7BG"))
             );
             assert_eq!(ev[2], WalEvent::Ping);
             assert!(matches!(&ev[3], WalEvent::Batch(b) if b.seq == 8 && b.replid.is_none()));
@@ -665,7 +729,7 @@ mod tests {
         let mut s = WalScanner::new(9);
         let ev = scan_all(&mut s, &bulk(&b), 4096);
         assert!(
-            matches!(&ev[0], WalEvent::Batch(x) if x.seq == 9 && x.len == b.len() && x.replid.as_deref() == Some("JOIHWP2Q0S09AG7L"))
+            matches!(&ev[0], WalEvent::Batch(x) if x.seq == 9 && x.len == b.len() && x.replid == ReplId::parse("JOIHWP2Q0S09AG7L"))
         );
         assert!(s.body.len() <= 12 && s.tail.len() == TAIL);
     }

@@ -16,7 +16,7 @@
 //! 6. Anything else: a plain pipe, as for any client.
 
 use crate::config::GuardMode;
-use crate::kvrocks::{fetch_file_names, FetchScanner, KvPsync, WalEvent, WalScanner};
+use crate::kvrocks::{fetch_file_names, FetchScanner, KvPsync, ReplId, WalEvent, WalScanner};
 use crate::ledger::KvGap;
 use crate::link::LinkCtx;
 use crate::psync::{self, Route};
@@ -129,7 +129,7 @@ async fn psync(
         stats.begin_kvrocks(req.replid.as_deref(), req.seq);
         link.counters.partial_syncs.fetch_add(1, Relaxed);
         let mut scanner = WalScanner::new(req.seq);
-        scanner.last_replid.clone_from(&req.replid);
+        scanner.last_replid = req.replid.as_deref().and_then(ReplId::parse);
         return Ok(Some(scanner));
     }
     if line.starts_with('-') {
@@ -166,7 +166,7 @@ async fn relay(
         loop {
             if !chunk.is_empty() {
                 events.clear();
-                let before = scanner.last_replid.clone();
+                let before = scanner.last_replid;
                 scanner
                     .feed(chunk, &mut events)
                     .map_err(|err| SessionEnd::Protocol {
@@ -214,7 +214,7 @@ async fn relay(
                 }
                 rw.write_all(chunk).await.map_err(replica_io)?;
                 if scanner.last_replid != before {
-                    stats.set_kvrocks_replid(scanner.last_replid.as_deref());
+                    stats.set_kvrocks_replid(scanner.last_replid.as_ref().map(ReplId::as_str));
                 }
                 stats.record_kvrocks(&scanner);
             }
