@@ -7,7 +7,10 @@
 //!   notification when it applies a write, timestamped on arrival by a thread per replica.
 //!   p50/p99 per path, and replguard's added latency;
 //! - full-sync time: a fresh replica syncs a populated master, direct and through replguard
-//!   alternately, several rounds each.
+//!   alternately, several rounds each;
+//! - Kvrocks stream throughput: a scripted Kvrocks master streams a prepared run of WAL-batch
+//!   bulks after `+OK`, read to the end directly and through a `flavor: kvrocks` link (which
+//!   scans every batch and keeps the sequence books), alternately.
 //!
 //! `cargo bench --bench e2e` (REPLGUARD_E2E_WRITES, REPLGUARD_E2E_SYNC_ROUNDS, REPLGUARD_E2E_KEYS
 //! to change the sizes). Loopback only; bounded in count and time.
@@ -15,10 +18,12 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use common::kvrocks_double::{encode_batch, Op};
 use common::*;
-use std::io::Write;
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -157,6 +162,68 @@ fn full_sync_once(target: u16) -> f64 {
     secs
 }
 
+/// A scripted Kvrocks master: answers `_db_name`, `replconf`, then `PSYNC` with `+OK` and the
+/// prepared stream, and closes.
+fn kvrocks_streamer(stream: Arc<Vec<u8>>) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(c) = c else { return };
+            let stream = stream.clone();
+            std::thread::spawn(move || {
+                let mut w = c.try_clone().unwrap();
+                let mut r = BufReader::new(c);
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let reply: &[u8] = match line.trim_end() {
+                        "_db_name" => b"bench.db\r\n",
+                        "replconf" => b"+OK\r\n",
+                        "PSYNC" => {
+                            let _ = w.write_all(b"+OK\r\n");
+                            let _ = w.write_all(&stream);
+                            return;
+                        }
+                        _ => continue,
+                    };
+                    w.write_all(reply).unwrap();
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Pulls the whole Kvrocks stream through `port`; seconds from PSYNC to the last byte.
+fn kvrocks_pull(port: u16, expect: usize) -> f64 {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    s.write_all(b"*1\r\n$8\r\n_db_name\r\n").unwrap();
+    r.read_line(&mut line).unwrap();
+    s.write_all(b"*3\r\n$8\r\nreplconf\r\n$14\r\nlistening-port\r\n$4\r\n6666\r\n")
+        .unwrap();
+    r.read_line(&mut line).unwrap();
+    let t = Instant::now();
+    s.write_all(b"*2\r\n$5\r\nPSYNC\r\n$1\r\n1\r\n").unwrap();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = r.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    assert_eq!(got, expect + 5, "the whole stream after +OK");
+    t.elapsed().as_secs_f64()
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` would pass nothing: run only for bench.
     if !std::env::args().any(|a| a == "--bench") {
@@ -266,5 +333,43 @@ fn main() {
         "full sync of {keys} keys (64-byte values), median of {rounds} alternating rounds: direct {d:.3} s, replguard {p:.3} s, ratio x{:.3}; {:.0} MB of RDB relayed",
         p / d,
         rdb / 1e6
+    );
+
+    // Kvrocks stream throughput.
+    let mb = env_or("REPLGUARD_E2E_KVROCKS_MB", 256) as usize;
+    let mut stream = Vec::with_capacity(mb << 20);
+    let mut seq = 1u64;
+    while stream.len() < mb << 20 {
+        let b = encode_batch(
+            seq,
+            &Op::Set(format!("key:{seq:012}"), "v".repeat(100)),
+            true,
+            Some("C3EORR3YM0FAK7BG"),
+        );
+        stream.extend_from_slice(format!("${}\r\n", b.len()).as_bytes());
+        stream.extend_from_slice(&b);
+        stream.extend_from_slice(b"\r\n");
+        seq += 1;
+    }
+    let len = stream.len();
+    let kv_master = kvrocks_streamer(Arc::new(stream));
+    let kv_proxy = Proxy::start_kvrocks(kv_master, "enforce", "");
+    let kv_relay = plain_relay(&rt, kv_master);
+    let (mut direct, mut plain, mut via) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        direct.push(kvrocks_pull(kv_master, len));
+        plain.push(kvrocks_pull(kv_relay, len));
+        via.push(kvrocks_pull(kv_proxy.port, len));
+    }
+    let (d, r, p) = (med(&mut direct), med(&mut plain), med(&mut via));
+    let mbs = |t: f64| len as f64 / t / 1e6;
+    println!(
+        "kvrocks stream of {} MB ({} batches of 100-byte values), median of {rounds} alternating rounds: direct {:.0} MB/s, plain relay {:.0} MB/s, replguard {:.0} MB/s; replguard vs plain relay: time x{:.3}",
+        len / 1_000_000,
+        seq - 1,
+        mbs(d),
+        mbs(r),
+        mbs(p),
+        p / r
     );
 }
