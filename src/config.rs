@@ -396,6 +396,12 @@ impl Config {
             if link.max_sessions == 0 {
                 push(p("max_sessions"), "must be at least 1".into());
             }
+            if link.flavor == Flavor::Kvrocks && link.allow_empty_master {
+                push(
+                    p("allow_empty_master"),
+                    "has no effect on a kvrocks link: replguard does not watch a Kvrocks master for an empty restart".into(),
+                );
+            }
             let t = &link.timeouts;
             for (field, v) in [
                 ("timeouts.connect_ms", t.connect_ms),
@@ -490,6 +496,15 @@ links:
 
     #[test]
     fn bad_enum_value_names_the_field() {
+        let p = problems(&format!(
+            "{}    allow_empty_master: true\n",
+            GOOD.replace("flavor: redis", "flavor: kvrocks")
+        ));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("links[0].allow_empty_master: has no effect"),
+            "{p:?}"
+        );
         let p = problems(&GOOD.replace("flavor: redis", "flavor: memcached"));
         assert_eq!(p.len(), 1);
         assert!(p[0].starts_with("links[0].flavor"), "{p:?}");

@@ -14,9 +14,9 @@
 //! | [`verdict`] | pure: (ledger facts, PSYNC request) -> Pass / ForceFull / Hold, reasons  |
 //! | [`ledger`]  | lineage of each master id and what each replica was delivered; on disk   |
 //! | [`guard`]   | a link's ledger at runtime: judge, record, observe the master, persist   |
-//! | [`kvrocks`] | Kvrocks wire: PSYNC forms, WAL-batch stream scanner, `_fetch_file` framing |
+//! | [`kvsession`]  | one Kvrocks connection: handshake, guarded PSYNC, stream, checkpoints |
+//! | [`kvrocks`]    | Kvrocks wire: PSYNC forms, WAL-batch scanner, `_fetch_file` framing |
 //! | [`checkpoint`] | the last sequence of a Kvrocks checkpoint, read from its files      |
-//! | [`kvsession`] | one Kvrocks connection: handshake, guarded PSYNC, stream, checkpoints  |
 //! | [`watch`]   | reading the master's own INFO replication / keyspace                     |
 //! | [`stream`]  | watching the sync as it passes: RDB framing, command-stream boundaries   |
 //! | [`stats`]   | offset books per session (delivered, acknowledged, lag), link counters   |
@@ -37,6 +37,18 @@
 //!                                           │
 //!                 admin /status, /metrics read stats and the guard;
 //!                 POST /links/<name>/master re-points, /allow-empty-master releases
+//! ```
+//!
+//! A Kvrocks link (`flavor: kvrocks`) takes its own path after the dial:
+//!
+//! ```text
+//! replica ──▶ session::run ──▶ kvsession::run ──▶ master
+//!   handshake:  AUTH, _db_name (raw-line reply), replconf ─▶ forwarded one by one
+//!   PSYNC [id] <seq>: guard.judge_kvrocks (verdict over the Kvrocks books)
+//!               ─▶ psync::route_kvrocks ─▶ as sent | "-ERR ... please use fullsync" to the replica
+//!   relay  ◀──  kvrocks::WalScanner (batch headers, r records, gaps) ─▶ stats ─▶ guard.kv_delivered
+//!   _fetch_meta / _fetch_file ─▶ unchanged both ways; kvrocks::FetchScanner + checkpoint
+//!               (the checkpoint's last sequence) ─▶ guard.kv_fetch_complete
 //! ```
 //!
 //! Bytes are forwarded exactly as received; replguard only adds commands of its own during the

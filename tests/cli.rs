@@ -30,7 +30,7 @@ fn check(path: impl AsRef<std::ffi::OsStr>) -> (Option<i32>, String, String) {
 fn check_accepts_the_example_config() {
     let (code, out, err) = check("config/replguard.yaml");
     assert_eq!(code, Some(0), "{err}");
-    assert_eq!(out, "config/replguard.yaml: valid (1 link)\n");
+    assert_eq!(out, "config/replguard.yaml: valid (2 links)\n");
 }
 
 #[test]
