@@ -82,8 +82,10 @@ impl CheckpointScan {
                     }
                     let seq = u64::from_le_bytes(r[..8].try_into().unwrap_or_default());
                     let count = u32::from_le_bytes(r[8..12].try_into().unwrap_or_default());
-                    let last = seq + u64::from(count.max(1)) - 1;
-                    self.wal_last = Some(self.wal_last.map_or(last, |w| w.max(last)));
+                    if count > 0 {
+                        let last = seq + u64::from(count) - 1;
+                        self.wal_last = Some(self.wal_last.map_or(last, |w| w.max(last)));
+                    }
                 }
                 Kind::Manifest => match last_sequence(&r) {
                     Ok(Some(s)) => self.manifest_last = Some(s),

@@ -146,7 +146,7 @@ pub fn walk_replid(payload: &[u8]) -> Result<Option<ReplId>, Unwalkable> {
     Ok(last_log.and_then(replid_record))
 }
 
-/// The replid of a batch judged from its last [`TAIL`] bytes only (for batches too large to
+/// The replid of a batch judged from its last 20 bytes only (for batches too large to
 /// keep whole, or with record types [`walk_replid`] does not know).
 pub fn tail_replid(tail: &[u8]) -> Option<ReplId> {
     let t = tail.get(tail.len().checked_sub(TAIL)?..)?;
@@ -214,9 +214,9 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// The sequence after this batch.
+    /// The sequence after this batch. A batch with no records (only LogData) takes none.
     pub fn next(&self) -> u64 {
-        self.seq + u64::from(self.count.max(1))
+        self.seq + u64::from(self.count)
     }
 }
 
@@ -684,6 +684,20 @@ mod tests {
             assert_eq!(s.boundary, stream.len() as u64);
             assert!(s.at_boundary());
         }
+    }
+
+    #[test]
+    fn a_batch_of_log_data_only_takes_no_sequence() {
+        let mut empty = 4u64.to_le_bytes().to_vec();
+        empty.extend_from_slice(&0u32.to_le_bytes());
+        empty.extend_from_slice(&[0x03, 0x01, b'x']);
+        let mut stream = bulk(&put_batch(3, b"a", b"1", None));
+        stream.extend(bulk(&empty));
+        stream.extend(bulk(&put_batch(4, b"b", b"2", None)));
+        let mut s = WalScanner::new(3);
+        let ev = scan_all(&mut s, &stream, 5);
+        assert!(ev.iter().all(|e| matches!(e, WalEvent::Batch(_))), "{ev:?}");
+        assert_eq!(s.next_seq, 5);
     }
 
     #[test]
