@@ -743,3 +743,26 @@ fn a_gap_in_the_stream_is_cut_and_forces_a_full_sync() {
     // The checkpoint told its last sequence (3), and the replica resumed right after it.
     assert_eq!(r.psyncs(), ["PSYNC 1", "PSYNC 2", "PSYNC 4"]);
 }
+
+#[test]
+fn clients_reach_the_master_through_a_kvrocks_link() {
+    // Cluster mode puts replguard's address in the topology, so clients come through the link.
+    let m = KvrocksMasterDouble::start(MasterCfg {
+        ping_every: PING_EVERY,
+        ..MasterCfg::default()
+    });
+    let p = Proxy::start_kvrocks(m.port, "enforce", "");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ReplicaCfg {
+        listening_port: 31502,
+        ..ReplicaCfg::new(dir.path().join("replica"))
+    };
+    let mut r = KvrocksReplicaDouble::start(cfg, Some(p.link_addr()));
+    let mut c = common::Client::connect(p.port).unwrap();
+    assert_eq!(c.text(&["SET", "from-client", "1"]), "OK");
+    assert_eq!(c.text(&["GET", "from-client"]), "1");
+    synced(&m, &r);
+    r.stop();
+    assert_eq!(r.get("from-client").as_deref(), Some("1"));
+    assert_eq!(counter(&p, "replguard_passthrough_sessions_total", ""), 1.0);
+}

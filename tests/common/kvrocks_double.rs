@@ -346,22 +346,7 @@ impl KvrocksMasterDouble {
     }
 
     fn write(&self, op: Op) -> u64 {
-        let mut st = self.shared.state.lock().unwrap();
-        let seq = st.latest + 1;
-        let payload = encode_batch(seq, &op, self.shared.cfg.cluster, st.replid.as_deref());
-        match op {
-            Op::Set(k, v) => {
-                st.kv.insert(k, v);
-            }
-            Op::Del(k) => {
-                st.kv.remove(&k);
-            }
-            Op::ReplId(_) => {}
-        }
-        st.wal.push((seq, payload));
-        st.latest = seq;
-        self.shared.wrote.notify_all();
-        seq
+        self.shared.write(op)
     }
 
     pub fn set(&self, k: &str, v: &str) -> u64 {
@@ -407,6 +392,28 @@ impl KvrocksMasterDouble {
 impl Drop for KvrocksMasterDouble {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+impl MasterShared {
+    /// One write: a batch in the WAL, applied to the data; returns its sequence.
+    fn write(&self, op: Op) -> u64 {
+        let mut st = self.state.lock().unwrap();
+        let seq = st.latest + 1;
+        let payload = encode_batch(seq, &op, self.cfg.cluster, st.replid.as_deref());
+        match op {
+            Op::Set(k, v) => {
+                st.kv.insert(k, v);
+            }
+            Op::Del(k) => {
+                st.kv.remove(&k);
+            }
+            Op::ReplId(_) => {}
+        }
+        st.wal.push((seq, payload));
+        st.latest = seq;
+        self.wrote.notify_all();
+        seq
     }
 }
 
@@ -494,6 +501,19 @@ fn serve_master_conn(sh: &MasterShared, conn: TcpStream) {
                 }
                 let _ = w.shutdown(Shutdown::Both);
                 return;
+            }
+            // What clients send (in cluster mode they reach the master through replguard).
+            "set" if args.len() == 3 => {
+                sh.write(Op::Set(args[1].clone(), args[2].clone()));
+                let _ = w.write_all(b"+OK\r\n");
+            }
+            "get" if args.len() == 2 => {
+                let v = sh.state.lock().unwrap().kv.get(&args[1]).cloned();
+                let reply = match v {
+                    Some(v) => format!("${}\r\n{v}\r\n", v.len()),
+                    None => "$-1\r\n".into(),
+                };
+                let _ = w.write_all(reply.as_bytes());
             }
             _ => {
                 let _ = w.write_all(b"-ERR unknown command\r\n");
