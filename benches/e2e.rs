@@ -12,8 +12,8 @@
 //!   bulks after `+OK`, read to the end directly and through a `flavor: kvrocks` link (which
 //!   scans every batch and keeps the sequence books), alternately.
 //!
-//! `cargo bench --bench e2e` (REPLGUARD_E2E_WRITES, REPLGUARD_E2E_SYNC_ROUNDS, REPLGUARD_E2E_KEYS
-//! to change the sizes). Loopback only; bounded in count and time.
+//! `cargo bench --bench e2e` (REPLGUARD_E2E_WRITES, REPLGUARD_E2E_SYNC_ROUNDS, REPLGUARD_E2E_KEYS,
+//! REPLGUARD_E2E_KVROCKS_MB to change the sizes). Loopback only; bounded in count and time.
 
 #[path = "../tests/common/mod.rs"]
 mod common;

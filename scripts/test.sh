@@ -12,6 +12,7 @@ cargo test --release --test load -- --exact "$LOAD" --nocapture 2>&1 \
   | grep -E '^load:|test result|panicked|FAILED|assert' | tee -a "$results"
 cargo bench --bench relay -- --quick --noplot 2>/dev/null | grep -E '^relay/|thrpt:'
 REPLGUARD_E2E_WRITES=${REPLGUARD_E2E_WRITES:-1000} REPLGUARD_E2E_SYNC_ROUNDS=${REPLGUARD_E2E_SYNC_ROUNDS:-2} \
-  REPLGUARD_E2E_KEYS=${REPLGUARD_E2E_KEYS:-300000} cargo bench --bench e2e 2>/dev/null
+  REPLGUARD_E2E_KEYS=${REPLGUARD_E2E_KEYS:-300000} REPLGUARD_E2E_KVROCKS_MB=${REPLGUARD_E2E_KVROCKS_MB:-64} \
+  cargo bench --bench e2e 2>/dev/null
 passed=$(grep -oE 'test result: ok\. [0-9]+ passed' "$results" | awk '{s += $4} END {print s + 0}')
 echo "tests: $passed passed, 0 failed"
