@@ -11,9 +11,10 @@
 mod common;
 
 use common::kvrocks_double::{
-    KvrocksMasterDouble, KvrocksReplicaDouble, MasterCfg, ReplicaCfg, CHECKPOINT_FILES,
+    log_records, KvrocksMasterDouble, KvrocksReplicaDouble, MasterCfg, ReplicaCfg, CHECKPOINT_FILES,
 };
 use common::{wait_for, Proxy};
+use replguard::checkpoint::CheckpointScan;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -765,4 +766,71 @@ fn clients_reach_the_master_through_a_kvrocks_link() {
     r.stop();
     assert_eq!(r.get("from-client").as_deref(), Some("1"));
     assert_eq!(counter(&p, "replguard_passthrough_sessions_total", ""), 1.0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The checkpoint reader, on files in RocksDB's log format
+// ---------------------------------------------------------------------------------------------
+
+fn batch_rep(seq: u64, count: u32, body: usize) -> Vec<u8> {
+    let mut b = seq.to_le_bytes().to_vec();
+    b.extend_from_slice(&count.to_le_bytes());
+    b.extend(std::iter::repeat_n(7u8, body));
+    b
+}
+
+fn scan_files(files: &[(&str, Vec<u8>)], chunk: usize) -> CheckpointScan {
+    let mut s = CheckpointScan::new();
+    for (name, bytes) in files {
+        s.begin_file(name);
+        for c in bytes.chunks(chunk) {
+            s.feed(c);
+        }
+        s.end_file();
+    }
+    s
+}
+
+#[test]
+fn checkpoint_wal_batches_give_the_last_sequence_in_any_chunking() {
+    // The 40 000-byte batch spans a 32 KiB block boundary (FIRST and LAST fragments).
+    let wal = log_records(&[
+        batch_rep(1, 1, 50),
+        batch_rep(2, 3, 40_000),
+        batch_rep(5, 1, 10),
+    ]);
+    for chunk in [1, 7, 100, 4096, wal.len()] {
+        let s = scan_files(
+            &[("OPTIONS-1", b"x".to_vec()), ("000010.log", wal.clone())],
+            chunk,
+        );
+        assert_eq!(s.last_seq(), Some(5), "chunks of {chunk}");
+    }
+}
+
+#[test]
+fn checkpoint_manifest_last_sequence_counts_too() {
+    // comparator, log number, last sequence 41, next file number, then tag 8193 (safe to
+    // ignore, length-prefixed).
+    let mut edit = vec![1, 3, b'c', b'm', b'p', 2, 4, 4, 41, 3, 11];
+    edit.extend_from_slice(&[0x80 | 1, 0x40, 2, b'i', b'd']);
+    let man = log_records(&[edit]);
+    let s = scan_files(&[("MANIFEST-000011", man.clone())], 3);
+    assert_eq!(s.last_seq(), Some(41));
+    let wal = log_records(&[batch_rep(40, 1, 5)]);
+    let s = scan_files(&[("MANIFEST-000011", man), ("000012.log", wal)], 64);
+    assert_eq!(s.last_seq(), Some(41));
+}
+
+#[test]
+fn checkpoint_files_it_cannot_read_give_no_answer() {
+    let man = log_records(&[vec![77, 1]]);
+    assert_eq!(scan_files(&[("MANIFEST-000011", man)], 16).last_seq(), None);
+    let wal = log_records(&[batch_rep(9, 1, 100)]);
+    let cut = scan_files(&[("000010.log", wal[..60].to_vec())], 16);
+    assert_eq!(cut.last_seq(), None);
+    assert!(cut.unreadable());
+    let none = scan_files(&[("CURRENT", b"MANIFEST-000011\n".to_vec())], 16);
+    assert_eq!(none.last_seq(), None);
+    assert!(!none.unreadable());
 }

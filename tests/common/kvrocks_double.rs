@@ -550,7 +550,7 @@ fn checkpoint_file(name: &str, snap: &Snapshot, wal: &[(u64, Vec<u8>)]) -> Optio
 
 /// RocksDB log format: 32 KiB blocks, 7-byte record headers (CRC left zero), fragments
 /// split at block ends.
-fn log_records(records: &[Vec<u8>]) -> Vec<u8> {
+pub fn log_records(records: &[Vec<u8>]) -> Vec<u8> {
     const BLOCK: usize = 32 * 1024;
     let mut out = Vec::new();
     for r in records {
