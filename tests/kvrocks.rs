@@ -27,7 +27,7 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(20);
 /// Heartbeat period of the master double: long enough that none falls between an attach and
 /// the stop that follows it, as in the recordings.
-const PING_EVERY: Duration = Duration::from_millis(700);
+const PING_EVERY: Duration = Duration::from_millis(1500);
 
 fn wire_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/kvrocks-wire")
