@@ -209,8 +209,6 @@ pub struct Batch {
     pub count: u32,
     /// The id in its trailing `r` record, when the master writes one.
     pub replid: Option<ReplId>,
-    /// Payload length.
-    pub len: usize,
 }
 
 impl Batch {
@@ -270,7 +268,7 @@ pub enum WalEvent {
 enum State {
     Header,
     Payload { total: usize, seen: usize },
-    Crlf { total: usize, seen: usize },
+    Crlf { seen: usize },
 }
 
 /// Follows the master-to-replica stream of a Kvrocks link after `+OK`: bulks of raw WAL batches
@@ -293,8 +291,6 @@ pub struct WalScanner {
     pub pings: u64,
     /// Stream bytes seen, headers and heartbeats included.
     pub bytes: u64,
-    /// Stream bytes up to the end of the last complete bulk.
-    pub boundary: u64,
 }
 
 impl WalScanner {
@@ -312,18 +308,17 @@ impl WalScanner {
             batches: 0,
             pings: 0,
             bytes: 0,
-            boundary: 0,
         }
     }
 
     /// Whether the stream stands between two bulks.
-    pub fn at_boundary(&self) -> bool {
+    #[cfg(test)]
+    fn at_boundary(&self) -> bool {
         matches!(self.state, State::Header) && self.line.is_empty()
     }
 
     /// Scans one chunk; events are appended in stream order.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<WalEvent>) -> Result<(), ProtocolError> {
-        let base = self.bytes;
         // Positions are within this chunk; a bulk begun earlier has none.
         self.bulk_start = None;
         let mut i = 0;
@@ -380,12 +375,12 @@ impl WalScanner {
                         } else {
                             inspect(&self.body, Some(&self.tail))?
                         });
-                        State::Crlf { total, seen: 0 }
+                        State::Crlf { seen: 0 }
                     } else {
                         State::Payload { total, seen }
                     };
                 }
-                State::Crlf { total, seen } => {
+                State::Crlf { seen } => {
                     let want = b"\r\n"[seen];
                     if chunk[i] != want {
                         return Err(ProtocolError::Malformed(
@@ -394,12 +389,11 @@ impl WalScanner {
                     }
                     i += 1;
                     if seen == 1 {
-                        self.finish_bulk(total, out)?;
-                        self.boundary = base + i as u64;
+                        self.finish_bulk(out)?;
                         self.bulk_start = None;
                         self.state = State::Header;
                     } else {
-                        self.state = State::Crlf { total, seen: 1 };
+                        self.state = State::Crlf { seen: 1 };
                     }
                 }
             }
@@ -424,18 +418,13 @@ impl WalScanner {
         }
     }
 
-    fn finish_bulk(&mut self, total: usize, out: &mut Vec<WalEvent>) -> Result<(), ProtocolError> {
+    fn finish_bulk(&mut self, out: &mut Vec<WalEvent>) -> Result<(), ProtocolError> {
         let Some(Read::Batch { seq, count, replid }) = self.read.take() else {
             self.pings += 1;
             out.push(WalEvent::Ping);
             return Ok(());
         };
-        let batch = Batch {
-            seq,
-            count,
-            replid,
-            len: total,
-        };
+        let batch = Batch { seq, count, replid };
         self.batches += 1;
         self.last_replid = batch.replid;
         let expected = self.next_seq;
@@ -681,7 +670,6 @@ mod tests {
             assert_eq!(s.next_seq, 9);
             assert_eq!((s.batches, s.pings), (3, 1));
             assert_eq!(s.bytes, stream.len() as u64);
-            assert_eq!(s.boundary, stream.len() as u64);
             assert!(s.at_boundary());
         }
     }
@@ -716,7 +704,6 @@ mod tests {
                     seq: 5,
                     count: 1,
                     replid: None,
-                    len: put_batch(5, b"k2", b"v2", None).len()
                 },
                 bulk_start: Some(first.len()),
             }
@@ -743,7 +730,7 @@ mod tests {
         let mut s = WalScanner::new(9);
         let ev = scan_all(&mut s, &bulk(&b), 4096);
         assert!(
-            matches!(&ev[0], WalEvent::Batch(x) if x.seq == 9 && x.len == b.len() && x.replid == ReplId::parse("JOIHWP2Q0S09AG7L"))
+            matches!(&ev[0], WalEvent::Batch(x) if x.seq == 9 && x.replid == ReplId::parse("JOIHWP2Q0S09AG7L"))
         );
         assert!(s.body.len() <= 12 && s.tail.len() == TAIL);
     }

@@ -206,11 +206,7 @@ async fn relay(
                 if let Some((at, expected, got)) = cut {
                     // Everything before the batch goes; the batch itself and what follows do not.
                     rw.write_all(&chunk[..at]).await.map_err(replica_io)?;
-                    return Err(SessionEnd::StreamGap {
-                        expected,
-                        got,
-                        last: got - 1,
-                    });
+                    return Err(SessionEnd::StreamGap { expected, got });
                 }
                 rw.write_all(chunk).await.map_err(replica_io)?;
                 if scanner.last_replid != before {

@@ -91,8 +91,8 @@ pub enum SessionEnd {
     Held,
     #[error("master refused the sync with {0:?} (relayed to the replica)")]
     SyncRefused(String),
-    #[error("the master's stream skipped sequences {expected}..={last}; closed before the batch that starts at {got} (guard: enforce)")]
-    StreamGap { expected: u64, got: u64, last: u64 },
+    #[error("the master's stream skipped sequences {expected}..={}; closed before the batch that starts at {got} (guard: enforce)", .got - 1)]
+    StreamGap { expected: u64, got: u64 },
 }
 
 impl SessionEnd {

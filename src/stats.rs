@@ -244,7 +244,6 @@ impl SessionStats {
     /// Called by a Kvrocks relay after each forwarded chunk.
     pub fn record_kvrocks(&self, s: &crate::kvrocks::WalScanner) {
         self.stream_bytes.store(s.bytes, Relaxed);
-        self.stream_boundary.store(s.boundary, Relaxed);
         self.kv_next_plus_one
             .store(s.next_seq.saturating_add(1), Relaxed);
         self.kv_batches.store(s.batches, Relaxed);
