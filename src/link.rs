@@ -211,12 +211,8 @@ pub async fn serve(
 /// Writes what a streaming session delivered into the ledger; `open` while it goes on.
 fn record_delivery(link: &LinkCtx, s: &SessionSnapshot, open: bool) {
     if let Some(kv) = &s.kvrocks {
-        link.guard.kv_delivered(
-            &s.replica,
-            kv.next_seq,
-            kv.last_batch_replid.as_deref(),
-            open,
-        );
+        link.guard
+            .kv_delivered(&s.replica, kv.next_seq, s.replid.as_deref(), open);
     } else if let (Some(replid), Some(off)) = (&s.replid, s.expected_offset) {
         link.guard.delivered(&s.replica, replid, off, open);
     }

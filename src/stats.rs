@@ -67,8 +67,6 @@ struct Facts {
     /// The newest sample stands for everything delivered since it was taken.
     samples: VecDeque<(u64, Instant)>,
     last_ack_at: Option<Instant>,
-    /// A Kvrocks stream: offsets are sequences, and these books apply.
-    kvrocks: bool,
 }
 
 /// Most lag samples kept; at one per [`SAMPLE_EVERY`] this covers a minute.
@@ -114,8 +112,6 @@ pub struct SessionStats {
 pub struct KvSnapshot {
     /// The sequence the next batch should start at.
     pub next_seq: u64,
-    /// The id the last batch carried (the PSYNC's id before any batch).
-    pub last_batch_replid: Option<String>,
     pub batches: u64,
     pub heartbeats: u64,
     pub gaps: u64,
@@ -150,7 +146,8 @@ pub struct SessionSnapshot {
     pub rdb_bytes: u64,
     pub rdb_diskless: Option<bool>,
     /// Kvrocks streams only; their offsets above are sequences (start = PSYNC sequence - 1,
-    /// expected = last sequence delivered) and they have no ACKs.
+    /// expected = last sequence delivered), `replid` is the id the last batch carried (the
+    /// PSYNC's before any batch), and they have no ACKs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kvrocks: Option<KvSnapshot>,
 }
@@ -234,7 +231,6 @@ impl SessionStats {
         f.sync = Some(SyncKind::Partial);
         f.replid = replid.map(str::to_string);
         f.start_offset = Some(seq.saturating_sub(1));
-        f.kvrocks = true;
         drop(f);
         self.reset_counters();
         self.kv_next_plus_one.store(seq.saturating_add(1), Relaxed);
@@ -327,13 +323,13 @@ impl SessionStats {
         let boundary = self.stream_boundary.load(Relaxed);
         let ack = self.ack_plus_one.load(Relaxed).checked_sub(1);
         let kv_next = self.kv_next_plus_one.load(Relaxed).checked_sub(1);
-        let expected = match (f.kvrocks, kv_next) {
-            (true, Some(next)) => Some(next.saturating_sub(1)),
-            _ => f.start_offset.map(|s| s + boundary),
+        // A Kvrocks stream counts in sequences.
+        let expected = match kv_next {
+            Some(next) => Some(next.saturating_sub(1)),
+            None => f.start_offset.map(|s| s + boundary),
         };
-        let kvrocks = kv_next.filter(|_| f.kvrocks).map(|next_seq| KvSnapshot {
+        let kvrocks = kv_next.map(|next_seq| KvSnapshot {
             next_seq,
-            last_batch_replid: f.replid.clone(),
             batches: self.kv_batches.load(Relaxed),
             heartbeats: self.kv_pings.load(Relaxed),
             gaps: self.kv_gaps.load(Relaxed),

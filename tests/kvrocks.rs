@@ -11,7 +11,7 @@
 mod common;
 
 use common::kvrocks_double::{
-    log_records, KvrocksMasterDouble, KvrocksReplicaDouble, MasterCfg, ReplicaCfg, CHECKPOINT_FILES,
+    log_records, KvrocksMasterDouble, KvrocksReplicaDouble, MasterCfg, ReplicaCfg,
 };
 use common::{wait_for, Proxy};
 use replguard::checkpoint::CheckpointScan;
@@ -302,15 +302,6 @@ fn the_double_speaks_the_recorded_bytes() {
         assert_eq!(r.data(), want_data, "{}: replica data", case.name);
         assert_eq!(m.data(), expected_data(), "{}: master data", case.name);
     }
-}
-
-#[test]
-fn the_checkpoint_file_list_is_the_recorded_one() {
-    let want = recording("wire-cluster-rsid-yes");
-    assert_eq!(
-        want[1].1,
-        format!("{}\r\n", CHECKPOINT_FILES.join(",")).into_bytes()
-    );
 }
 
 // ---------------------------------------------------------------------------------------------
