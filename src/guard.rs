@@ -4,7 +4,7 @@
 //! Sessions ask [`Guard::judge`] before forwarding a PSYNC, and report deliveries; the link's
 //! keeper task folds in the master's INFO and saves the ledger when it changed.
 
-use crate::ledger::{self, KvGap, KvRecord, LedgerData, MasterView, ReplicaRecord};
+use crate::ledger::{self, KvGap, KvIdRange, KvRecord, LedgerData, MasterView, ReplicaRecord};
 use crate::verdict::{judge, Facts, Request, UnknownReplica, Verdict};
 use dashmap::DashMap;
 use serde::Serialize;
@@ -225,43 +225,29 @@ impl Guard {
         book.checkpoint_seq = book.checkpoint_seq.max(seq);
     }
 
-    /// The master accepted a Kvrocks PSYNC the guard passed: the replica's books continue from
-    /// `seq` (new books after a full sync, or a rewind).
-    pub fn kv_started(&self, replica: &str, replid: Option<&str>, seq: u64) {
+    /// The master accepted a Kvrocks PSYNC the guard passed: see [`ledger::KvBooks::start`].
+    pub fn kv_started(&self, replica: &str, replid: Option<&str>, seq: u64) -> Vec<KvIdRange> {
         lock(&self.kv_refused).remove(replica);
         lock(&self.uncertain).remove(replica);
-        let mut data = lock(&self.data);
-        data.kvrocks.update(replica, |r| {
-            *r = KvRecord {
-                next_seq: seq,
-                replid: replid.map(str::to_string),
-                gap: None,
-                full_sync_pending: false,
-                updated_unix: 0,
-                open: true,
-            }
-        });
+        let ids = lock(&self.data).kvrocks.start(replica, replid, seq);
         self.dirty.store(true, Relaxed);
+        ids
     }
 
-    /// Records what a Kvrocks replica was delivered: batches up to `next_seq`, the last one
-    /// carrying `replid`. `open` while its session goes on.
-    pub fn kv_delivered(&self, replica: &str, next_seq: u64, replid: Option<&str>, open: bool) {
-        let mut data = lock(&self.data);
-        if let Some(id) = replid {
-            if data.kvrocks.saw_master_replid(id) {
-                self.dirty.store(true, Relaxed);
-            }
+    /// Records what a Kvrocks replica was delivered: batches up to `next_seq`, their ids by
+    /// range. `open` while its session goes on.
+    pub fn kv_delivered(&self, replica: &str, next_seq: u64, ids: &[KvIdRange], open: bool) {
+        if lock(&self.data)
+            .kvrocks
+            .deliver(replica, next_seq, ids, open)
+        {
+            self.dirty.store(true, Relaxed);
         }
-        let same = data.kvrocks.replicas.get(replica).is_some_and(|r| {
-            r.next_seq == next_seq && r.replid.as_deref() == replid && r.open == open
-        });
-        if !same {
-            data.kvrocks.update(replica, |r| {
-                r.next_seq = next_seq;
-                r.replid = replid.map(str::to_string);
-                r.open = open;
-            });
+    }
+
+    /// A batch from the master carried `replid`.
+    pub fn kv_master_id(&self, replid: &str) {
+        if lock(&self.data).kvrocks.saw_master_replid(replid) {
             self.dirty.store(true, Relaxed);
         }
     }
@@ -399,7 +385,14 @@ fn describe_kvrocks(
         ),
     };
     if let Some(r) = rec {
-        if let Some(id) = &r.replid {
+        if !r.ids.is_empty() {
+            let ranges: Vec<String> = r
+                .ids
+                .iter()
+                .map(|x| format!("{}..: {}", x.from, x.replid.as_deref().unwrap_or("no id")))
+                .collect();
+            s.push_str(&format!(", batch ids by sequence [{}]", ranges.join(", ")));
+        } else if let Some(id) = &r.replid {
             s.push_str(&format!(", last batch id {id}"));
         }
         if let Some(g) = r.gap {

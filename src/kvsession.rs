@@ -17,7 +17,7 @@
 
 use crate::config::GuardMode;
 use crate::kvrocks::{fetch_file_names, FetchScanner, KvPsync, ReplId, WalEvent, WalScanner};
-use crate::ledger::KvGap;
+use crate::ledger::{self, KvGap, KvIdRange};
 use crate::link::LinkCtx;
 use crate::psync::{self, Route};
 use crate::session::{
@@ -72,7 +72,7 @@ pub(crate) async fn run(
                     return passthrough(link, r, m, stats, raw).await;
                 };
                 match psync(link, &mut r, &mut m, stats, &req, &raw).await? {
-                    Some(scanner) => return relay(link, r, m, stats, scanner).await,
+                    Some((scanner, ids)) => return relay(link, r, m, stats, scanner, ids).await,
                     None => continue,
                 }
             }
@@ -95,12 +95,13 @@ async fn psync(
     stats: &SessionStats,
     req: &KvPsync,
     raw: &[u8],
-) -> Result<Option<WalScanner>> {
+) -> Result<Option<(WalScanner, Vec<KvIdRange>)>> {
     let step = link.cfg.timeouts.handshake_step();
     let seq_i64 = i64::try_from(req.seq).unwrap_or(i64::MAX);
     stats.set_psync_request(req.replid_or_dash(), seq_i64);
     let replica = stats.snapshot().replica;
     let ip = stats.peer.ip();
+    link.record_live_books_of(&replica, stats.id);
     let (verdict, facts) = link
         .guard
         .judge_kvrocks(&replica, ip, req.replid.as_deref(), req.seq);
@@ -124,13 +125,14 @@ async fn psync(
     r.send(&raw_reply).await?;
     decision.log(link, &line);
     if line == "+OK" {
-        link.guard
+        let ids = link
+            .guard
             .kv_started(&replica, req.replid.as_deref(), req.seq);
-        stats.begin_kvrocks(req.replid.as_deref(), req.seq);
+        stats.begin_kvrocks(req.replid.as_deref(), req.seq, &ids);
         link.counters.partial_syncs.fetch_add(1, Relaxed);
         let mut scanner = WalScanner::new(req.seq);
         scanner.last_replid = req.replid.as_deref().and_then(ReplId::parse);
-        return Ok(Some(scanner));
+        return Ok(Some((scanner, ids)));
     }
     if line.starts_with('-') {
         link.counters.psync_rejected.fetch_add(1, Relaxed);
@@ -151,6 +153,7 @@ async fn relay(
     m: Peer<TcpStream>,
     stats: &SessionStats,
     mut scanner: WalScanner,
+    mut ids: Vec<KvIdRange>,
 ) -> Result<()> {
     let (mut rr, mut rw) = r.io.into_split();
     let (mut mr, mut mw) = m.io.into_split();
@@ -166,7 +169,6 @@ async fn relay(
         loop {
             if !chunk.is_empty() {
                 events.clear();
-                let before = scanner.last_replid;
                 scanner
                     .feed(chunk, &mut events)
                     .map_err(|err| SessionEnd::Protocol {
@@ -174,7 +176,17 @@ async fn relay(
                         err,
                     })?;
                 let mut cut = None;
+                let mut ids_changed = false;
                 for e in &events {
+                    if let WalEvent::Batch(b) | WalEvent::Gap { batch: b, .. } = e {
+                        let id = b.replid.as_ref().map(ReplId::as_str);
+                        if ledger::note_kv_id(&mut ids, b.seq, id) {
+                            ids_changed = true;
+                            if let Some(id) = id {
+                                link.guard.kv_master_id(id);
+                            }
+                        }
+                    }
                     if let WalEvent::Gap {
                         expected,
                         batch,
@@ -209,8 +221,8 @@ async fn relay(
                     return Err(SessionEnd::StreamGap { expected, got });
                 }
                 rw.write_all(chunk).await.map_err(replica_io)?;
-                if scanner.last_replid != before {
-                    stats.set_kvrocks_replid(scanner.last_replid.as_ref().map(ReplId::as_str));
+                if ids_changed {
+                    stats.set_kvrocks_ids(&ids);
                 }
                 stats.record_kvrocks(&scanner);
             }

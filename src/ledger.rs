@@ -129,6 +129,9 @@ pub struct KvRecord {
     pub next_seq: u64,
     /// The id the last batch delivered carried (or the replica presented at its baseline).
     pub replid: Option<String>,
+    /// The ids the delivered batches carried, by sequence range (see [`KvIdRange`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ids: Vec<KvIdRange>,
     /// Batches were missing from the stream it was delivered.
     pub gap: Option<KvGap>,
     /// It was refused a resume and must run a full sync; its next PSYNC starts new books.
@@ -136,6 +139,73 @@ pub struct KvRecord {
     pub updated_unix: u64,
     /// A session was delivering to it when this was written (see [`ReplicaRecord::open`]).
     pub open: bool,
+}
+
+/// Most id ranges kept per Kvrocks replica; older ones are dropped, and the ids of the
+/// sequences they covered are then unknown.
+pub const KV_ID_RANGES_KEPT: usize = 16;
+
+/// The batches delivered to a Kvrocks replica from sequence `from` on (up to the next range)
+/// carried `replid` (`None`: no `r` record, a master without `use-rsid-psync`). The first range
+/// of a replica's books may instead hold, at its sequence before the first one delivered, the id
+/// the replica itself presented when the books began.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvIdRange {
+    pub from: u64,
+    pub replid: Option<String>,
+}
+
+/// Notes that the batch starting at `seq` carried `replid`; `true` when that opened a range.
+pub fn note_kv_id(ranges: &mut Vec<KvIdRange>, seq: u64, replid: Option<&str>) -> bool {
+    if ranges.last().is_some_and(|r| r.replid.as_deref() == replid) {
+        return false;
+    }
+    ranges.push(KvIdRange {
+        from: seq,
+        replid: replid.map(str::to_string),
+    });
+    if ranges.len() > KV_ID_RANGES_KEPT {
+        ranges.remove(0);
+    }
+    true
+}
+
+impl KvRecord {
+    /// The id the batch holding sequence `seq` carried, for a sequence this replica's books
+    /// cover: `Some(None)` when that batch carried none, `None` when the books cannot tell.
+    pub fn id_at(&self, seq: u64) -> Option<Option<&str>> {
+        if seq >= self.next_seq {
+            return None;
+        }
+        if self.ids.is_empty() {
+            // Books written before ranges were kept know the last batch's id only.
+            return self
+                .replid
+                .as_deref()
+                .filter(|_| seq + 1 == self.next_seq)
+                .map(Some);
+        }
+        self.ids
+            .iter()
+            .rev()
+            .find(|r| r.from <= seq)
+            .map(|r| r.replid.as_deref())
+    }
+
+    /// Whether `replid` is an id this replica may hold from the master's data rather than from
+    /// a write of its own: one it presented when its books began, or one a batch carried before
+    /// `seq`. A 2.7.0 replica whose last batch carried no id presents the id stored in its
+    /// database, which only such data (or a write of its own) put there.
+    pub fn had_id_before(&self, replid: &str, seq: u64) -> bool {
+        self.ids
+            .iter()
+            .any(|r| r.from <= seq && r.replid.as_deref() == Some(replid))
+    }
+
+    /// The ranges that still hold for books restarting at `seq` (a rewind): those before it.
+    pub fn ids_before(&self, seq: u64) -> Vec<KvIdRange> {
+        self.ids.iter().filter(|r| r.from < seq).cloned().collect()
+    }
 }
 
 impl KvBooks {
@@ -158,6 +228,50 @@ impl KvBooks {
 
     pub fn knows_master_replid(&self, replid: &str) -> bool {
         self.master_replids.iter().any(|r| r == replid)
+    }
+
+    /// A replica's PSYNC `[replid] <seq>` was passed and accepted: its books continue from
+    /// `seq`, as new books after a full sync or a rewind of the old ones. Returns the id ranges
+    /// they start with: those of the old books before `seq` (a rewind), and the id the replica
+    /// presented for `seq - 1`.
+    pub fn start(&mut self, replica: &str, replid: Option<&str>, seq: u64) -> Vec<KvIdRange> {
+        let mut ids = match self.replicas.get(replica) {
+            Some(r) if !r.full_sync_pending => r.ids_before(seq),
+            _ => Vec::new(),
+        };
+        if let (Some(id), Some(last)) = (replid, seq.checked_sub(1)) {
+            note_kv_id(&mut ids, last, Some(id));
+        }
+        self.update(replica, |r| {
+            *r = KvRecord {
+                next_seq: seq,
+                replid: replid.map(str::to_string),
+                ids: ids.clone(),
+                gap: None,
+                full_sync_pending: false,
+                updated_unix: 0,
+                open: true,
+            }
+        });
+        ids
+    }
+
+    /// Records what a replica was delivered: batches up to `next_seq`, their ids by range.
+    /// `false` when the record already said so.
+    pub fn deliver(&mut self, replica: &str, next_seq: u64, ids: &[KvIdRange], open: bool) -> bool {
+        let same = self
+            .replicas
+            .get(replica)
+            .is_some_and(|r| r.next_seq == next_seq && r.ids.as_slice() == ids && r.open == open);
+        if !same {
+            self.update(replica, |r| {
+                r.next_seq = next_seq;
+                r.replid = ids.last().and_then(|x| x.replid.clone());
+                r.ids = ids.to_vec();
+                r.open = open;
+            });
+        }
+        !same
     }
 
     /// Updates a replica's record (creating it) and stamps it.

@@ -146,6 +146,21 @@ impl LinkCtx {
         }
     }
 
+    /// Writes what other live sessions of `replica` delivered into the ledger, so a PSYNC from
+    /// a replica whose previous connection is still winding down is judged on its live books,
+    /// not on the last periodic flush.
+    pub fn record_live_books_of(&self, replica: &str, except: u64) {
+        for s in self.sessions.iter() {
+            if s.id == except || s.state() != SessionState::Streaming {
+                continue;
+            }
+            let snap = s.snapshot();
+            if snap.replica == replica {
+                record_delivery(self, &snap, true);
+            }
+        }
+    }
+
     /// Snapshots of the live sessions, oldest first.
     pub fn snapshots(&self) -> Vec<SessionSnapshot> {
         let mut v: Vec<_> = self.sessions.iter().map(|s| s.snapshot()).collect();
@@ -212,7 +227,7 @@ pub async fn serve(
 fn record_delivery(link: &LinkCtx, s: &SessionSnapshot, open: bool) {
     if let Some(kv) = &s.kvrocks {
         link.guard
-            .kv_delivered(&s.replica, kv.next_seq, s.replid.as_deref(), open);
+            .kv_delivered(&s.replica, kv.next_seq, &kv.id_ranges, open);
     } else if let (Some(replid), Some(off)) = (&s.replid, s.expected_offset) {
         link.guard.delivered(&s.replica, replid, off, open);
     }

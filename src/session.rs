@@ -298,6 +298,7 @@ async fn session(link: &LinkCtx, replica: TcpStream, stats: &SessionStats) -> Re
                     warn!("cannot read the master's INFO: judging this PSYNC on the ledger alone");
                 }
                 let replica = stats.snapshot().replica;
+                link.record_live_books_of(&replica, stats.id);
                 let (verdict, facts) = match &req {
                     Some(q) => link.guard.judge(&replica, &q.replid, q.offset),
                     None => (

@@ -4,10 +4,14 @@
 //! The relay's hot path only touches atomics; the mutex-guarded part changes a few times per
 //! session (handshake facts) and at most ten times a second (lag samples).
 
+use crate::ledger::KvIdRange;
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU64, AtomicU8,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -67,6 +71,8 @@ struct Facts {
     /// The newest sample stands for everything delivered since it was taken.
     samples: VecDeque<(u64, Instant)>,
     last_ack_at: Option<Instant>,
+    /// Kvrocks: the ids of the batches delivered, by range.
+    kv_ids: Vec<KvIdRange>,
 }
 
 /// Most lag samples kept; at one per [`SAMPLE_EVERY`] this covers a minute.
@@ -115,6 +121,9 @@ pub struct KvSnapshot {
     pub batches: u64,
     pub heartbeats: u64,
     pub gaps: u64,
+    /// The ids the delivered batches carried, by range (the first may be the id the replica
+    /// presented for the sequence before its first batch).
+    pub id_ranges: Vec<KvIdRange>,
     pub last_heartbeat_seconds_ago: Option<f64>,
 }
 
@@ -226,22 +235,25 @@ impl SessionStats {
     }
 
     /// A Kvrocks replica was answered `+OK` to `PSYNC [replid] <seq>`: batches from `seq` follow.
-    pub fn begin_kvrocks(&self, replid: Option<&str>, seq: u64) {
+    /// `ids` are the id ranges the replica's books start with.
+    pub fn begin_kvrocks(&self, replid: Option<&str>, seq: u64, ids: &[KvIdRange]) {
         let mut f = self.facts();
         f.sync = Some(SyncKind::Partial);
         f.replid = replid.map(str::to_string);
         f.start_offset = Some(seq.saturating_sub(1));
+        f.kv_ids = ids.to_vec();
         drop(f);
         self.reset_counters();
-        self.kv_next_plus_one.store(seq.saturating_add(1), Relaxed);
+        self.kv_next_plus_one.store(seq.saturating_add(1), Release);
         self.set_state(SessionState::Streaming);
     }
 
     /// Called by a Kvrocks relay after each forwarded chunk.
     pub fn record_kvrocks(&self, s: &crate::kvrocks::WalScanner) {
         self.stream_bytes.store(s.bytes, Relaxed);
+        // Release: a snapshot that reads this sequence also reads the id ranges set before it.
         self.kv_next_plus_one
-            .store(s.next_seq.saturating_add(1), Relaxed);
+            .store(s.next_seq.saturating_add(1), Release);
         self.kv_batches.store(s.batches, Relaxed);
         if self.kv_pings.swap(s.pings, Relaxed) != s.pings {
             let ns = Instant::now().duration_since(self.started).as_nanos() as u64;
@@ -249,9 +261,12 @@ impl SessionStats {
         }
     }
 
-    /// The id the last Kvrocks batch carried changed.
-    pub fn set_kvrocks_replid(&self, replid: Option<&str>) {
-        self.facts().replid = replid.map(str::to_string);
+    /// The ids of the Kvrocks batches delivered changed: `ids` are all their ranges. Called
+    /// before [`Self::record_kvrocks`] publishes the sequence they lead up to.
+    pub fn set_kvrocks_ids(&self, ids: &[KvIdRange]) {
+        let mut f = self.facts();
+        f.replid = ids.last().and_then(|r| r.replid.clone());
+        f.kv_ids = ids.to_vec();
     }
 
     pub fn count_kvrocks_gap(&self) {
@@ -317,12 +332,13 @@ impl SessionStats {
     }
 
     pub fn snapshot(&self) -> SessionSnapshot {
+        // Read before the facts: the id ranges then cover at least up to this sequence.
+        let kv_next = self.kv_next_plus_one.load(Acquire).checked_sub(1);
         let f = self.facts();
         let now = Instant::now();
         let delivered = self.stream_bytes.load(Relaxed);
         let boundary = self.stream_boundary.load(Relaxed);
         let ack = self.ack_plus_one.load(Relaxed).checked_sub(1);
-        let kv_next = self.kv_next_plus_one.load(Relaxed).checked_sub(1);
         // A Kvrocks stream counts in sequences.
         let expected = match kv_next {
             Some(next) => Some(next.saturating_sub(1)),
@@ -333,6 +349,7 @@ impl SessionStats {
             batches: self.kv_batches.load(Relaxed),
             heartbeats: self.kv_pings.load(Relaxed),
             gaps: self.kv_gaps.load(Relaxed),
+            id_ranges: f.kv_ids.clone(),
             last_heartbeat_seconds_ago: self
                 .kv_last_ping_ns
                 .load(Relaxed)
