@@ -410,15 +410,6 @@ fn replay(case: &str, guard: &str) -> Proxy {
     p
 }
 
-/// The sum of a metric's samples whose labels contain `labels`.
-fn counter(p: &Proxy, metric: &str, labels: &str) -> f64 {
-    p.http_get("/metrics")
-        .lines()
-        .filter(|l| l.starts_with(&format!("{metric}{{")) && l.contains(labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[test]
 fn recordings_replay_byte_for_byte_through_replguard() {
     for case in [
@@ -428,8 +419,8 @@ fn recordings_replay_byte_for_byte_through_replguard() {
         "wire-slaveofconf-rsid-yes",
     ] {
         let p = replay(case, "observe");
-        let force = counter(&p, "replguard_verdicts_total", "verdict=\"force_full\"");
-        let unsafe_ok = counter(&p, "replguard_unsafe_resumes_accepted_total", "");
+        let force = p.metric("replguard_verdicts_total", "verdict=\"force_full\"");
+        let unsafe_ok = p.metric("replguard_unsafe_resumes_accepted_total", "");
         match case {
             // Refused by the master at first attach and at restart: replguard agreed twice.
             "wire-cluster-rsid-yes" => assert_eq!((force, unsafe_ok), (2.0, 0.0), "{case}"),
@@ -444,7 +435,7 @@ fn recordings_replay_byte_for_byte_through_replguard() {
     for case in ["wire-cluster-rsid-no", "wire-slaveofconf-rsid-yes"] {
         let p = replay(case, "enforce");
         assert_eq!(
-            counter(&p, "replguard_verdicts_total", "verdict=\"force_full\""),
+            p.metric("replguard_verdicts_total", "verdict=\"force_full\""),
             0.0
         );
         let st = p.status();
@@ -467,15 +458,6 @@ fn recordings_replay_byte_for_byte_through_replguard() {
 
 fn case(name: &str) -> Case {
     cases().into_iter().find(|c| c.name == name).unwrap()
-}
-
-/// Verdict counts by reason code for one verdict name.
-fn verdicts(p: &Proxy, verdict: &str, reason: &str) -> f64 {
-    counter(
-        p,
-        "replguard_verdicts_total",
-        &format!("verdict=\"{verdict}\",reason=\"{reason}\""),
-    )
 }
 
 /// The recorded scenario of `name` through a replguard link in `guard` mode.
@@ -508,12 +490,9 @@ fn seed_scenario_the_lost_update_is_stopped_by_enforce() {
     assert_eq!(r.data(), expected_data());
     assert_eq!(r.data(), m.data());
     assert_eq!(r.full_syncs(), 2);
-    assert_eq!(verdicts(&p, "force_full", "unknown_id"), 1.0);
-    assert_eq!(verdicts(&p, "force_full", "beyond_delivered"), 1.0);
-    assert_eq!(
-        counter(&p, "replguard_unsafe_resumes_accepted_total", ""),
-        0.0
-    );
+    assert_eq!(p.verdicts("force_full", "unknown_id"), 1.0);
+    assert_eq!(p.verdicts("force_full", "beyond_delivered"), 1.0);
+    assert_eq!(p.metric("replguard_unsafe_resumes_accepted_total", ""), 0.0);
     let last = p.last_verdict(31102).expect("a verdict for the replica");
     assert_eq!(last["verdict"], "pass", "{last}"); // the resume after its full sync
                                                    // Its PSYNCs: refused twice, each time resumed right after the checkpoint it restored.
@@ -537,25 +516,20 @@ fn seed_scenario_in_observe_mode_is_logged_and_counted() {
     assert_eq!(r.get("k1").as_deref(), Some("v1"));
     assert_ne!(r.data(), m.data());
     assert_eq!(
-        counter(
-            &p,
+        p.metric(
             "replguard_verdicts_total",
             "verdict=\"force_full\",reason=\"unknown_id\",action=\"forwarded\""
         ),
         1.0
     );
     assert_eq!(
-        counter(
-            &p,
+        p.metric(
             "replguard_verdicts_total",
             "verdict=\"force_full\",reason=\"beyond_delivered\",action=\"forwarded\""
         ),
         1.0
     );
-    assert_eq!(
-        counter(&p, "replguard_unsafe_resumes_accepted_total", ""),
-        2.0
-    );
+    assert_eq!(p.metric("replguard_unsafe_resumes_accepted_total", ""), 2.0);
     let last = p.last_verdict(31102).unwrap();
     assert_eq!(last["answer"], "+OK");
     assert!(
@@ -583,7 +557,7 @@ fn rsid_on_both_sides_the_master_refuses_and_replguard_keeps_out_of_the_way() {
     assert_eq!(r.full_syncs(), direct.full_syncs());
     assert_eq!(r.full_syncs(), 2);
     assert_eq!(r.psyncs(), direct.psyncs());
-    assert_eq!(counter(&p, "replguard_full_syncs_total", ""), 2.0);
+    assert_eq!(p.metric("replguard_full_syncs_total", ""), 2.0);
 }
 
 #[test]
@@ -631,12 +605,12 @@ fn rsid_off_both_sides_resumes_plainly_across_a_replguard_restart() {
     assert_eq!(r.full_syncs(), 0);
     assert_eq!(r.psyncs(), ["PSYNC 1", "PSYNC 5"]);
     assert_eq!(
-        verdicts(&p, "pass", "none"),
+        p.verdicts("pass", "none"),
         1.0,
         "the resume after the restart"
     );
     assert_eq!(
-        counter(&p, "replguard_verdicts_total", "verdict=\"force_full\""),
+        p.metric("replguard_verdicts_total", "verdict=\"force_full\""),
         0.0
     );
 }
@@ -690,7 +664,7 @@ fn kvrocks_462_a_local_write_at_the_masters_sequence_is_not_resumed_over() {
     assert_eq!(r.data(), m.data());
     assert_eq!(r.get("test").as_deref(), Some("111"));
     assert_eq!(r.full_syncs(), 1);
-    assert_eq!(verdicts(&p, "force_full", "beyond_delivered"), 1.0);
+    assert_eq!(p.verdicts("force_full", "beyond_delivered"), 1.0);
 }
 
 #[test]
@@ -730,8 +704,8 @@ fn a_gap_in_the_stream_is_cut_and_forces_a_full_sync() {
     let r = run(&m, p.link_addr(), dir.path());
     assert_eq!(r.data(), m.data());
     assert_eq!(r.full_syncs(), 1);
-    assert_eq!(counter(&p, "replguard_kvrocks_stream_gaps_total", ""), 1.0);
-    assert_eq!(verdicts(&p, "force_full", "after_gap"), 1.0);
+    assert_eq!(p.metric("replguard_kvrocks_stream_gaps_total", ""), 1.0);
+    assert_eq!(p.verdicts("force_full", "after_gap"), 1.0);
     // The checkpoint told its last sequence (3), and the replica resumed right after it.
     assert_eq!(r.psyncs(), ["PSYNC 1", "PSYNC 2", "PSYNC 4"]);
 }
@@ -756,7 +730,7 @@ fn clients_reach_the_master_through_a_kvrocks_link() {
     synced(&m, &r);
     r.stop();
     assert_eq!(r.get("from-client").as_deref(), Some("1"));
-    assert_eq!(counter(&p, "replguard_passthrough_sessions_total", ""), 1.0);
+    assert_eq!(p.metric("replguard_passthrough_sessions_total", ""), 1.0);
 }
 
 // ---------------------------------------------------------------------------------------------

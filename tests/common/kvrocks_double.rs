@@ -32,8 +32,7 @@ use std::thread;
 use std::time::Duration;
 
 /// The checkpoint file list a real 2.7.0 master served in the recordings.
-const CHECKPOINT_FILES: [&str; 4] =
-    ["OPTIONS-000013", "MANIFEST-000011", "CURRENT", "000010.log"];
+const CHECKPOINT_FILES: [&str; 4] = ["OPTIONS-000013", "MANIFEST-000011", "CURRENT", "000010.log"];
 
 /// Column families as kvrocks numbers them.
 const CF_METADATA: u8 = 1;

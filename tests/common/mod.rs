@@ -21,6 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub mod kvrocks_double;
+pub mod kvrocks_real;
 
 /// Which server family a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -444,6 +445,23 @@ impl Proxy {
             .as_array()
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// The sum of a metric's samples whose labels contain `labels`.
+    pub fn metric(&self, metric: &str, labels: &str) -> f64 {
+        self.http_get("/metrics")
+            .lines()
+            .filter(|l| l.starts_with(&format!("{metric}{{")) && l.contains(labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Verdict counts by reason code for one verdict name.
+    pub fn verdicts(&self, verdict: &str, reason: &str) -> f64 {
+        self.metric(
+            "replguard_verdicts_total",
+            &format!("verdict=\"{verdict}\",reason=\"{reason}\""),
+        )
     }
 
     /// The streaming session whose replica listens on `replica_port`.

@@ -1,0 +1,215 @@
+//! Scenarios against the real Apache Kvrocks 2.7.0 server (`KVROCKS_BIN`), directly and through
+//! replguard: replicas killed with `kill -9` under a steady writer and restarted, for each
+//! combination of `use-rsid-psync` that matters, in cluster mode (apache/kvrocks#2214).
+
+mod common;
+
+use common::kvrocks_real::{cluster, kvrocks_bin, settle, wrong_keys, KeyWriter, Kvrocks, NodeCfg};
+use common::Proxy;
+use std::path::Path;
+use std::time::Duration;
+
+/// What one run of kill-and-restart cycles saw.
+#[derive(Debug)]
+struct Cycles {
+    /// Full syncs the master served per restart.
+    full_syncs: Vec<u64>,
+    /// Per restart, the keys the replica then held wrongly.
+    wrong: Vec<Vec<String>>,
+    keys: u64,
+}
+
+const CYCLES: u64 = 10;
+
+/// A cluster-mode master and replica (master `use-rsid-psync` = `master_rsid`, the replica's =
+/// `replica_rsid`), directly or through a replguard link in `guard` mode. A writer runs the
+/// whole time; the replica is killed with `kill -9` and restarted `CYCLES` times. After each
+/// restart the writer pauses, a marker key shows the replica has everything the master will
+/// ever send it, and every key is compared.
+fn crash_cycles(
+    bin: &Path,
+    master_rsid: bool,
+    replica_rsid: bool,
+    guard: Option<&str>,
+) -> (Cycles, Option<Proxy>) {
+    let bin = bin.to_path_buf();
+    let master = Kvrocks::start(
+        &bin,
+        NodeCfg {
+            cluster: true,
+            rsid: master_rsid,
+        },
+        &[],
+    );
+    let mut replica = Kvrocks::start(
+        &bin,
+        NodeCfg {
+            cluster: true,
+            rsid: replica_rsid,
+        },
+        &[],
+    );
+    // A master with data: a 2.7.0 master cannot reuse a checkpoint it made while empty
+    // (sequence 0 is below its WAL), and refuses full syncs until its cron drops it.
+    let proxy = guard.map(|g| Proxy::start_kvrocks(master.port, g, ""));
+    let entry = proxy.as_ref().map_or(master.addr(), Proxy::link_addr);
+    cluster(&master, None, entry, 1);
+    let mut c = master.client();
+    for i in 0..100 {
+        assert_eq!(c.text(&["SET", &format!("pre{i}"), "x"]), "OK");
+    }
+    cluster(&master, Some(&replica), entry, 2);
+    let writer = KeyWriter::start(master.port);
+    let limit = Duration::from_secs(60);
+    writer.pause();
+    // The first marker only once the replica streams: in the seed setup its first PSYNC skips
+    // the master's first batch, which must not be the marker.
+    common::wait_for(limit, "the replica to attach", || {
+        (master.info("replication")["connected_slaves"] == "1").then_some(())
+    });
+    settle(&master, &replica, "marker0", limit);
+    writer.resume();
+    let mut out = Cycles {
+        full_syncs: Vec::new(),
+        wrong: Vec::new(),
+        keys: 0,
+    };
+    for c in 1..=CYCLES {
+        let before = master.stat("sync_full");
+        // Kill while batches stream, at a different moment each cycle.
+        std::thread::sleep(Duration::from_millis(150 + (c * 97) % 250));
+        let at_kill = writer.written();
+        replica.kill9();
+        std::thread::sleep(Duration::from_millis(100 + (c * 61) % 200));
+        replica.start_again();
+        std::thread::sleep(Duration::from_millis(200));
+        let n = writer.pause();
+        assert!(n > at_kill, "the writer wrote while the replica was down");
+        settle(&master, &replica, &format!("marker{c}"), limit);
+        out.wrong.push(wrong_keys(&replica, n));
+        out.full_syncs.push(master.stat("sync_full") - before);
+        out.keys = n;
+        writer.resume();
+    }
+    drop(writer);
+    eprintln!(
+        "kvrocks kill -9 cycles: master rsid {master_rsid}, replica rsid {replica_rsid}, {}: \
+         full syncs per restart {:?}, wrong keys per restart {:?}, {} keys",
+        guard.map_or("direct".to_string(), |g| format!("replguard {g}")),
+        out.full_syncs,
+        out.wrong.iter().map(Vec::len).collect::<Vec<_>>(),
+        out.keys
+    );
+    (out, proxy)
+}
+
+#[test]
+fn real_kvrocks_seed_setup_killed_replica_loses_an_update_directly() {
+    let Some(bin) = kvrocks_bin("real_kvrocks_seed_setup_killed_replica_loses_an_update_directly")
+    else {
+        return;
+    };
+    let (c, _) = crash_cycles(&bin, false, true, None);
+    // Every restart makes a start-up write at the sequence after the last one the replica
+    // applied, and the master streams on past its own batch there: one key is lost per restart.
+    for (i, w) in c.wrong.iter().enumerate() {
+        assert!(!w.is_empty(), "restart {}: no update lost directly", i + 1);
+    }
+    assert!(c.full_syncs.iter().all(|&f| f == 0), "{:?}", c.full_syncs);
+}
+
+#[test]
+fn real_kvrocks_seed_setup_killed_replica_keeps_every_key_through_replguard() {
+    let Some(bin) =
+        kvrocks_bin("real_kvrocks_seed_setup_killed_replica_keeps_every_key_through_replguard")
+    else {
+        return;
+    };
+    let (c, p) = crash_cycles(&bin, false, true, Some("enforce"));
+    let p = p.unwrap();
+    for (i, w) in c.wrong.iter().enumerate() {
+        assert!(w.is_empty(), "restart {}: wrong keys {:?}", i + 1, w);
+    }
+    // Every restart wrote locally, so every restart costs one full sync.
+    assert!(c.full_syncs.iter().all(|&f| f == 1), "{:?}", c.full_syncs);
+    let (local, beyond) = (
+        p.verdicts("force_full", "local_write"),
+        p.verdicts("force_full", "beyond_delivered"),
+    );
+    eprintln!("forced full: local_write {local}, beyond_delivered {beyond}");
+    assert_eq!(
+        local + beyond,
+        CYCLES as f64,
+        "one forced full sync per restart"
+    );
+    assert_eq!(p.metric("replguard_unsafe_resumes_accepted_total", ""), 0.0);
+}
+
+#[test]
+fn real_kvrocks_seed_setup_observe_mode_lets_the_loss_happen_and_counts_it() {
+    let Some(bin) =
+        kvrocks_bin("real_kvrocks_seed_setup_observe_mode_lets_the_loss_happen_and_counts_it")
+    else {
+        return;
+    };
+    let (c, p) = crash_cycles(&bin, false, true, Some("observe"));
+    let p = p.unwrap();
+    for (i, w) in c.wrong.iter().enumerate() {
+        assert!(
+            !w.is_empty(),
+            "restart {}: no update lost in observe mode",
+            i + 1
+        );
+    }
+    assert!(c.full_syncs.iter().all(|&f| f == 0), "{:?}", c.full_syncs);
+    let judged =
+        p.verdicts("force_full", "local_write") + p.verdicts("force_full", "beyond_delivered");
+    assert_eq!(judged, CYCLES as f64, "every unsafe resume judged");
+    // The first attach too: its start-up write makes it skip the master's first batch.
+    assert_eq!(p.verdicts("force_full", "unknown_id"), 1.0);
+    assert_eq!(
+        p.metric("replguard_unsafe_resumes_accepted_total", ""),
+        CYCLES as f64 + 1.0
+    );
+}
+
+#[test]
+fn real_kvrocks_rsid_on_both_sides_killed_replica_full_syncs_as_directly() {
+    let Some(bin) =
+        kvrocks_bin("real_kvrocks_rsid_on_both_sides_killed_replica_full_syncs_as_directly")
+    else {
+        return;
+    };
+    let (direct, _) = crash_cycles(&bin, true, true, None);
+    let (guarded, _) = crash_cycles(&bin, true, true, Some("enforce"));
+    for c in [&direct, &guarded] {
+        for (i, w) in c.wrong.iter().enumerate() {
+            assert!(w.is_empty(), "restart {}: wrong keys {:?}", i + 1, w);
+        }
+        // The start-up write takes a new id, which the master refuses.
+        assert!(c.full_syncs.iter().all(|&f| f == 1), "{:?}", c.full_syncs);
+    }
+}
+
+#[test]
+fn real_kvrocks_rsid_off_both_sides_killed_replica_resumes_without_full_sync() {
+    let Some(bin) =
+        kvrocks_bin("real_kvrocks_rsid_off_both_sides_killed_replica_resumes_without_full_sync")
+    else {
+        return;
+    };
+    let (direct, _) = crash_cycles(&bin, false, false, None);
+    let (guarded, p) = crash_cycles(&bin, false, false, Some("enforce"));
+    for c in [&direct, &guarded] {
+        for (i, w) in c.wrong.iter().enumerate() {
+            assert!(w.is_empty(), "restart {}: wrong keys {:?}", i + 1, w);
+        }
+        // No write of its own at start-up: nothing to refuse, and no full sync.
+        assert!(c.full_syncs.iter().all(|&f| f == 0), "{:?}", c.full_syncs);
+    }
+    let p = p.unwrap();
+    assert_eq!(
+        p.metric("replguard_verdicts_total", "verdict=\"force_full\""),
+        0.0
+    );
+}
