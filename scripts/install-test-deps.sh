@@ -11,11 +11,19 @@ POLICY=/usr/sbin/policy-rc.d
 saved_policy=
 placed_policy=0
 
+# A process that has exited but is not yet reaped (state Z) no longer runs.
+running() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [ "${stat%% *}" != Z ]
+}
+
 # pids of the redis-server processes running now
 redis_pids() {
   local d
   for d in /proc/[0-9]*; do
-    [ "$(cat "$d/comm" 2>/dev/null)" = redis-server ] && echo "${d#/proc/}"
+    [ "$(cat "$d/comm" 2>/dev/null)" = redis-server ] && running "${d#/proc/}" && echo "${d#/proc/}"
   done
   return 0
 }
@@ -50,7 +58,7 @@ deny_service_starts() {
 # (Restart=always), so there the unit this install created is stopped instead.
 stop_started_service() {
   local pid=$1 main=
-  [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = redis-server ] || return 0
+  [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = redis-server ] && running "$pid" || return 0
   if [ -d /run/systemd/system ]; then
     main=$(systemctl show -p MainPID --value redis-server.service 2>/dev/null || true)
   fi
@@ -61,7 +69,7 @@ stop_started_service() {
     kill -TERM "$pid" 2>/dev/null || true
   fi
   for _ in $(seq 100); do
-    [ -e "/proc/$pid" ] || return 0
+    running "$pid" || return 0
     sleep 0.1
   done
   echo "redis-server pid $pid is still running" >&2
