@@ -1,9 +1,22 @@
 #!/usr/bin/env bash
 # The whole test suite: installs the real servers, then unit, property, real-server scenario and
-# CLI tests, the load test (its figures printed), and the benchmarks at a small size.
+# CLI tests, the load test (its figures printed), and the benchmarks at a small size. The tests
+# named real_kvrocks_* run against the real Kvrocks server at $KVROCKS_BIN; unless it is set, it
+# comes from ../shared/kvrocks/install.sh when that exists (KVROCKS_BIN= skips them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh
+KVROCKS_INSTALL=../shared/kvrocks/install.sh
+if [ -z "${KVROCKS_BIN+set}" ] && [ -f "$KVROCKS_INSTALL" ]; then
+  KVROCKS_BIN=$(bash "$KVROCKS_INSTALL") || KVROCKS_BIN=
+fi
+if [ -n "${KVROCKS_BIN:-}" ]; then
+  export KVROCKS_BIN
+  echo "kvrocks: $KVROCKS_BIN"
+else
+  unset KVROCKS_BIN
+  echo "real-Kvrocks tests skipped: KVROCKS_BIN is not set"
+fi
 LOAD=sustained_writes_with_a_replica_restart
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
@@ -14,5 +27,7 @@ cargo bench --bench relay -- --quick --noplot 2>/dev/null | grep -E '^relay/|thr
 REPLGUARD_E2E_WRITES=${REPLGUARD_E2E_WRITES:-1000} REPLGUARD_E2E_SYNC_ROUNDS=${REPLGUARD_E2E_SYNC_ROUNDS:-2} \
   REPLGUARD_E2E_KEYS=${REPLGUARD_E2E_KEYS:-300000} REPLGUARD_E2E_KVROCKS_MB=${REPLGUARD_E2E_KVROCKS_MB:-64} \
   cargo bench --bench e2e 2>/dev/null
+real_kvrocks=$(grep -cE 'test .*real_kvrocks_.* ok' "$results" || true)
+echo "real-Kvrocks tests: $real_kvrocks ran"
 passed=$(grep -oE 'test result: ok\. [0-9]+ passed' "$results" | awk '{s += $4} END {print s + 0}')
 echo "tests: $passed passed, 0 failed"
