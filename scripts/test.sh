@@ -13,14 +13,16 @@ fi
 if [ -n "${KVROCKS_BIN:-}" ]; then
   export KVROCKS_BIN
   echo "kvrocks: $KVROCKS_BIN"
+  SKIP_REAL=()
 else
   unset KVROCKS_BIN
   echo "real-Kvrocks tests skipped: KVROCKS_BIN is not set"
+  SKIP_REAL=(--skip real_kvrocks_)
 fi
 LOAD=sustained_writes_with_a_replica_restart
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
-cargo test --release -- --skip "$LOAD" 2>&1 | tee "$results"
+cargo test --release -- --skip "$LOAD" "${SKIP_REAL[@]}" 2>&1 | tee "$results"
 cargo test --release --test load -- --exact "$LOAD" --nocapture 2>&1 \
   | grep -E '^load:|test result|panicked|FAILED|assert' | tee -a "$results"
 cargo bench --bench relay -- --quick --noplot 2>/dev/null | grep -E '^relay/|thrpt:'

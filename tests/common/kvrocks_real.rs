@@ -9,7 +9,7 @@ use super::{free_port, wait_for, Client, Reply};
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -48,7 +48,7 @@ pub struct Kvrocks {
 }
 
 impl Kvrocks {
-    pub fn start(bin: &PathBuf, cfg: NodeCfg, extra: &[&str]) -> Kvrocks {
+    pub fn start(bin: &Path, cfg: NodeCfg, extra: &[&str]) -> Kvrocks {
         let dir = tempfile::Builder::new()
             .prefix("replguard-kvrocks-")
             .tempdir()
@@ -70,7 +70,7 @@ impl Kvrocks {
         let mut k = Kvrocks {
             port,
             dir,
-            bin: bin.clone(),
+            bin: bin.to_path_buf(),
             child: None,
         };
         k.spawn();
