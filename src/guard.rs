@@ -4,15 +4,15 @@
 //! Sessions ask [`Guard::judge`] before forwarding a PSYNC, and report deliveries; the link's
 //! keeper task folds in the master's INFO and saves the ledger when it changed.
 
-use crate::ledger::{self, KvGap, KvIdRange, KvRecord, LedgerData, MasterView, ReplicaRecord};
+use crate::ledger::{KvGap, KvIdRange, KvRecord, LedgerData, MasterView, ReplicaRecord};
+use crate::store::{Identity, Store};
 use crate::verdict::{judge, Facts, Request, UnknownReplica, Verdict};
 use dashmap::DashMap;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use tracing::{error, info, warn};
 
 /// One decision, kept per replica for /status.
@@ -30,31 +30,40 @@ pub struct Decision {
     pub answer: String,
 }
 
-/// The guard state of a link.
+/// The guard state of a link. Everything a verdict reads or a session writes is in [`State`]
+/// behind one lock, taken briefly and never held across an await or together with another
+/// lock; the counters are atomics, and `last` (decisions for /status) is written after the
+/// state lock is released.
 pub struct Guard {
-    path: PathBuf,
-    data: Mutex<LedgerData>,
-    /// Replicas whose record was open when replguard last stopped without a clean shutdown.
-    uncertain: Mutex<HashSet<String>>,
-    /// The master's current id when it showed a brand-new, empty lineage.
-    empty_master: Mutex<Option<String>>,
+    store: Arc<Store>,
+    state: Mutex<State>,
     allow_empty: AtomicBool,
     /// `allow_empty_master` from the configuration: allowed whatever the operator did at runtime.
     allow_empty_config: AtomicBool,
     dirty: AtomicBool,
     pub policy: UnknownReplica,
-    /// Verdicts by (verdict, reason code, action).
-    counts: Mutex<BTreeMap<(&'static str, &'static str, &'static str), u64>>,
     /// Resumes the master accepted although the verdict was ForceFull (observe mode).
     pub unsafe_accepted: AtomicU64,
     pub holds: AtomicU64,
     pub last: DashMap<String, Decision>,
-    /// Kvrocks: full syncs relayed per replica address.
-    kv_fetches: Mutex<HashMap<IpAddr, FetchBook>>,
-    /// Kvrocks: replicas refused a resume, with their address and its full-sync count then.
-    kv_refused: Mutex<HashMap<String, (IpAddr, u64)>>,
     /// Kvrocks: gaps seen in streams relayed from the master.
     pub kv_gaps: AtomicU64,
+}
+
+/// The part of a guard behind its lock.
+#[derive(Default)]
+struct State {
+    data: LedgerData,
+    /// Replicas whose record was open when replguard last stopped without a clean shutdown.
+    uncertain: HashSet<String>,
+    /// The master's current id when it showed a brand-new, empty lineage.
+    empty_master: Option<String>,
+    /// Verdicts by (verdict, reason code, action).
+    counts: BTreeMap<(&'static str, &'static str, &'static str), u64>,
+    /// Kvrocks: full syncs relayed per replica address.
+    kv_fetches: HashMap<IpAddr, FetchBook>,
+    /// Kvrocks: replicas refused a resume, with their address and its full-sync count then.
+    kv_refused: HashMap<String, (IpAddr, u64)>,
 }
 
 /// The Kvrocks full syncs relayed to one address.
@@ -68,23 +77,42 @@ struct FetchBook {
     checkpoint_unknown: bool,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+impl State {
+    /// Whether a complete full sync from `ip` passed since `replica` was refused, and then the
+    /// last sequence of its checkpoint when known.
+    fn kv_full_sync(&self, replica: &str, ip: IpAddr) -> Option<Option<u64>> {
+        let (at_ip, before) = self.kv_refused.get(replica).copied()?;
+        let book = self.kv_fetches.get(&ip).copied().unwrap_or_default();
+        (at_ip == ip && book.complete > before)
+            .then(|| book.checkpoint_seq.filter(|_| !book.checkpoint_unknown))
+    }
 }
 
 impl Guard {
-    /// Loads the link's ledger; a missing or corrupt file is reported and means no knowledge.
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loads the ledger of `link` (whose configuration names `master`); a missing, corrupt or
+    /// foreign file is reported and means no knowledge.
     pub fn open(
         state_dir: &std::path::Path,
         link: &str,
+        master: &str,
         policy: UnknownReplica,
         allow_empty: bool,
     ) -> Guard {
-        let path = ledger::ledger_path(state_dir, link);
-        let data = match ledger::load(&path) {
+        let store = Store::new(
+            state_dir,
+            Identity {
+                link: link.to_string(),
+                master: master.to_string(),
+            },
+        );
+        let data = match store.load() {
             Ok(Some(d)) => d,
             Ok(None) => {
-                info!(link, path = %path.display(), "no ledger yet: starting with no knowledge");
+                info!(link, path = %store.path().display(), "no ledger yet: starting with no knowledge");
                 LedgerData::new()
             }
             Err(e) => {
@@ -119,32 +147,32 @@ impl Guard {
             "ledger loaded"
         );
         Guard {
-            path,
-            data: Mutex::new(data),
-            uncertain: Mutex::new(uncertain),
-            empty_master: Mutex::new(None),
+            store: Arc::new(store),
+            state: Mutex::new(State {
+                data,
+                uncertain,
+                ..State::default()
+            }),
             allow_empty: AtomicBool::new(allow_empty),
             allow_empty_config: AtomicBool::new(allow_empty),
             dirty: AtomicBool::new(false),
             policy,
-            counts: Mutex::new(BTreeMap::new()),
             unsafe_accepted: AtomicU64::new(0),
             holds: AtomicU64::new(0),
             last: DashMap::new(),
-            kv_fetches: Mutex::new(HashMap::new()),
-            kv_refused: Mutex::new(HashMap::new()),
             kv_gaps: AtomicU64::new(0),
         }
     }
 
     /// Judges a PSYNC; also returns the ledger facts used, in words for the log.
     pub fn judge(&self, replica: &str, replid: &str, offset: i64) -> (Verdict, String) {
-        let data = lock(&self.data);
-        let uncertain = lock(&self.uncertain).contains(replica);
-        let empty = lock(&self.empty_master).clone();
+        let st = self.state();
+        let data = &st.data;
+        let uncertain = st.uncertain.contains(replica);
+        let empty = st.empty_master.clone();
         let rec = data.replicas.get(replica);
         let facts = Facts {
-            ledger: &data,
+            ledger: data,
             replica: rec,
             unclean_stop: uncertain,
             empty_master: empty.as_deref(),
@@ -155,7 +183,7 @@ impl Guard {
             kv_checkpoint_seq: None,
         };
         let v = judge(&facts, &Request::Psync2 { replid, offset });
-        (v, describe(&data, rec, replid, uncertain, empty.as_deref()))
+        (v, describe(data, rec, replid, uncertain, empty.as_deref()))
     }
 
     /// Judges a Kvrocks PSYNC from `replica` (connected from `ip`); also returns the facts used.
@@ -166,13 +194,14 @@ impl Guard {
         replid: Option<&str>,
         seq: u64,
     ) -> (Verdict, String) {
-        let data = lock(&self.data);
-        let uncertain = lock(&self.uncertain).contains(replica);
+        let st = self.state();
+        let data = &st.data;
+        let uncertain = st.uncertain.contains(replica);
         let rec = data.kvrocks.replicas.get(replica);
-        let full_sync = self.kv_full_sync(replica, ip);
+        let full_sync = st.kv_full_sync(replica, ip);
         let seen = full_sync.is_some();
         let facts = Facts {
-            ledger: &data,
+            ledger: data,
             replica: None,
             unclean_stop: uncertain,
             empty_master: None,
@@ -183,24 +212,15 @@ impl Guard {
             kv_checkpoint_seq: full_sync.flatten(),
         };
         let v = judge(&facts, &Request::Kvrocks { replid, seq });
-        (v, describe_kvrocks(&data, rec, uncertain, full_sync))
-    }
-
-    /// Whether a complete full sync from `ip` passed since `replica` was refused, and then the
-    /// last sequence of its checkpoint when known.
-    fn kv_full_sync(&self, replica: &str, ip: IpAddr) -> Option<Option<u64>> {
-        let (at_ip, before) = lock(&self.kv_refused).get(replica).copied()?;
-        let book = lock(&self.kv_fetches).get(&ip).copied().unwrap_or_default();
-        (at_ip == ip && book.complete > before)
-            .then(|| book.checkpoint_seq.filter(|_| !book.checkpoint_unknown))
+        (v, describe_kvrocks(data, rec, uncertain, full_sync))
     }
 
     /// A Kvrocks replica was refused a resume (by the master or by replguard): it must full-sync.
     pub fn kv_refused(&self, replica: &str, ip: IpAddr) {
-        let count = lock(&self.kv_fetches).get(&ip).map_or(0, |b| b.complete);
-        lock(&self.kv_refused).insert(replica.to_string(), (ip, count));
-        let mut data = lock(&self.data);
-        data.kvrocks.update(replica, |r| {
+        let mut st = self.state();
+        let count = st.kv_fetches.get(&ip).map_or(0, |b| b.complete);
+        st.kv_refused.insert(replica.to_string(), (ip, count));
+        st.data.kvrocks.update(replica, |r| {
             r.full_sync_pending = true;
             r.open = false;
         });
@@ -209,8 +229,8 @@ impl Guard {
 
     /// A `_fetch_meta` from `ip`: a full sync (with a checkpoint of its own) begins.
     pub fn kv_fetch_meta(&self, ip: IpAddr) {
-        let mut f = lock(&self.kv_fetches);
-        let book = f.entry(ip).or_default();
+        let mut st = self.state();
+        let book = st.kv_fetches.entry(ip).or_default();
         book.checkpoint_seq = None;
         book.checkpoint_unknown = false;
     }
@@ -218,8 +238,8 @@ impl Guard {
     /// A `_fetch_file` answer was relayed whole to `ip`; its files told the checkpoint's last
     /// sequence (`seq`), or could not be read (`unreadable`).
     pub fn kv_fetch_complete(&self, ip: IpAddr, seq: Option<u64>, unreadable: bool) {
-        let mut f = lock(&self.kv_fetches);
-        let book = f.entry(ip).or_default();
+        let mut st = self.state();
+        let book = st.kv_fetches.entry(ip).or_default();
         book.complete += 1;
         book.checkpoint_unknown |= unreadable;
         book.checkpoint_seq = book.checkpoint_seq.max(seq);
@@ -227,9 +247,11 @@ impl Guard {
 
     /// The master accepted a Kvrocks PSYNC the guard passed: see [`ledger::KvBooks::start`].
     pub fn kv_started(&self, replica: &str, replid: Option<&str>, seq: u64) -> Vec<KvIdRange> {
-        lock(&self.kv_refused).remove(replica);
-        lock(&self.uncertain).remove(replica);
-        let ids = lock(&self.data).kvrocks.start(replica, replid, seq);
+        let mut st = self.state();
+        st.kv_refused.remove(replica);
+        st.uncertain.remove(replica);
+        let ids = st.data.kvrocks.start(replica, replid, seq);
+        drop(st);
         self.dirty.store(true, Relaxed);
         ids
     }
@@ -237,7 +259,9 @@ impl Guard {
     /// Records what a Kvrocks replica was delivered: batches up to `next_seq`, their ids by
     /// range. `open` while its session goes on.
     pub fn kv_delivered(&self, replica: &str, next_seq: u64, ids: &[KvIdRange], open: bool) {
-        if lock(&self.data)
+        if self
+            .state()
+            .data
             .kvrocks
             .deliver(replica, next_seq, ids, open)
         {
@@ -247,7 +271,7 @@ impl Guard {
 
     /// A batch from the master carried `replid`.
     pub fn kv_master_id(&self, replid: &str) {
-        if lock(&self.data).kvrocks.saw_master_replid(replid) {
+        if self.state().data.kvrocks.saw_master_replid(replid) {
             self.dirty.store(true, Relaxed);
         }
     }
@@ -255,7 +279,7 @@ impl Guard {
     /// Records a gap in the stream delivered to a Kvrocks replica.
     pub fn kv_gap(&self, replica: &str, gap: KvGap) {
         self.kv_gaps.fetch_add(1, Relaxed);
-        lock(&self.data).kvrocks.update(replica, |r| {
+        self.state().data.kvrocks.update(replica, |r| {
             r.gap.get_or_insert(gap);
         });
         self.dirty.store(true, Relaxed);
@@ -264,7 +288,9 @@ impl Guard {
     /// Counts a decision and keeps it as the replica's last.
     pub fn record(&self, replica: &str, verdict: &Verdict, d: Decision) {
         let code = verdict.reason().map_or("none", |r| r.code());
-        *lock(&self.counts)
+        *self
+            .state()
+            .counts
             .entry((verdict.name(), code, d.action))
             .or_default() += 1;
         self.last.insert(replica.to_string(), d);
@@ -272,10 +298,10 @@ impl Guard {
 
     /// Folds in the master's own view; detects a brand-new empty lineage.
     pub fn observe(&self, link: &str, v: &MasterView) {
-        let mut data = lock(&self.data);
-        let unrelated = data.is_unrelated(v);
+        let mut st = self.state();
+        let unrelated = st.data.is_unrelated(v);
         {
-            let mut em = lock(&self.empty_master);
+            let em = &mut st.empty_master;
             let same = em.as_deref() == Some(v.replid.as_str());
             if same && v.empty {
                 // Still the same empty master.
@@ -292,21 +318,22 @@ impl Guard {
                     .store(self.allow_empty_config.load(Relaxed), Relaxed);
             }
         }
-        if data.observe_master(v) {
+        if st.data.observe_master(v) {
             self.dirty.store(true, Relaxed);
         }
     }
 
     /// Notes a `+FULLRESYNC <id> <offset>`: the master serves `id` at `offset`.
     pub fn saw_full_resync(&self, replid: &str, offset: u64) {
-        lock(&self.data).extend(replid, offset);
+        self.state().data.extend(replid, offset);
         self.dirty.store(true, Relaxed);
     }
 
     /// Records that `replica` has been delivered `replid` up to `offset`; `open` while its
     /// session goes on.
     pub fn delivered(&self, replica: &str, replid: &str, offset: u64, open: bool) {
-        let mut data = lock(&self.data);
+        let mut st = self.state();
+        let data = &mut st.data;
         let same = data
             .replicas
             .get(replica)
@@ -315,37 +342,48 @@ impl Guard {
             data.deliver(replica, replid, offset, open);
             self.dirty.store(true, Relaxed);
         }
-        lock(&self.uncertain).remove(replica);
+        st.uncertain.remove(replica);
     }
 
     /// Lets held replicas sync from the empty master.
     pub fn allow_empty_master(&self) -> Option<String> {
         self.allow_empty.store(true, Relaxed);
-        lock(&self.empty_master).clone()
+        self.state().empty_master.clone()
     }
 
     pub fn empty_master(&self) -> Option<String> {
-        lock(&self.empty_master).clone()
+        self.state().empty_master.clone()
     }
 
-    /// Saves the ledger if it changed since the last save.
-    pub fn save_if_dirty(&self, link: &str) {
+    /// Saves the ledger if it changed since the last save (on the blocking pool, through the
+    /// file's one writer); a failed save leaves it due.
+    pub async fn save_if_dirty(&self) {
         if self.dirty.swap(false, Relaxed) {
-            let snapshot = lock(&self.data).clone();
-            if let Err(e) = ledger::save(&self.path, &snapshot) {
+            let (gen, snapshot) = {
+                let st = self.state();
+                (self.store.generation(), st.data.clone())
+            };
+            if !self.store.save(gen, snapshot).await {
                 self.dirty.store(true, Relaxed);
-                error!(link, path = %self.path.display(), error = %e, "cannot save the ledger");
             }
         }
     }
 
+    /// Failed ledger saves since start, and the last error while saves fail.
+    pub fn save_failures(&self) -> (u64, Option<String>) {
+        (self.store.failures.load(Relaxed), self.store.last_error())
+    }
+
     pub fn counts(&self) -> Vec<((&'static str, &'static str, &'static str), u64)> {
-        lock(&self.counts).iter().map(|(k, v)| (*k, *v)).collect()
+        self.state().counts.iter().map(|(k, v)| (*k, *v)).collect()
     }
 
     /// The guard's part of /status.
     pub fn status(&self) -> serde_json::Value {
-        let data = lock(&self.data).clone();
+        let (data, empty_master) = {
+            let st = self.state();
+            (st.data.clone(), st.empty_master.clone())
+        };
         let mut last: Vec<_> = self
             .last
             .iter()
@@ -355,7 +393,7 @@ impl Guard {
         serde_json::json!({
             "unknown_replica": self.policy,
             "allow_empty_master": self.allow_empty.load(Relaxed),
-            "empty_master": self.empty_master(),
+            "empty_master": empty_master,
             "unsafe_resumes_accepted": self.unsafe_accepted.load(Relaxed),
             "holds": self.holds.load(Relaxed),
             "lineage": data.epochs,
@@ -363,7 +401,9 @@ impl Guard {
             "kvrocks": data.kvrocks,
             "kvrocks_stream_gaps": self.kv_gaps.load(Relaxed),
             "last_verdicts": last.into_iter().collect::<BTreeMap<_, _>>(),
-            "ledger_file": self.path.display().to_string(),
+            "ledger_file": self.store.path().display().to_string(),
+            "ledger_save_failures": self.store.failures.load(Relaxed),
+            "ledger_last_save_error": self.store.last_error(),
         })
     }
 }

@@ -7,8 +7,6 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Format version of the ledger file.
@@ -91,6 +89,11 @@ pub struct ReplicaRecord {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerData {
     pub version: u32,
+    /// The link this ledger belongs to, and the master its configuration names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master: Option<String>,
     /// Bumped on every change; orders forks against deliveries.
     pub seq: u64,
     pub epochs: Vec<Epoch>,
@@ -457,75 +460,6 @@ pub fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Why a ledger file could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error("cannot read {path}: {err}")]
-    Read { path: PathBuf, err: std::io::Error },
-    #[error("{path} is not a valid ledger ({err}); it was moved to {moved} and replguard starts with no knowledge")]
-    Corrupt {
-        path: PathBuf,
-        err: String,
-        moved: PathBuf,
-    },
-}
-
-/// The ledger file of a link.
-pub fn ledger_path(state_dir: &Path, link: &str) -> PathBuf {
-    state_dir.join(format!("{link}.ledger.json"))
-}
-
-/// Loads a ledger. `Ok(None)`: no file (no knowledge). A corrupt file is moved aside and
-/// reported; the caller starts empty.
-pub fn load(path: &Path) -> Result<Option<LedgerData>, LoadError> {
-    let text = match std::fs::read(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(err) => {
-            return Err(LoadError::Read {
-                path: path.into(),
-                err,
-            })
-        }
-    };
-    let parsed: Result<LedgerData, String> = serde_json::from_slice(&text)
-        .map_err(|e| e.to_string())
-        .and_then(|d: LedgerData| {
-            if d.version == LEDGER_VERSION {
-                Ok(d)
-            } else {
-                Err(format!("unsupported version {}", d.version))
-            }
-        });
-    match parsed {
-        Ok(d) => Ok(Some(d)),
-        Err(err) => {
-            let moved = path.with_extension(format!("corrupt-{}", now_unix()));
-            let _ = std::fs::rename(path, &moved);
-            Err(LoadError::Corrupt {
-                path: path.into(),
-                err,
-                moved,
-            })
-        }
-    }
-}
-
-/// Writes the ledger by atomic replace: temporary file, fsync, rename, fsync of the directory.
-/// A crash at any point leaves either the old or the new file whole.
-pub fn save(path: &Path, data: &LedgerData) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = path.with_extension("json.tmp");
-    let bytes = serde_json::to_vec_pretty(data).expect("ledger serializes");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -597,23 +531,5 @@ mod tests {
         assert!(l.is_unrelated(&view(C, NO_REPLID, -1, 0)));
         assert!(!l.is_unrelated(&view(C, A, 11, 0)));
         assert!(!l.is_unrelated(&view(A, NO_REPLID, -1, 10)));
-    }
-
-    #[test]
-    fn save_and_load_round_trip_and_corruption_means_no_knowledge() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = ledger_path(dir.path(), "main");
-        assert_eq!(load(&p).unwrap(), None);
-        let mut l = LedgerData::new();
-        l.deliver("127.0.0.1:6380", A, 42, true);
-        save(&p, &l).unwrap();
-        assert_eq!(load(&p).unwrap(), Some(l));
-        std::fs::write(&p, b"{ not json").unwrap();
-        match load(&p) {
-            Err(LoadError::Corrupt { moved, .. }) => assert!(moved.exists()),
-            other => panic!("{other:?}"),
-        }
-        assert!(!p.exists());
-        assert_eq!(load(&p).unwrap(), None);
     }
 }

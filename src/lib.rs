@@ -69,6 +69,7 @@ pub mod resp;
 pub mod server;
 pub mod session;
 pub mod stats;
+pub mod store;
 pub mod stream;
 pub mod verdict;
 pub mod watch;

@@ -59,6 +59,7 @@ impl LinkCtx {
         let guard = Guard::open(
             state_dir,
             &cfg.name,
+            &cfg.master,
             cfg.unknown_replica,
             cfg.allow_empty_master,
         );
@@ -215,7 +216,7 @@ pub async fn serve(
                 debug!("replica connected");
                 let end = session::run(link2.clone(), sock, stats.clone(), cancel2).await;
                 link2.sessions.remove(&id);
-                finish(&link2, &stats, end);
+                finish(&link2, &stats, end).await;
                 drop(permit);
             }
             .instrument(span),
@@ -234,12 +235,12 @@ fn record_delivery(link: &LinkCtx, s: &SessionSnapshot, open: bool) {
 }
 
 /// Logs the end of a session with its books, at a level chosen by whose fault it was.
-fn finish(link: &LinkCtx, stats: &SessionStats, end: Result<(), SessionEnd>) {
+async fn finish(link: &LinkCtx, stats: &SessionStats, end: Result<(), SessionEnd>) {
     let s = stats.snapshot();
     link.counters.add_ended(&s);
     if s.state == SessionState::Streaming {
         record_delivery(link, &s, false);
-        link.guard.save_if_dirty(&link.cfg.name);
+        link.guard.save_if_dirty().await;
     }
     let reason = match &end {
         Ok(()) => "completed".to_string(),
@@ -294,7 +295,7 @@ pub async fn keep(link: Arc<LinkCtx>, cancel: CancellationToken) {
             }
         }
         link.record_live_deliveries();
-        link.guard.save_if_dirty(&link.cfg.name);
+        link.guard.save_if_dirty().await;
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(LEDGER_FLUSH_EVERY.min(poll_every)) => {}

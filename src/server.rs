@@ -10,6 +10,7 @@
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::link::{self, LinkCtx};
+use crate::store::StateDirLock;
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,12 +31,15 @@ pub struct Running {
     cancel: CancellationToken,
     tracker: TaskTracker,
     grace: Duration,
+    /// Held until the proxy has stopped and saved its ledgers.
+    _state_lock: StateDirLock,
 }
 
 /// Binds every listener and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create state_dir {}", config.state_dir.display()))?;
+    let state_lock = StateDirLock::acquire(&config.state_dir)?;
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let mut links = Vec::new();
@@ -89,6 +93,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         cancel,
         tracker,
         grace: Duration::from_millis(config.shutdown_grace_ms),
+        _state_lock: state_lock,
     })
 }
 
@@ -105,7 +110,7 @@ impl Running {
             warn!(grace = ?self.grace, "some tasks did not finish within the shutdown grace period");
         }
         for link in &self.links {
-            link.guard.save_if_dirty(&link.cfg.name);
+            link.guard.save_if_dirty().await;
         }
         info!("stopped");
     }
