@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::kvrocks_real::{cluster, kvrocks_bin, settle, wrong_keys, KeyWriter, Kvrocks, NodeCfg};
+use common::kvrocks_real::{
+    cluster, kvrocks_bin, settle, slaveof, wrong_keys, KeyWriter, Kvrocks, NodeCfg,
+};
 use common::Proxy;
 use std::path::Path;
 use std::time::Duration;
@@ -212,4 +214,138 @@ fn real_kvrocks_rsid_off_both_sides_killed_replica_resumes_without_full_sync() {
         p.metric("replguard_verdicts_total", "verdict=\"force_full\""),
         0.0
     );
+}
+
+/// The value of `key` on `node`, or `None`.
+fn get(node: &Kvrocks, key: &str) -> Option<String> {
+    match node.client().cmd(&["GET", key]) {
+        common::Reply::BulkString(b) => Some(String::from_utf8(b).unwrap()),
+        _ => None,
+    }
+}
+
+/// Standalone, default configuration (no rsid): a replica detached with `SLAVEOF NO ONE`
+/// writes at the same sequence as the master, then re-attaches (apache/kvrocks#462).
+fn kvrocks_462(bin: &Path, guard: Option<&str>) -> (Kvrocks, Kvrocks, Option<Proxy>) {
+    let node = NodeCfg {
+        cluster: false,
+        rsid: false,
+    };
+    let master = Kvrocks::start(bin, node, &[]);
+    let replica = Kvrocks::start(bin, node, &[]);
+    let proxy = guard.map(|g| Proxy::start_kvrocks(master.port, g, ""));
+    let via = proxy.as_ref().map_or(master.addr(), Proxy::link_addr);
+    assert_eq!(master.client().text(&["SET", "k0", "v0"]), "OK");
+    slaveof(&replica, via);
+    settle(&master, &replica, "m1", Duration::from_secs(30));
+    assert_eq!(replica.client().text(&["SLAVEOF", "NO", "ONE"]), "OK");
+    assert_eq!(replica.client().text(&["SET", "test", "222"]), "OK");
+    assert_eq!(master.client().text(&["SET", "test", "111"]), "OK");
+    slaveof(&replica, via);
+    settle(&master, &replica, "m2", Duration::from_secs(30));
+    (master, replica, proxy)
+}
+
+#[test]
+fn real_kvrocks_462_a_detached_replica_write_is_not_resumed_over() {
+    let Some(bin) = kvrocks_bin("real_kvrocks_462_a_detached_replica_write_is_not_resumed_over")
+    else {
+        return;
+    };
+    let (_m, r, _) = kvrocks_462(&bin, None);
+    assert_eq!(
+        get(&r, "test").as_deref(),
+        Some("222"),
+        "directly the replica keeps its own value and streams on"
+    );
+    let (m, r, p) = kvrocks_462(&bin, Some("enforce"));
+    let p = p.unwrap();
+    assert_eq!(get(&r, "test").as_deref(), Some("111"));
+    assert_eq!(get(&r, "k0").as_deref(), Some("v0"));
+    assert_eq!(p.verdicts("force_full", "beyond_delivered"), 1.0);
+    // Its first attach asked for sequence 1 (it held nothing): the forced one is the only one.
+    assert_eq!(m.stat("sync_full"), 1);
+}
+
+#[test]
+fn real_kvrocks_rsid_off_both_sides_resumes_plainly_across_a_replguard_restart() {
+    let Some(bin) =
+        kvrocks_bin("real_kvrocks_rsid_off_both_sides_resumes_plainly_across_a_replguard_restart")
+    else {
+        return;
+    };
+    let node = NodeCfg {
+        cluster: true,
+        rsid: false,
+    };
+    let master = Kvrocks::start(&bin, node, &[]);
+    let replica = Kvrocks::start(&bin, node, &[]);
+    let mut p = Proxy::start_kvrocks(master.port, "enforce", "");
+    cluster(&master, None, p.link_addr(), 1);
+    assert_eq!(master.client().text(&["SET", "k0", "v0"]), "OK");
+    cluster(&master, Some(&replica), p.link_addr(), 2);
+    settle(&master, &replica, "m1", Duration::from_secs(30));
+    let full = master.stat("sync_full");
+    let writer = KeyWriter::start(master.port);
+    std::thread::sleep(Duration::from_millis(300));
+    p.stop();
+    std::thread::sleep(Duration::from_millis(300));
+    p.resume();
+    std::thread::sleep(Duration::from_millis(300));
+    let n = writer.pause();
+    settle(&master, &replica, "m2", Duration::from_secs(30));
+    assert_eq!(wrong_keys(&replica, n), Vec::<String>::new());
+    assert_eq!(master.stat("sync_full"), full, "no full sync");
+    assert_eq!(
+        p.metric("replguard_verdicts_total", "verdict=\"force_full\""),
+        0.0
+    );
+    let s = p.status();
+    let next = s["links"][0]["sessions"]
+        .as_array()
+        .and_then(|v| v.iter().find_map(|s| s["kvrocks"]["next_seq"].as_u64()))
+        .unwrap_or_else(|| panic!("the replica's live books: {s:#}"));
+    assert!(next > n, "books up to sequence {next} after {n} keys");
+}
+
+#[test]
+fn real_kvrocks_seed_setup_restart_right_after_a_full_sync() {
+    let Some(bin) = kvrocks_bin("real_kvrocks_seed_setup_restart_right_after_a_full_sync") else {
+        return;
+    };
+    let master = Kvrocks::start(
+        &bin,
+        NodeCfg {
+            cluster: true,
+            rsid: false,
+        },
+        &[],
+    );
+    let mut replica = Kvrocks::start(
+        &bin,
+        NodeCfg {
+            cluster: true,
+            rsid: true,
+        },
+        &[],
+    );
+    let p = Proxy::start_kvrocks(master.port, "enforce", "");
+    cluster(&master, None, p.link_addr(), 1);
+    for i in 0..50 {
+        assert_eq!(master.client().text(&["SET", &format!("a{i}"), "1"]), "OK");
+    }
+    cluster(&master, Some(&replica), p.link_addr(), 2);
+    settle(&master, &replica, "m1", Duration::from_secs(30));
+    // Restarted as soon as its full sync is in: its start-up write takes the sequence after
+    // the checkpoint.
+    replica.kill9();
+    assert_eq!(master.client().text(&["SET", "during", "1"]), "OK");
+    replica.start_again();
+    settle(&master, &replica, "m2", Duration::from_secs(30));
+    assert_eq!(get(&replica, "during").as_deref(), Some("1"));
+    for i in 0..50 {
+        assert_eq!(get(&replica, &format!("a{i}")).as_deref(), Some("1"));
+    }
+    assert_eq!(master.stat("sync_full"), 2, "one full sync per attach");
+    assert_eq!(p.metric("replguard_unsafe_resumes_accepted_total", ""), 0.0);
 }
