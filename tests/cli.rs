@@ -5,11 +5,84 @@ mod common;
 
 use common::*;
 use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
 
 fn replguard() -> Command {
     Command::new(env!("CARGO_BIN_EXE_replguard"))
+}
+
+/// A `replguard run` process with its stderr in a file; killed and reaped when dropped, also
+/// when the test fails.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `replguard run --config <config>`; `setup` adjusts the command (env, cwd).
+    fn run(config: &Path, log: &Path, setup: impl FnOnce(&mut Command)) -> Proc {
+        let mut cmd = replguard();
+        cmd.args(["run", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(log).unwrap()));
+        setup(&mut cmd);
+        Proc {
+            child: cmd.spawn().unwrap(),
+            log: log.to_path_buf(),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the log to contain `what`.
+    fn wait_log(&self, what: &str) {
+        wait_for(
+            Duration::from_secs(20),
+            &format!("{what:?} in the log"),
+            || self.log().contains(what).then_some(()),
+        );
+    }
+
+    /// Waits for the process to exit on its own.
+    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        wait_for(limit, "replguard to exit", || {
+            self.child.try_wait().unwrap()
+        })
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `GET path` on the admin listener on `port`: the body of a 200 answer, None otherwise.
+fn try_get(port: u16, path: &str) -> Option<String> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
 }
 
 /// `replguard check --config <path>`: (exit code, stdout, stderr).
@@ -73,41 +146,15 @@ fn run_relays_and_stops_gracefully_on_sigterm() {
     assert_eq!(m.client().text(&["DEBUG", "POPULATE", "1000"]), "OK");
     let dir = tempfile::tempdir().unwrap();
     let bin = BinConfig::new(dir.path(), m.port, Kind::Redis);
-    let (port, cfg) = (bin.port, &bin.path);
-    let mut child = replguard()
-        .args(["run", "--config"])
-        .arg(cfg)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let r = replica_of(Kind::Redis, port, &[]);
+    let mut rg = Proc::run(&bin.path, &dir.path().join("rg.log"), |_| {});
+    let r = replica_of(Kind::Redis, bin.port, &[]);
     wait_converged(&m, &r, Duration::from_secs(60));
     assert!(dir.path().join("state").is_dir());
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "replguard did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    rg.signal("-TERM");
+    let status = rg.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
-    let mut log = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+    let log = rg.log();
     assert!(log.contains("SIGTERM received"), "{log}");
     assert!(log.contains("session ended"), "{log}");
     assert!(log.contains("reason=replguard is shutting down"), "{log}");
@@ -127,24 +174,10 @@ fn sighup_repoints_a_link_and_keeps_running_on_a_bad_file() {
     let dir = tempfile::tempdir().unwrap();
     let bin = BinConfig::new(dir.path(), m1.port, Kind::Redis);
     let (port, admin, cfg) = (bin.port, bin.admin, &bin.path);
-    let log = dir.path().join("rg.log");
-    let mut child = replguard()
-        .args(["run", "--config"])
-        .arg(cfg)
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .spawn()
-        .unwrap();
+    let rg = Proc::run(cfg, &dir.path().join("rg.log"), |_| {});
     let master_of = || -> Option<String> {
-        let body = std::panic::catch_unwind(|| http(admin, "GET", "/status")).ok()?;
-        let st: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let st: serde_json::Value = serde_json::from_str(&try_get(admin, "/status")?).ok()?;
         st["links"][0]["master"].as_str().map(str::to_string)
-    };
-    let hup = || {
-        assert!(Command::new("kill")
-            .args(["-HUP", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success())
     };
     let want1 = format!("127.0.0.1:{}", m1.port);
     wait_for(Duration::from_secs(20), "replguard up", || {
@@ -152,17 +185,8 @@ fn sighup_repoints_a_link_and_keeps_running_on_a_bad_file() {
     });
 
     std::fs::write(cfg, "links: [").unwrap();
-    hup();
-    wait_for(
-        Duration::from_secs(20),
-        "the reload error in the log",
-        || {
-            std::fs::read_to_string(&log)
-                .ok()?
-                .contains("configuration not reloaded")
-                .then_some(())
-        },
-    );
+    rg.signal("-HUP");
+    rg.wait_log("configuration not reloaded");
     assert_eq!(
         master_of().as_deref(),
         Some(want1.as_str()),
@@ -170,7 +194,7 @@ fn sighup_repoints_a_link_and_keeps_running_on_a_bad_file() {
     );
 
     bin.write(m2.port, Kind::Redis);
-    hup();
+    rg.signal("-HUP");
     let want2 = format!("127.0.0.1:{}", m2.port);
     wait_for(Duration::from_secs(20), "the link re-pointed", || {
         (master_of()? == want2).then_some(())
@@ -178,6 +202,4 @@ fn sighup_repoints_a_link_and_keeps_running_on_a_bad_file() {
     let mut c = Client::connect(port).unwrap();
     assert_eq!(c.text(&["SET", "via-link", "1"]), "OK");
     assert_eq!(m2.client().text(&["GET", "via-link"]), "1");
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
