@@ -5,7 +5,8 @@
 //! 1. the text is parsed as a YAML document (a syntax error is the one problem, with its line);
 //! 2. the document is walked against [`SCHEMA`]: every unknown field, missing required field and
 //!    value of the wrong type is a problem at its path;
-//! 3. serde builds the [`Config`] and `validate` adds the semantic problems (addresses, names, limits, credentials). When step 2
+//! 3. serde builds the [`Config`], relative paths are taken from the file's folder, and
+//!    `validate` adds the semantic problems (addresses, names, limits, credentials). When step 2
 //!    found problems, step 3 runs on the document with stand-ins where values are missing or
 //!    unusable, and keeps only the problems that do not touch those places.
 
@@ -289,14 +290,25 @@ impl AuthConfig {
 }
 
 impl Config {
-    /// Reads, parses and validates a configuration file.
+    /// Reads, parses and validates a configuration file. Relative paths in it (`state_dir`,
+    /// `auth.password_file`) are taken from the file's folder, whatever the working directory.
     pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
         let (name, text) = read_file(path)?;
-        Self::from_yaml(&text, &name)
+        Self::from_yaml_in(&text, &name, Some(&base_dir(path)))
     }
 
-    /// Parses and validates YAML text; `source_name` names it in errors.
+    /// Parses and validates YAML text; `source_name` names it in errors. Relative paths stay
+    /// relative to the working directory.
     pub fn from_yaml(text: &str, source_name: &str) -> Result<Config, ConfigError> {
+        Self::from_yaml_in(text, source_name, None)
+    }
+
+    /// Parses and validates YAML text, taking relative paths from `base_dir` when given.
+    pub fn from_yaml_in(
+        text: &str,
+        source_name: &str,
+        base_dir: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
         let fail = |problems| ConfigError {
             source_name: source_name.to_string(),
             problems,
@@ -308,7 +320,7 @@ impl Config {
 
         if walk.problems.is_empty() {
             let de = serde_yaml::Deserializer::from_str(text);
-            let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
                 let path = yaml_path(&e.path().to_string());
                 let inner = e.into_inner();
                 let mut message = inner.to_string();
@@ -318,6 +330,7 @@ impl Config {
                 }
                 fail(vec![ConfigProblem { path, message }])
             })?;
+            config.resolve_paths(base_dir);
             let problems = walk.in_document_order(config.validate());
             return if problems.is_empty() {
                 Ok(config)
@@ -329,7 +342,8 @@ impl Config {
         // The document has the stand-ins the walk put in, so it deserializes; the semantic
         // problems that touch a stand-in (or a removed field) say nothing about the file.
         let mut problems = std::mem::take(&mut walk.problems);
-        if let Ok(config) = serde_yaml::from_value::<Config>(doc) {
+        if let Ok(mut config) = serde_yaml::from_value::<Config>(doc) {
+            config.resolve_paths(base_dir);
             problems.extend(
                 config
                     .validate()
@@ -364,6 +378,17 @@ impl Config {
                 Ty::Text(ADDRESS).describe(),
                 describe_value(other)
             ))),
+        }
+    }
+
+    /// Takes relative `state_dir` and `auth.password_file` from `base_dir`.
+    fn resolve_paths(&mut self, base_dir: Option<&Path>) {
+        let Some(base) = base_dir else { return };
+        self.state_dir = resolve_path(base, &self.state_dir);
+        for link in &mut self.links {
+            if let Some(f) = link.auth.as_mut().and_then(|a| a.password_file.as_mut()) {
+                *f = resolve_path(base, f);
+            }
         }
     }
 
@@ -849,6 +874,32 @@ fn read_file(path: &Path) -> Result<(String, String), ConfigError> {
     }
 }
 
+/// The folder relative paths in the file at `path` are taken from, made absolute so that what
+/// replguard logs and uses does not depend on the working directory.
+fn base_dir(path: &Path) -> PathBuf {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
+/// `p` taken from `base` when relative (leading `./` dropped); absolute and empty paths as is.
+fn resolve_path(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() || p.as_os_str().is_empty() {
+        return p.to_path_buf();
+    }
+    let rest: PathBuf = p
+        .components()
+        .skip_while(|c| matches!(c, std::path::Component::CurDir))
+        .collect();
+    if rest.as_os_str().is_empty() {
+        base.to_path_buf()
+    } else {
+        base.join(rest)
+    }
+}
+
 fn syntax_problem(e: &serde_yaml::Error) -> ConfigProblem {
     ConfigProblem {
         path: "(yaml)".into(),
@@ -1250,6 +1301,43 @@ links:
         let policies =
             [UnknownReplica::Full, UnknownReplica::Pass].map(|u| serde_yaml::to_value(u).unwrap());
         assert_eq!(names(policies.to_vec()), choices("unknown_replica"));
+    }
+
+    #[test]
+    fn relative_paths_are_taken_from_the_files_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pw"), "s3cret\n").unwrap();
+        let y = GOOD.replace(
+            "guard: enforce",
+            "guard: enforce\n    auth: { password_file: ./pw }",
+        );
+        let c = Config::from_yaml_in(&y, "t.yaml", Some(dir.path())).unwrap();
+        assert_eq!(c.state_dir, dir.path().join("state"));
+        let pw = c.links[0].auth.as_ref().unwrap();
+        assert_eq!(
+            pw.password_file.as_deref(),
+            Some(dir.path().join("pw").as_path())
+        );
+        assert_eq!(pw.resolve().unwrap().password, "s3cret");
+
+        let f = dir.path().join("rg.yaml");
+        std::fs::write(&f, GOOD.replace("./state", "/abs/state")).unwrap();
+        assert_eq!(
+            Config::load_file(&f).unwrap().state_dir,
+            Path::new("/abs/state")
+        );
+        std::fs::write(&f, GOOD.replace("./state", "../up")).unwrap();
+        assert_eq!(
+            Config::load_file(&f).unwrap().state_dir,
+            dir.path().join("../up")
+        );
+        // Not found beside the working directory: the problem names the resolved file.
+        let p = problems(&y);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("links[0].auth: cannot read password file ./pw"),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -85,6 +85,13 @@ fn try_get(port: u16, path: &str) -> Option<String> {
     head.starts_with("HTTP/1.1 200").then(|| body.to_string())
 }
 
+/// Waits until the admin listener on `port` answers `/status`; returns it.
+fn status_json(port: u16) -> serde_json::Value {
+    wait_for(Duration::from_secs(20), "the admin listener", || {
+        serde_json::from_str(&try_get(port, "/status")?).ok()
+    })
+}
+
 /// `replguard check --config <path>`: (exit code, stdout, stderr).
 fn check(path: impl AsRef<std::ffi::OsStr>) -> (Option<i32>, String, String) {
     let out = replguard()
@@ -202,4 +209,47 @@ fn sighup_repoints_a_link_and_keeps_running_on_a_bad_file() {
     let mut c = Client::connect(port).unwrap();
     assert_eq!(c.text(&["SET", "via-link", "1"]), "OK");
     assert_eq!(m2.client().text(&["GET", "via-link"]), "1");
+}
+
+#[test]
+fn relative_paths_are_taken_from_the_config_files_folder() {
+    let etc = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::write(etc.path().join("main.pw"), "s3cret\n").unwrap();
+    let cfg = etc.path().join("rg.yaml");
+    let admin = free_port();
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir: state\nadmin: {{ listen: 127.0.0.1:{admin} }}\nlinks:\n  - {{ name: main, listen: 127.0.0.1:{}, master: 127.0.0.1:{}, flavor: redis, guard: enforce, auth: {{ password_file: ./main.pw }} }}\n",
+            free_port(),
+            free_port()
+        ),
+    )
+    .unwrap();
+
+    // `check` from another working directory finds the password file beside the config.
+    let out = replguard()
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let _rg = Proc::run(&cfg, &elsewhere.path().join("rg.log"), |c| {
+        c.current_dir(elsewhere.path());
+    });
+    let st = status_json(admin);
+    let ledger = st["links"][0]["ledger"]["ledger_file"].as_str().unwrap();
+    assert_eq!(
+        Path::new(ledger),
+        etc.path().join("state").join("main.ledger.json")
+    );
+    assert!(etc.path().join("state").is_dir());
+    assert!(!elsewhere.path().join("state").exists());
 }
