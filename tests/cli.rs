@@ -147,6 +147,74 @@ fn check_lists_every_problem_and_exits_1() {
     assert!(err.contains("cannot read"), "{err}");
 }
 
+/// The problems `check` printed: the lines under the "N problems" header.
+fn listed(err: &str) -> Vec<&str> {
+    err.lines().skip(1).map(str::trim).collect()
+}
+
+#[test]
+fn check_lists_unknown_missing_and_semantic_problems_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("typos.yaml");
+    std::fs::write(
+        &f,
+        "state_dir: ./s
+admin: { listen: 127.0.0.1:9121 }
+links:
+  - name: main
+    listen: 127.0.0.1:7000
+    master: 127.0.0.1:6379
+    flavour: redis
+    guard: enforce
+    max_session: 10
+  - { name: b, listen: 127.0.0.1:9121, master: 127.0.0.1:6379, flavor: redis, guard: enforce }
+",
+    )
+    .unwrap();
+    let (code, out, err) = check(&f);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        err.starts_with(&format!("{}: 4 problems\n", f.display())),
+        "{err}"
+    );
+    assert_eq!(
+        listed(&err),
+        [
+            "links[0].flavor: missing (required)",
+            "links[0].flavour: unknown field `flavour` (did you mean `flavor`?)",
+            "links[0].max_session: unknown field `max_session` (did you mean `max_sessions`?)",
+            "links[1].listen: 127.0.0.1:9121 is already used by admin.listen",
+        ]
+    );
+
+    let f = dir.path().join("missing.yaml");
+    std::fs::write(
+        &f,
+        "admin: { listen: 127.0.0.1:9121 }\nlinks:\n  - { name: main, listen: 127.0.0.1:7000 }\n",
+    )
+    .unwrap();
+    let (code, out, err) = check(&f);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert_eq!(
+        listed(&err),
+        [
+            "state_dir: missing (required)",
+            "links[0].master: missing (required)",
+            "links[0].flavor: missing (required)",
+            "links[0].guard: missing (required)",
+        ]
+    );
+
+    std::fs::write(&f, "state_dir: s\nlinks: [\n").unwrap();
+    let (code, _, err) = check(&f);
+    assert_eq!(code, Some(1));
+    assert_eq!(listed(&err).len(), 1, "{err}");
+    assert!(
+        err.contains("(yaml): ") && err.contains("at line 3 column 1"),
+        "{err}"
+    );
+}
+
 #[test]
 fn run_relays_and_stops_gracefully_on_sigterm() {
     let m = Server::start(Kind::Redis, &["--repl-diskless-sync", "no"]);
