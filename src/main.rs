@@ -69,7 +69,9 @@ fn main() -> ExitCode {
             match rt.block_on(run(cfg, &config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e:#}");
+                    // Straight to stderr: REPLGUARD_LOG may filter out every log line, and the
+                    // reason replguard stopped must never be one of them.
+                    eprintln!("replguard: {e:#}");
                     ExitCode::FAILURE
                 }
             }
@@ -98,14 +100,90 @@ async fn run(cfg: Config, path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Logs to stderr with the `REPLGUARD_LOG` filter; one that cannot be used as given (empty,
+/// unparsable, or naming something that is neither a level nor `target=level`) is reported and
+/// replaced by `info`, so a typo never silences replguard.
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("REPLGUARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, warning) = match std::env::var("REPLGUARD_LOG") {
+        Err(std::env::VarError::NotPresent) => (EnvFilter::new("info"), None),
+        Err(std::env::VarError::NotUnicode(raw)) => (
+            EnvFilter::new("info"),
+            Some(format!(
+                "REPLGUARD_LOG={raw:?} is not UTF-8; logging at info instead"
+            )),
+        ),
+        Ok(raw) => match log_filter(&raw) {
+            Ok(f) => (f, None),
+            Err(why) => (
+                EnvFilter::new("info"),
+                Some(format!(
+                    "REPLGUARD_LOG={raw:?} {why}; logging at info instead"
+                )),
+            ),
+        },
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
+    if let Some(w) = warning {
+        tracing::warn!("{w}");
+    }
+}
+
+/// The filter `REPLGUARD_LOG` asks for, or why it cannot be used.
+///
+/// `tracing` reads a bare word that is not a level as a target (`verbose` means "everything from
+/// a module named verbose, nothing else"), which would silently turn replguard's logging off;
+/// bare words must therefore be levels or replguard's own modules.
+fn log_filter(raw: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    use tracing::level_filters::LevelFilter;
+    if raw.trim().is_empty() {
+        return Err("is empty".into());
+    }
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .parse(raw)
+        .map_err(|e| format!("is not a filter ({e})"))?;
+    if !raw.contains(['[', '{']) {
+        for d in raw.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+            let ours = d == "replguard" || d.starts_with("replguard::");
+            if !(d.contains('=') || ours || d.parse::<LevelFilter>().is_ok()) {
+                return Err(format!(
+                    "is not a filter: `{d}` is neither a level (trace, debug, info, warn, error, off) nor target=level (e.g. replguard::session=debug)"
+                ));
+            }
+        }
+    }
+    Ok(filter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn log_filters_that_would_silence_replguard_are_refused() {
+        for ok in [
+            "info",
+            "DEBUG",
+            "warn,replguard::session=trace",
+            "replguard",
+            "h2=debug,info",
+        ] {
+            assert!(log_filter(ok).is_ok(), "{ok}");
+        }
+        for (bad, why) in [
+            ("verbose", "`verbose` is neither a level"),
+            ("info,verbose", "`verbose` is neither a level"),
+            ("", "is empty"),
+            ("  ", "is empty"),
+            ("replguard=loud", "is not a filter ("),
+        ] {
+            let e = log_filter(bad).unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+    }
 }

@@ -321,3 +321,66 @@ fn relative_paths_are_taken_from_the_config_files_folder() {
     assert!(etc.path().join("state").is_dir());
     assert!(!elsewhere.path().join("state").exists());
 }
+
+/// A one-link configuration in `dir` whose link listens on `listen` and whose master nobody
+/// listens on; returns (path, admin port).
+fn idle_config(dir: &Path, listen: u16) -> (PathBuf, u16) {
+    let admin = free_port();
+    let path = dir.join("rg.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "state_dir: state\nadmin: {{ listen: 127.0.0.1:{admin} }}\nlinks:\n  - {{ name: main, listen: 127.0.0.1:{listen}, master: 127.0.0.1:{}, flavor: redis, guard: enforce }}\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    (path, admin)
+}
+
+#[test]
+fn a_bad_log_filter_is_reported_and_logging_falls_back_to_info() {
+    for (value, why) in [
+        (
+            "verbose",
+            "REPLGUARD_LOG=\"verbose\" is not a filter: `verbose` is neither a level",
+        ),
+        ("", "REPLGUARD_LOG=\"\" is empty"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, admin) = idle_config(dir.path(), free_port());
+        let rg = Proc::run(&cfg, &dir.path().join("rg.log"), |c| {
+            c.env("REPLGUARD_LOG", value);
+        });
+        // INFO lines: the fallback level.
+        rg.wait_log("admin ready");
+        let log = rg.log();
+        let warning = log
+            .lines()
+            .find(|l| l.contains(why))
+            .unwrap_or_else(|| panic!("no warning about {value:?}:\n{log}"));
+        assert!(warning.contains("WARN"), "{warning}");
+        assert!(warning.ends_with("logging at info instead"), "{warning}");
+        assert!(status_json(admin)["links"][0]["name"] == "main");
+    }
+}
+
+#[test]
+fn a_bind_failure_is_printed_even_with_logging_off() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _) = idle_config(dir.path(), port);
+    let mut rg = Proc::run(&cfg, &dir.path().join("rg.log"), |c| {
+        c.env("REPLGUARD_LOG", "off");
+    });
+    let status = rg.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1));
+    let log = rg.log();
+    assert!(
+        log.contains(&format!(
+            "link main: cannot listen on 127.0.0.1:{port}: Address already in use"
+        )),
+        "{log}"
+    );
+}
