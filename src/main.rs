@@ -1,7 +1,8 @@
-//! The `replguard` command line: `run` and `check`.
+//! The `replguard` command line: `run`, `check` and `status`.
 
 use clap::{Parser, Subcommand};
-use replguard::config::Config;
+use replguard::config::{parse_addr, Config};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -30,11 +31,63 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print a running replguard's books: one line per session, then held replicas.
+    ///
+    /// Exit code 0: nothing to attend to; 2: a replica is held or lags; 1: replguard's admin
+    /// listener cannot be read.
+    #[command(group = clap::ArgGroup::new("target").required(true))]
+    Status {
+        /// The running replguard's configuration file; only admin.listen is read.
+        #[arg(long, short, group = "target")]
+        config: Option<PathBuf>,
+        /// The admin listener's address (IP:port), instead of --config.
+        #[arg(long, group = "target", value_parser = parse_addr)]
+        admin: Option<SocketAddr>,
+        /// A replica lags when its oldest unacknowledged byte is older than this.
+        #[arg(long, default_value_t = 10.0, value_parser = parse_seconds)]
+        max_lag_seconds: f64,
+    },
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds (0 or more)")),
+    }
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Usage errors exit 1, not clap's 2: `status` keeps 2 for "a replica needs attention".
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     match cli.command {
+        Cmd::Status {
+            config,
+            admin,
+            max_lag_seconds,
+        } => {
+            let listen = match (admin, config) {
+                (Some(addr), _) => addr,
+                (None, Some(path)) => match Config::admin_listen_in_file(&path) {
+                    Ok(addr) => addr,
+                    Err(e) => {
+                        eprint!("{e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+                (None, None) => unreachable!("clap requires --config or --admin"),
+            };
+            status(listen, max_lag_seconds)
+        }
         Cmd::Check { config } => match Config::load_file(&config) {
             Ok(c) => {
                 println!(
@@ -77,6 +130,38 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `replguard status`: prints the books of the replguard whose admin listener is at `listen`.
+fn status(listen: SocketAddr, max_lag_seconds: f64) -> ExitCode {
+    use replguard::status;
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("replguard status: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let doc = match rt.block_on(status::fetch(status::connect_addr(listen), status::TIMEOUT)) {
+        Ok(doc) => doc,
+        Err(e) => {
+            eprintln!("replguard status: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = status::report(&doc, max_lag_seconds);
+    print!("{}", report.text);
+    if report.attention.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    println!();
+    for a in &report.attention {
+        println!("attention: {a}");
+    }
+    ExitCode::from(2)
 }
 
 /// Runs until SIGTERM/SIGINT; SIGHUP re-reads the configuration file.

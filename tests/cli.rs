@@ -384,3 +384,124 @@ fn a_bind_failure_is_printed_even_with_logging_off() {
         "{log}"
     );
 }
+
+/// `replguard status <args>`: (exit code, stdout, stderr).
+fn status_cmd(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = replguard().arg("status").args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The session lines of `status` output: the rows under the `LINK  REPLICA ...` header.
+fn session_rows(out: &str) -> Vec<Vec<&str>> {
+    out.lines()
+        .skip_while(|l| !l.starts_with("LINK  REPLICA"))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .map(|l| l.split_whitespace().collect())
+        .collect()
+}
+
+#[test]
+fn status_prints_one_line_per_session_and_exits_0() {
+    let m = Server::start(Kind::Redis, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let bin = BinConfig::new(dir.path(), m.port, Kind::Redis);
+    let _rg = Proc::run(&bin.path, &dir.path().join("rg.log"), |_| {});
+    let r = replica_of(Kind::Redis, bin.port, &[]);
+    wait_converged(&m, &r, Duration::from_secs(60));
+    wait_for(Duration::from_secs(20), "the replica's first ACK", || {
+        let st = status_json(bin.admin);
+        st["links"][0]["sessions"][0]["ack_offset"]
+            .is_u64()
+            .then_some(())
+    });
+    let replid = m.client().info("replication")["master_replid"].clone();
+
+    let cfg = bin.path.to_str().unwrap();
+    let admin = format!("127.0.0.1:{}", bin.admin);
+    for args in [["--config", cfg], ["--admin", admin.as_str()]] {
+        let (code, out, err) = status_cmd(&args);
+        assert_eq!(code, Some(0), "{args:?}\n{out}{err}");
+        assert!(
+            out.contains(&format!(
+                "link main: 127.0.0.1:{} -> 127.0.0.1:{} (redis, guard enforce), 1 session",
+                bin.port, m.port
+            )),
+            "{out}"
+        );
+        let rows = session_rows(&out);
+        assert_eq!(rows.len(), 1, "{out}");
+        let row = &rows[0];
+        assert_eq!(row.len(), 9, "{out}");
+        assert_eq!(
+            row[..5],
+            [
+                "main",
+                &format!("127.0.0.1:{}", r.port),
+                "streaming",
+                "full",
+                &replid[..8]
+            ],
+            "{out}"
+        );
+        for number in &row[5..8] {
+            assert!(number.parse::<u64>().is_ok(), "{out}");
+        }
+        assert!(row[8].parse::<f64>().unwrap() <= 10.0, "{out}");
+    }
+
+    // A stopped replica leaves what it was sent unacknowledged: it lags, and status says so.
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &r.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    assert_eq!(m.client().text(&["SET", "k", "v"]), "OK");
+    let (out, err) = wait_for(Duration::from_secs(20), "status to exit 2", || {
+        let (code, out, err) = status_cmd(&["--config", cfg, "--max-lag-seconds", "1"]);
+        (code == Some(2)).then_some((out, err))
+    });
+    signal("-CONT");
+    assert_eq!(err, "");
+    let attention = format!(
+        "attention: link main: replica 127.0.0.1:{} has not acknowledged bytes sent",
+        r.port
+    );
+    assert!(out.lines().any(|l| l.starts_with(&attention)), "{out}");
+}
+
+#[test]
+fn status_exits_1_when_replguard_cannot_be_reached() {
+    let port = free_port();
+    let (code, out, err) = status_cmd(&["--admin", &format!("127.0.0.1:{port}")]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert_eq!(out, "");
+    assert!(
+        err.starts_with(&format!(
+            "replguard status: cannot reach replguard's admin listener at 127.0.0.1:{port}: Connection refused"
+        )),
+        "{err}"
+    );
+
+    // The address comes from the file just as well; a file without one is a problem of its own.
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, admin) = idle_config(dir.path(), free_port());
+    let (code, _, err) = status_cmd(&["--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(&format!("admin listener at 127.0.0.1:{admin}")),
+        "{err}"
+    );
+    std::fs::write(&cfg, "links: []\n").unwrap();
+    let (code, _, err) = status_cmd(&["--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("admin.listen: missing (required)"), "{err}");
+}
