@@ -505,3 +505,54 @@ fn status_exits_1_when_replguard_cannot_be_reached() {
     assert_eq!(code, Some(1));
     assert!(err.contains("admin.listen: missing (required)"), "{err}");
 }
+
+#[test]
+fn alert_rules_use_only_metrics_replguard_exports() {
+    let proxy = Proxy::start(Kind::Redis, free_port(), "");
+    let metrics = proxy.http_get("/metrics");
+    // name -> counter | gauge, from the `# TYPE` lines (present even with no sessions).
+    let exported: std::collections::HashMap<&str, &str> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .collect();
+
+    let text = std::fs::read_to_string("config/replguard-alerts.yml").unwrap();
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let rules = doc["groups"][0]["rules"].as_sequence().unwrap();
+    let mut alerts = Vec::new();
+    for rule in rules {
+        let alert = rule["alert"].as_str().unwrap();
+        let expr = rule["expr"].as_str().unwrap();
+        let mut used = 0;
+        for (i, _) in expr.match_indices("replguard_") {
+            let name: String = expr[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let kind = exported
+                .get(name.as_str())
+                .unwrap_or_else(|| panic!("{alert}: /metrics has no {name}"));
+            // increase() is for counters; a gauge is compared as it is.
+            let in_increase = expr[..i].ends_with("increase(");
+            assert_eq!(
+                *kind,
+                if in_increase { "counter" } else { "gauge" },
+                "{alert}: {name}"
+            );
+            used += 1;
+        }
+        assert!(used > 0, "{alert} uses no replguard metric");
+        assert!(rule["annotations"]["summary"].is_string(), "{alert}");
+        alerts.push(alert);
+    }
+    assert_eq!(
+        alerts,
+        [
+            "ReplguardUnsafeResumeAccepted",
+            "ReplguardReplicaHeld",
+            "ReplguardEmptyMaster",
+            "ReplguardReplicaLagging"
+        ]
+    );
+}
