@@ -1,6 +1,7 @@
 //! `replguard status`: reads `GET /status` from a running replguard's admin listener and prints
 //! its books, one line per session, with what needs attention: held replicas and replicas that
-//! lag.
+//! lag. Under the table go the held replicas, an empty master, and a ledger that cannot be saved
+//! (when `/status` reports `ledger_last_save_error`).
 //!
 //! The request is a single HTTP/1.1 GET over one connection, bounded in time ([`TIMEOUT`]) and in
 //! size ([`MAX_RESPONSE`]); the admin listener answers with `Connection: close`.
@@ -125,7 +126,8 @@ fn parse_response(buf: &[u8]) -> Result<Value, String> {
 /// What `replguard status` prints, and what needs attention (exit code 2 when not empty).
 #[derive(Debug, Default)]
 pub struct Report {
-    /// The books: the links, one line per session, held replicas.
+    /// The books: the links, one line per session, then the notes (held replicas, an empty
+    /// master, a ledger that cannot be saved).
     pub text: String,
     /// One line per held or lagging replica.
     pub attention: Vec<String>,
@@ -156,7 +158,7 @@ pub fn report(status: &Value, max_lag_seconds: f64) -> Report {
     ]
     .map(String::from)
     .to_vec()];
-    let mut held = Vec::new();
+    let mut notes = Vec::new();
     for link in links {
         let name = text(&link["name"]);
         let sessions = link["sessions"].as_array().map_or(&[][..], Vec::as_slice);
@@ -194,13 +196,19 @@ pub fn report(status: &Value, max_lag_seconds: f64) -> Report {
         }
         let ledger = &link["ledger"];
         if let Some(id) = ledger["empty_master"].as_str() {
-            held.push(format!(
+            notes.push(format!(
                 "link {name}: the master came back empty with a new replication id ({id}); replicas this link filled are held (README, \"When a replica is held\")"
+            ));
+        }
+        if let Some(e) = ledger["ledger_last_save_error"].as_str() {
+            notes.push(format!(
+                "link {name}: the ledger cannot be saved ({} failed saves): {e}",
+                text(&ledger["ledger_save_failures"])
             ));
         }
         if let Some(last) = ledger["last_verdicts"].as_object() {
             for (replica, d) in last.iter().filter(|(_, d)| d["action"] == "held") {
-                held.push(format!(
+                notes.push(format!(
                     "link {name}: replica {replica} is held ({}): {}",
                     text(&d["reason_code"]),
                     text(&d["reason"])
@@ -216,10 +224,10 @@ pub fn report(status: &Value, max_lag_seconds: f64) -> Report {
     } else {
         out.push_str(&table(&rows));
     }
-    if !held.is_empty() {
+    if !notes.is_empty() {
         out.push('\n');
-        for h in held {
-            let _ = writeln!(out, "{h}");
+        for n in notes {
+            let _ = writeln!(out, "{n}");
         }
     }
     r
@@ -369,6 +377,19 @@ main  127.0.0.1:6380  streaming  full  dadf359b  137       130  7          0.4
             r.text
         );
         assert!(r.attention.is_empty());
+    }
+
+    #[test]
+    fn a_ledger_that_cannot_be_saved_is_shown() {
+        let mut st = status(vec![], json!({}));
+        st["links"][0]["ledger"]["ledger_save_failures"] = json!(3);
+        st["links"][0]["ledger"]["ledger_last_save_error"] = json!("No space left on device");
+        let r = report(&st, 10.0);
+        assert!(
+            r.text.ends_with("\nlink main: the ledger cannot be saved (3 failed saves): No space left on device\n"),
+            "{}",
+            r.text
+        );
     }
 
     #[test]
