@@ -1,8 +1,14 @@
-//! The YAML configuration: schema, defaults, and one `validate()` that reports every problem with
-//! its YAML path.
+//! The YAML configuration: schema, defaults, and checks that report every problem with its YAML
+//! path in one go.
 //!
-//! Loading goes `load_file` -> `from_yaml` (serde, unknown fields rejected, the failing path named)
-//! -> `validate` (semantic checks, all problems collected at once).
+//! Loading goes `load_file` -> `from_yaml_in`:
+//! 1. the text is parsed as a YAML document (a syntax error is the one problem, with its line);
+//! 2. the document is walked against [`SCHEMA`]: every unknown field, missing required field and
+//!    value of the wrong type is a problem at its path;
+//! 3. serde builds the [`Config`], relative paths are taken from the file's folder, and
+//!    `validate` adds the semantic problems (addresses, names, limits, credentials). When step 2
+//!    found problems, step 3 runs on the document with stand-ins where values are missing or
+//!    unusable, and keeps only the problems that do not touch those places.
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -284,41 +290,105 @@ impl AuthConfig {
 }
 
 impl Config {
-    /// Reads, parses and validates a configuration file.
+    /// Reads, parses and validates a configuration file. Relative paths in it (`state_dir`,
+    /// `auth.password_file`) are taken from the file's folder, whatever the working directory.
     pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
-        let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            source_name: name.clone(),
-            problems: vec![ConfigProblem {
-                path: "(file)".into(),
-                message: format!("cannot read: {e}"),
-            }],
-        })?;
-        Self::from_yaml(&text, &name)
+        let (name, text) = read_file(path)?;
+        Self::from_yaml_in(&text, &name, Some(&base_dir(path)))
     }
 
-    /// Parses and validates YAML text; `source_name` names it in errors.
+    /// Parses and validates YAML text; `source_name` names it in errors. Relative paths stay
+    /// relative to the working directory.
     pub fn from_yaml(text: &str, source_name: &str) -> Result<Config, ConfigError> {
+        Self::from_yaml_in(text, source_name, None)
+    }
+
+    /// Parses and validates YAML text, taking relative paths from `base_dir` when given.
+    pub fn from_yaml_in(
+        text: &str,
+        source_name: &str,
+        base_dir: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
         let fail = |problems| ConfigError {
             source_name: source_name.to_string(),
             problems,
         };
-        let de = serde_yaml::Deserializer::from_str(text);
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = yaml_path(&e.path().to_string());
-            let inner = e.into_inner();
-            let mut message = inner.to_string();
-            // serde_yaml appends " at line L column C"; keep it, it helps find the spot.
-            if let Some(stripped) = message.strip_prefix(&format!("{path}: ")) {
-                message = stripped.to_string();
+        let mut doc: serde_yaml::Value =
+            serde_yaml::from_str(text).map_err(|e| fail(vec![syntax_problem(&e)]))?;
+        let mut walk = Walk::default();
+        walk.document(&mut doc);
+
+        if walk.problems.is_empty() {
+            let de = serde_yaml::Deserializer::from_str(text);
+            let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+                let path = yaml_path(&e.path().to_string());
+                let inner = e.into_inner();
+                let mut message = inner.to_string();
+                // serde_yaml appends " at line L column C"; keep it, it helps find the spot.
+                if let Some(stripped) = message.strip_prefix(&format!("{path}: ")) {
+                    message = stripped.to_string();
+                }
+                fail(vec![ConfigProblem { path, message }])
+            })?;
+            config.resolve_paths(base_dir);
+            let problems = walk.in_document_order(config.validate());
+            return if problems.is_empty() {
+                Ok(config)
+            } else {
+                Err(fail(problems))
+            };
+        }
+
+        // The document has the stand-ins the walk put in, so it deserializes; the semantic
+        // problems that touch a stand-in (or a removed field) say nothing about the file.
+        let mut problems = std::mem::take(&mut walk.problems);
+        if let Ok(mut config) = serde_yaml::from_value::<Config>(doc) {
+            config.resolve_paths(base_dir);
+            problems.extend(
+                config
+                    .validate()
+                    .into_iter()
+                    .filter(|p| !walk.damaged.iter().any(|d| paths_related(&p.path, d))),
+            );
+        }
+        Err(fail(walk.in_document_order(problems)))
+    }
+
+    /// Reads only `admin.listen` from a configuration file, for commands that talk to a running
+    /// replguard: the rest of the file (credentials the caller cannot read, say) does not matter.
+    pub fn admin_listen_in_file(path: &Path) -> Result<SocketAddr, ConfigError> {
+        let (name, text) = read_file(path)?;
+        let fail = |problems| ConfigError {
+            source_name: name.clone(),
+            problems,
+        };
+        let doc: serde_yaml::Value =
+            serde_yaml::from_str(&text).map_err(|e| fail(vec![syntax_problem(&e)]))?;
+        let problem = |message: String| {
+            fail(vec![ConfigProblem {
+                path: "admin.listen".into(),
+                message,
+            }])
+        };
+        match &doc["admin"]["listen"] {
+            serde_yaml::Value::Null => Err(problem("missing (required)".into())),
+            serde_yaml::Value::String(s) => parse_addr(s).map_err(problem),
+            other => Err(problem(format!(
+                "expected {}, found {}",
+                Ty::Text(ADDRESS).describe(),
+                describe_value(other)
+            ))),
+        }
+    }
+
+    /// Takes relative `state_dir` and `auth.password_file` from `base_dir`.
+    fn resolve_paths(&mut self, base_dir: Option<&Path>) {
+        let Some(base) = base_dir else { return };
+        self.state_dir = resolve_path(base, &self.state_dir);
+        for link in &mut self.links {
+            if let Some(f) = link.auth.as_mut().and_then(|a| a.password_file.as_mut()) {
+                *f = resolve_path(base, f);
             }
-            fail(vec![ConfigProblem { path, message }])
-        })?;
-        let problems = config.validate();
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(fail(problems))
         }
     }
 
@@ -427,6 +497,413 @@ impl Config {
             }
         }
         out
+    }
+}
+
+/// What a field's value must be, as the walk checks it.
+#[derive(Debug)]
+enum Ty {
+    /// A scalar taken as text (numbers and booleans too, as serde reads them); the words say what
+    /// the text should be.
+    Text(&'static str),
+    /// A whole number, 0 or more.
+    Count,
+    Bool,
+    /// One of these words.
+    Choice(&'static [&'static str]),
+    Map(&'static [Field]),
+    List(&'static Ty),
+}
+
+/// Whether a field may be left out, and whether it may be given with no value (`field:`/`~`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Presence {
+    /// Must be given, with a value.
+    Required,
+    /// May be left out (a default applies); when given, needs a value.
+    Defaulted,
+    /// May be left out or given with no value.
+    Optional,
+}
+
+#[derive(Debug)]
+struct Field {
+    name: &'static str,
+    ty: Ty,
+    presence: Presence,
+}
+
+const fn field(name: &'static str, presence: Presence, ty: Ty) -> Field {
+    Field { name, ty, presence }
+}
+
+const ADDRESS: &str = "an IP address with a port (e.g. 127.0.0.1:7000)";
+use Presence::{Defaulted, Optional, Required};
+
+/// The schema the document is walked against; it mirrors the serde types above (a unit test
+/// keeps the two in step).
+const SCHEMA: &[Field] = &[
+    field("state_dir", Required, Ty::Text("a directory path")),
+    field("admin", Required, Ty::Map(ADMIN_FIELDS)),
+    field("links", Required, Ty::List(&Ty::Map(LINK_FIELDS))),
+    field("shutdown_grace_ms", Defaulted, Ty::Count),
+];
+const ADMIN_FIELDS: &[Field] = &[field("listen", Required, Ty::Text(ADDRESS))];
+const LINK_FIELDS: &[Field] = &[
+    field("name", Required, Ty::Text("a name")),
+    field("listen", Required, Ty::Text(ADDRESS)),
+    field("master", Required, Ty::Text(ADDRESS)),
+    field(
+        "flavor",
+        Required,
+        Ty::Choice(&["redis", "valkey", "kvrocks"]),
+    ),
+    field("guard", Required, Ty::Choice(&["enforce", "observe"])),
+    field("max_sessions", Defaulted, Ty::Count),
+    field("announce_replica_ip", Defaulted, Ty::Bool),
+    field("auth", Optional, Ty::Map(AUTH_FIELDS)),
+    field("timeouts", Defaulted, Ty::Map(TIMEOUT_FIELDS)),
+    field("unknown_replica", Defaulted, Ty::Choice(&["full", "pass"])),
+    field("allow_empty_master", Defaulted, Ty::Bool),
+    field("lineage_poll_ms", Defaulted, Ty::Count),
+];
+const AUTH_FIELDS: &[Field] = &[
+    field("user", Optional, Ty::Text("a user name")),
+    field(
+        "password_env",
+        Optional,
+        Ty::Text("an environment variable name"),
+    ),
+    field("password_file", Optional, Ty::Text("a file path")),
+];
+const TIMEOUT_FIELDS: &[Field] = &[
+    field("connect_ms", Defaulted, Ty::Count),
+    field("handshake_step_ms", Defaulted, Ty::Count),
+    field("sync_idle_ms", Defaulted, Ty::Count),
+];
+
+impl Ty {
+    /// What a value of this type is, for "expected ..." messages.
+    fn describe(&self) -> String {
+        match self {
+            Ty::Text(what) => (*what).to_string(),
+            Ty::Count => "a whole number (0 or more)".into(),
+            Ty::Bool => "true or false".into(),
+            Ty::Choice(words) => format!("one of {}", words.join(", ")),
+            Ty::Map(_) => "a mapping (field: value lines)".into(),
+            Ty::List(_) => "a list".into(),
+        }
+    }
+
+    /// A value that deserializes and that `validate` reports only at its own path (or not at
+    /// all): what the walk puts where a required value is missing or unusable.
+    fn stand_in(&self) -> serde_yaml::Value {
+        use serde_yaml::Value;
+        match self {
+            Ty::Text(_) => Value::String(String::new()),
+            Ty::Count => Value::Number(1.into()),
+            Ty::Bool => Value::Bool(false),
+            Ty::Choice(words) => Value::String(words[0].to_string()),
+            Ty::Map(fields) => Value::Mapping(
+                fields
+                    .iter()
+                    .filter(|f| f.presence == Required)
+                    .map(|f| (Value::String(f.name.into()), f.ty.stand_in()))
+                    .collect(),
+            ),
+            Ty::List(_) => Value::Sequence(Vec::new()),
+        }
+    }
+}
+
+/// A YAML value in words, for "found ..." messages.
+fn describe_value(v: &serde_yaml::Value) -> String {
+    use serde_yaml::Value;
+    match v {
+        Value::Null => "no value".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => format!("the number {n}"),
+        Value::String(s) => format!("the text {s:?}"),
+        Value::Sequence(_) => "a list".into(),
+        Value::Mapping(_) => "a mapping".into(),
+        Value::Tagged(t) => format!("a value tagged {}", t.tag),
+    }
+}
+
+/// A mapping key as it reads in a path.
+fn key_text(k: &serde_yaml::Value) -> String {
+    use serde_yaml::Value;
+    match k {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Null => "~".into(),
+        other => format!("({})", describe_value(other)),
+    }
+}
+
+/// The walk of a document against [`SCHEMA`].
+#[derive(Default)]
+struct Walk {
+    problems: Vec<ConfigProblem>,
+    /// Paths that were missing, unusable or unknown: stand-ins or removals there.
+    damaged: Vec<String>,
+    /// Every path seen, numbered in document order (missing fields where their mapping starts).
+    order: HashMap<String, usize>,
+}
+
+impl Walk {
+    fn document(&mut self, doc: &mut serde_yaml::Value) {
+        use serde_yaml::Value;
+        if doc.is_null() {
+            // An empty file: every required field is missing.
+            *doc = Value::Mapping(Default::default());
+        }
+        if doc.is_mapping() {
+            self.mapping("", doc, SCHEMA);
+        } else {
+            let top = Ty::Map(SCHEMA);
+            self.problem(
+                "(top level)",
+                format!(
+                    "expected {} with state_dir, admin and links, found {}",
+                    top.describe(),
+                    describe_value(doc)
+                ),
+            );
+            *doc = top.stand_in();
+            self.damaged.push(String::new());
+        }
+    }
+
+    fn problem(&mut self, path: &str, message: String) {
+        self.problems.push(ConfigProblem {
+            path: path.to_string(),
+            message,
+        });
+    }
+
+    fn seen(&mut self, path: &str) {
+        let n = self.order.len();
+        self.order.entry(path.to_string()).or_insert(n);
+    }
+
+    /// Walks a mapping's entries against `fields`; `map` is a mapping.
+    fn mapping(&mut self, path: &str, map: &mut serde_yaml::Value, fields: &[Field]) {
+        use serde_yaml::Value;
+        let Value::Mapping(m) = map else { return };
+        let join = |name: &str| {
+            if path.is_empty() {
+                name.to_string()
+            } else {
+                format!("{path}.{name}")
+            }
+        };
+        let keys: Vec<Value> = m.keys().cloned().collect();
+        for f in fields {
+            if f.presence == Required && !m.contains_key(f.name) {
+                let p = join(f.name);
+                self.seen(&p);
+                self.problem(&p, "missing (required)".into());
+                m.insert(Value::String(f.name.into()), f.ty.stand_in());
+                self.damaged.push(p);
+            }
+        }
+        for k in keys {
+            let name = key_text(&k);
+            let p = join(&name);
+            self.seen(&p);
+            let Some(f) = fields.iter().find(|f| k.as_str() == Some(f.name)) else {
+                let hint = match closest(&name, fields.iter().map(|f| f.name)) {
+                    Some(near) => format!(" (did you mean `{near}`?)"),
+                    None => format!(
+                        "; the fields here are {}",
+                        fields.iter().map(|f| f.name).collect::<Vec<_>>().join(", ")
+                    ),
+                };
+                self.problem(&p, format!("unknown field `{name}`{hint}"));
+                m.remove(&k);
+                self.damaged.push(p);
+                continue;
+            };
+            let v = m.get_mut(&k).expect("a key of this mapping");
+            if !self.value(&p, v, &f.ty, f.presence) {
+                if f.presence == Required {
+                    *v = f.ty.stand_in();
+                } else {
+                    m.remove(&k);
+                }
+                self.damaged.push(p);
+            }
+        }
+    }
+
+    /// Checks one value; false when it is unusable (the problem is recorded). Scalars are
+    /// normalised as serde would read them from the text.
+    fn value(
+        &mut self,
+        path: &str,
+        v: &mut serde_yaml::Value,
+        ty: &Ty,
+        presence: Presence,
+    ) -> bool {
+        use serde_yaml::Value;
+        if let (Value::Tagged(t), false) = (&mut *v, matches!(ty, Ty::Choice(_))) {
+            // serde reads a tagged scalar, mapping or list as the plain one.
+            let inner = std::mem::take(&mut t.value);
+            *v = inner;
+        }
+        if v.is_null() && presence == Optional {
+            return true;
+        }
+        match (ty, &mut *v) {
+            (Ty::Text(_), Value::String(_)) => true,
+            (Ty::Text(_), Value::Number(n)) => {
+                *v = Value::String(n.to_string());
+                true
+            }
+            (Ty::Text(_), Value::Bool(b)) => {
+                *v = Value::String(b.to_string());
+                true
+            }
+            (Ty::Count, Value::Number(n)) if n.as_u64().is_some() => true,
+            (Ty::Bool, Value::Bool(_)) => true,
+            (Ty::Choice(words), Value::String(s)) => {
+                if words.contains(&s.as_str()) {
+                    return true;
+                }
+                let hint = words
+                    .iter()
+                    .find(|w| w.eq_ignore_ascii_case(s))
+                    .map(|w| format!(" (they are lowercase: {w})"))
+                    .unwrap_or_default();
+                self.problem(
+                    path,
+                    format!("{s:?} is not one of {}{hint}", words.join(", ")),
+                );
+                false
+            }
+            (Ty::Map(fields), Value::Mapping(_)) => {
+                self.mapping(path, v, fields);
+                true
+            }
+            (Ty::List(item), Value::Sequence(items)) => {
+                for (i, it) in items.iter_mut().enumerate() {
+                    let p = format!("{path}[{i}]");
+                    self.seen(&p);
+                    if !self.value(&p, it, item, Required) {
+                        *it = item.stand_in();
+                        self.damaged.push(p);
+                    }
+                }
+                true
+            }
+            (ty, found) => {
+                let found = describe_value(found);
+                self.problem(path, format!("expected {}, found {found}", ty.describe()));
+                false
+            }
+        }
+    }
+
+    /// `problems` sorted by where their path is in the document (stable, so problems at one
+    /// path keep their order).
+    fn in_document_order(&self, mut problems: Vec<ConfigProblem>) -> Vec<ConfigProblem> {
+        let rank = |path: &str| {
+            let mut p = path;
+            loop {
+                if let Some(n) = self.order.get(p) {
+                    return *n;
+                }
+                match p.rfind(['.', '[']) {
+                    Some(i) => p = &p[..i],
+                    None => return usize::MAX,
+                }
+            }
+        };
+        problems.sort_by_key(|p| rank(&p.path));
+        problems
+    }
+}
+
+/// Whether a problem at path `a` may come from something at path `b`: the same place, or one
+/// inside the other (`links[0].auth` and `links[0].auth.password_env`).
+fn paths_related(a: &str, b: &str) -> bool {
+    let inside = |x: &str, y: &str| {
+        y.is_empty() || (x.starts_with(y) && matches!(x.as_bytes().get(y.len()), Some(b'.' | b'[')))
+    };
+    a == b || inside(a, b) || inside(b, a)
+}
+
+/// The known name closest to an unknown one, when it is close enough to be a typo.
+fn closest<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    known
+        .map(|k| (edit_distance(name, k), k))
+        .filter(|(d, k)| *d <= 2 && *d * 2 < k.len().min(name.len()).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance over chars.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn read_file(path: &Path) -> Result<(String, String), ConfigError> {
+    let name = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok((name, text)),
+        Err(e) => Err(ConfigError {
+            source_name: name,
+            problems: vec![ConfigProblem {
+                path: "(file)".into(),
+                message: format!("cannot read: {e}"),
+            }],
+        }),
+    }
+}
+
+/// The folder relative paths in the file at `path` are taken from, made absolute so that what
+/// replguard logs and uses does not depend on the working directory.
+fn base_dir(path: &Path) -> PathBuf {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
+/// `p` taken from `base` when relative (leading `./` dropped); absolute and empty paths as is.
+fn resolve_path(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() || p.as_os_str().is_empty() {
+        return p.to_path_buf();
+    }
+    let rest: PathBuf = p
+        .components()
+        .skip_while(|c| matches!(c, std::path::Component::CurDir))
+        .collect();
+    if rest.as_os_str().is_empty() {
+        base.to_path_buf()
+    } else {
+        base.join(rest)
+    }
+}
+
+fn syntax_problem(e: &serde_yaml::Error) -> ConfigProblem {
+    ConfigProblem {
+        path: "(yaml)".into(),
+        message: e.to_string(),
     }
 }
 
@@ -558,6 +1035,330 @@ links:
         assert_eq!(
             problems(&two),
             vec!["links[1].name: \"main\" is already the name of links[0]"]
+        );
+    }
+
+    /// The problems of a link given as `fields` (YAML, indented 4) after the GOOD top.
+    fn link_problems(fields: &str) -> Vec<String> {
+        problems(&format!(
+            "state_dir: ./state\nadmin:\n  listen: 127.0.0.1:9121\nlinks:\n  - name: main\n{fields}"
+        ))
+    }
+
+    #[test]
+    fn typos_are_listed_with_the_fields_they_leave_missing() {
+        let p = link_problems(
+            "    listen: 127.0.0.1:7000\n    master: 127.0.0.1:6379\n    flavour: redis\n    guard: enforce\n    max_session: 10\n",
+        );
+        assert_eq!(
+            p,
+            [
+                "links[0].flavor: missing (required)",
+                "links[0].flavour: unknown field `flavour` (did you mean `flavor`?)",
+                "links[0].max_session: unknown field `max_session` (did you mean `max_sessions`?)",
+            ]
+        );
+        let p = problems(&format!("{GOOD}colour: blue\n"));
+        assert_eq!(
+            p,
+            ["colour: unknown field `colour`; the fields here are state_dir, admin, links, shutdown_grace_ms"]
+        );
+    }
+
+    #[test]
+    fn every_missing_required_field_is_listed() {
+        let p = problems(
+            "admin:\n  listen: 127.0.0.1:9121\nlinks:\n  - name: main\n    listen: 127.0.0.1:7000\n",
+        );
+        assert_eq!(
+            p,
+            [
+                "state_dir: missing (required)",
+                "links[0].master: missing (required)",
+                "links[0].flavor: missing (required)",
+                "links[0].guard: missing (required)",
+            ]
+        );
+        assert_eq!(
+            problems(""),
+            [
+                "state_dir: missing (required)",
+                "admin: missing (required)",
+                "links: missing (required)",
+            ]
+        );
+    }
+
+    #[test]
+    fn values_of_the_wrong_type_say_what_was_expected() {
+        let p = link_problems(
+            "    listen: [127.0.0.1:7000]\n    master: 127.0.0.1:6379\n    flavor: Redis\n    guard: enforce\n    max_sessions: \"10\"\n    announce_replica_ip: yes\n    timeouts: 5000\n    lineage_poll_ms: -1\n    auth: { password_env: [A] }\n",
+        );
+        assert_eq!(
+            p,
+            [
+                "links[0].listen: expected an IP address with a port (e.g. 127.0.0.1:7000), found a list",
+                "links[0].flavor: \"Redis\" is not one of redis, valkey, kvrocks (they are lowercase: redis)",
+                "links[0].max_sessions: expected a whole number (0 or more), found the text \"10\"",
+                "links[0].announce_replica_ip: expected true or false, found the text \"yes\"",
+                "links[0].timeouts: expected a mapping (field: value lines), found the number 5000",
+                "links[0].lineage_poll_ms: expected a whole number (0 or more), found the number -1",
+                "links[0].auth.password_env: expected an environment variable name, found a list",
+            ]
+        );
+        assert_eq!(
+            problems("state_dir:\nadmin: 9121\nlinks: { name: main }\n"),
+            [
+                "state_dir: expected a directory path, found no value",
+                "admin: expected a mapping (field: value lines), found the number 9121",
+                "links: expected a list, found a mapping",
+            ]
+        );
+        assert_eq!(
+            problems("- state_dir: s\n"),
+            ["(top level): expected a mapping (field: value lines) with state_dir, admin and links, found a list"]
+        );
+    }
+
+    #[test]
+    fn structure_and_semantic_problems_are_listed_together() {
+        let y = r#"
+state_dir: ./state
+admin:
+  listen: 127.0.0.1:9121
+links:
+  - name: a
+    listen: 127.0.0.1:7000
+    flavour: redis
+    guard: enforce
+    auth: { pasword_env: X }
+  - name: a
+    listen: 127.0.0.1:7000
+    master: db:6379
+    flavor: kvrocks
+    guard: enforce
+    max_sessions: 0
+    allow_empty_master: true
+"#;
+        // links[0]'s missing master and flavor get stand-ins that report nothing; the auth whose
+        // only field is a typo is not also reported as lacking a password.
+        assert_eq!(
+            problems(y),
+            [
+                "links[0].master: missing (required)",
+                "links[0].flavor: missing (required)",
+                "links[0].flavour: unknown field `flavour` (did you mean `flavor`?)",
+                "links[0].auth.pasword_env: unknown field `pasword_env` (did you mean `password_env`?)",
+                "links[1].name: \"a\" is already the name of links[0]",
+                "links[1].listen: 127.0.0.1:7000 is already used by links[0].listen",
+                "links[1].master: \"db:6379\" is not an IP address with a port (e.g. 127.0.0.1:7000 or [::1]:7000)",
+                "links[1].max_sessions: must be at least 1",
+                "links[1].allow_empty_master: has no effect on a kvrocks link: replguard does not watch a Kvrocks master for an empty restart",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_yaml_syntax_error_is_one_problem_with_its_line() {
+        let p = problems("state_dir: s\nadmin:\n  listen: a: b\nlinks: []\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("(yaml): "), "{p:?}");
+        assert!(p[0].contains("line 3 column"), "{p:?}");
+    }
+
+    /// The walk accepts what serde accepts, and rejects at least what serde rejects.
+    #[test]
+    fn the_walk_agrees_with_serde() {
+        let walk_ok = |y: &str| {
+            let mut doc: serde_yaml::Value = serde_yaml::from_str(y).unwrap();
+            let mut w = Walk::default();
+            w.document(&mut doc);
+            w.problems.is_empty()
+        };
+        let serde_ok = |y: &str| serde_yaml::from_str::<Config>(y).is_ok();
+        let same = [
+            "max_sessions: 0x10",
+            "max_sessions: +5",
+            "max_sessions: 1.5",
+            "max_sessions: -1",
+            "max_sessions: ~",
+            "max_sessions: '5'",
+            "announce_replica_ip: True",
+            "announce_replica_ip: 1",
+            "announce_replica_ip: 'true'",
+            "auth: ~",
+            "auth: { user: ~, password_env: X }",
+            "auth: { password_file: 12 }",
+            "auth: []",
+            "timeouts: {}",
+            "timeouts: { connect_ms: 1 }",
+            "timeouts: { connect: 1 }",
+            "unknown_replica: pass",
+            "unknown_replica: Full",
+            "unknown_replica: ~",
+            "allow_empty_master: ~",
+            "lineage_poll_ms: !!int 5",
+            "'<<': { x: 1 }",
+            "1: 2",
+        ];
+        for extra in same {
+            let y = format!("{GOOD}    {extra}\n");
+            assert_eq!(walk_ok(&y), serde_ok(&y), "{extra}");
+        }
+        for (from, to) in [
+            ("name: main", "name: 12"),
+            ("name: main", "name: true"),
+            ("master: 127.0.0.1:6379", "master: !x 127.0.0.1:6379"),
+        ] {
+            let y = GOOD.replace(from, to);
+            assert!(walk_ok(&y) && serde_ok(&y), "{to}");
+        }
+        // Stricter than serde, which reads these as the text "~" or "" or takes the tag as the
+        // variant.
+        for (top, extra) in [
+            ("state_dir: ~", ""),
+            ("state_dir:", ""),
+            ("state_dir: s", "    flavor: !redis"),
+        ] {
+            let y = GOOD.replace("state_dir: ./state", top);
+            let y = if extra.is_empty() {
+                y
+            } else {
+                y.replace("    flavor: redis", extra)
+            };
+            assert!(!walk_ok(&y) && serde_ok(&y), "{y}");
+        }
+    }
+
+    /// Every field of the serde types is in the schema and the other way round.
+    #[test]
+    fn the_schema_matches_the_serde_types() {
+        let full = Config {
+            state_dir: "s".into(),
+            admin: AdminConfig {
+                listen: "127.0.0.1:1".into(),
+            },
+            links: vec![LinkConfig {
+                name: "n".into(),
+                listen: "127.0.0.1:2".into(),
+                master: "127.0.0.1:3".into(),
+                flavor: Flavor::Valkey,
+                guard: GuardMode::Observe,
+                max_sessions: 1,
+                announce_replica_ip: false,
+                auth: Some(AuthConfig {
+                    user: Some("u".into()),
+                    password_env: Some("E".into()),
+                    password_file: Some("f".into()),
+                }),
+                timeouts: TimeoutsConfig::default(),
+                unknown_replica: crate::verdict::UnknownReplica::Pass,
+                allow_empty_master: true,
+                lineage_poll_ms: 1,
+            }],
+            shutdown_grace_ms: 1,
+        };
+        let mut doc = serde_yaml::to_value(&full).unwrap();
+        let mut w = Walk::default();
+        w.document(&mut doc);
+        assert!(w.problems.is_empty(), "{:?}", w.problems);
+
+        fn all_given(path: &str, v: &serde_yaml::Value, fields: &[Field]) {
+            for f in fields {
+                let x = &v[f.name];
+                assert!(
+                    !x.is_null(),
+                    "{path}{} is in the schema, not in Config",
+                    f.name
+                );
+                match &f.ty {
+                    Ty::Map(inner) => all_given(&format!("{path}{}.", f.name), x, inner),
+                    Ty::List(Ty::Map(inner)) => {
+                        all_given(&format!("{path}{}[0].", f.name), &x[0], inner)
+                    }
+                    _ => {}
+                }
+            }
+        }
+        all_given("", &serde_yaml::to_value(&full).unwrap(), SCHEMA);
+
+        let choices = |name: &str| match &LINK_FIELDS.iter().find(|f| f.name == name).unwrap().ty {
+            Ty::Choice(words) => words.to_vec(),
+            other => panic!("{other:?}"),
+        };
+        let names = |vals: Vec<serde_yaml::Value>| -> Vec<String> {
+            vals.into_iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect()
+        };
+        let flavors = [Flavor::Redis, Flavor::Valkey, Flavor::Kvrocks]
+            .map(|f| serde_yaml::to_value(f).unwrap());
+        assert_eq!(names(flavors.to_vec()), choices("flavor"));
+        let guards =
+            [GuardMode::Enforce, GuardMode::Observe].map(|g| serde_yaml::to_value(g).unwrap());
+        assert_eq!(names(guards.to_vec()), choices("guard"));
+        use crate::verdict::UnknownReplica;
+        let policies =
+            [UnknownReplica::Full, UnknownReplica::Pass].map(|u| serde_yaml::to_value(u).unwrap());
+        assert_eq!(names(policies.to_vec()), choices("unknown_replica"));
+    }
+
+    #[test]
+    fn relative_paths_are_taken_from_the_files_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pw"), "s3cret\n").unwrap();
+        let y = GOOD.replace(
+            "guard: enforce",
+            "guard: enforce\n    auth: { password_file: ./pw }",
+        );
+        let c = Config::from_yaml_in(&y, "t.yaml", Some(dir.path())).unwrap();
+        assert_eq!(c.state_dir, dir.path().join("state"));
+        let pw = c.links[0].auth.as_ref().unwrap();
+        assert_eq!(
+            pw.password_file.as_deref(),
+            Some(dir.path().join("pw").as_path())
+        );
+        assert_eq!(pw.resolve().unwrap().password, "s3cret");
+
+        let f = dir.path().join("rg.yaml");
+        std::fs::write(&f, GOOD.replace("./state", "/abs/state")).unwrap();
+        assert_eq!(
+            Config::load_file(&f).unwrap().state_dir,
+            Path::new("/abs/state")
+        );
+        std::fs::write(&f, GOOD.replace("./state", "../up")).unwrap();
+        assert_eq!(
+            Config::load_file(&f).unwrap().state_dir,
+            dir.path().join("../up")
+        );
+        // Not found beside the working directory: the problem names the resolved file.
+        let p = problems(&y);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("links[0].auth: cannot read password file ./pw"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn admin_listen_is_read_without_the_rest_of_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("rg.yaml");
+        let y = GOOD.replace(
+            "guard: enforce",
+            "guard: enforce\n    auth: { password_env: REPLGUARD_TEST_SURELY_UNSET_VAR }",
+        );
+        std::fs::write(&f, &y).unwrap();
+        assert!(Config::load_file(&f).is_err());
+        assert_eq!(
+            Config::admin_listen_in_file(&f).unwrap(),
+            "127.0.0.1:9121".parse().unwrap()
+        );
+        std::fs::write(&f, "links: []\n").unwrap();
+        let e = Config::admin_listen_in_file(&f).unwrap_err();
+        assert_eq!(
+            e.problems[0].to_string(),
+            "admin.listen: missing (required)"
         );
     }
 

@@ -5,7 +5,7 @@
 //!
 //! | module      | owns                                                                     |
 //! |-------------|--------------------------------------------------------------------------|
-//! | [`config`]  | the YAML schema, defaults, `validate()` listing every problem by path    |
+//! | [`config`]  | the YAML schema, defaults; every problem by path (schema walk, validate) |
 //! | [`server`]  | binding every listener, then shutdown in a written-down order            |
 //! | [`link`]    | one listener per configured link, its bounded sessions and counters      |
 //! | [`session`] | one replica connection: dial, handshake command by command, relay        |
@@ -21,6 +21,7 @@
 //! | [`stream`]  | watching the sync as it passes: RDB framing, command-stream boundaries   |
 //! | [`stats`]   | offset books per session (delivered, acknowledged, lag), link counters   |
 //! | [`admin`]   | `GET /status` (JSON) and `GET /metrics` (Prometheus)                     |
+//! | [`status`]  | `replguard status`: a running replguard's `/status` as a table           |
 //!
 //! # A replica's bytes
 //!
@@ -69,6 +70,7 @@ pub mod resp;
 pub mod server;
 pub mod session;
 pub mod stats;
+pub mod status;
 pub mod store;
 pub mod stream;
 pub mod verdict;

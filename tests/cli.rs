@@ -5,11 +5,91 @@ mod common;
 
 use common::*;
 use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
 
 fn replguard() -> Command {
     Command::new(env!("CARGO_BIN_EXE_replguard"))
+}
+
+/// A `replguard run` process with its stderr in a file; killed and reaped when dropped, also
+/// when the test fails.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `replguard run --config <config>`; `setup` adjusts the command (env, cwd).
+    fn run(config: &Path, log: &Path, setup: impl FnOnce(&mut Command)) -> Proc {
+        let mut cmd = replguard();
+        cmd.args(["run", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(log).unwrap()));
+        setup(&mut cmd);
+        Proc {
+            child: cmd.spawn().unwrap(),
+            log: log.to_path_buf(),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the log to contain `what`.
+    fn wait_log(&self, what: &str) {
+        wait_for(
+            Duration::from_secs(20),
+            &format!("{what:?} in the log"),
+            || self.log().contains(what).then_some(()),
+        );
+    }
+
+    /// Waits for the process to exit on its own.
+    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        wait_for(limit, "replguard to exit", || {
+            self.child.try_wait().unwrap()
+        })
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `GET path` on the admin listener on `port`: the body of a 200 answer, None otherwise.
+fn try_get(port: u16, path: &str) -> Option<String> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+/// Waits until the admin listener on `port` answers `/status`; returns it.
+fn status_json(port: u16) -> serde_json::Value {
+    wait_for(Duration::from_secs(20), "the admin listener", || {
+        serde_json::from_str(&try_get(port, "/status")?).ok()
+    })
 }
 
 /// `replguard check --config <path>`: (exit code, stdout, stderr).
@@ -67,47 +147,89 @@ fn check_lists_every_problem_and_exits_1() {
     assert!(err.contains("cannot read"), "{err}");
 }
 
+/// The problems `check` printed: the lines under the "N problems" header.
+fn listed(err: &str) -> Vec<&str> {
+    err.lines().skip(1).map(str::trim).collect()
+}
+
+#[test]
+fn check_lists_unknown_missing_and_semantic_problems_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("typos.yaml");
+    std::fs::write(
+        &f,
+        "state_dir: ./s
+admin: { listen: 127.0.0.1:9121 }
+links:
+  - name: main
+    listen: 127.0.0.1:7000
+    master: 127.0.0.1:6379
+    flavour: redis
+    guard: enforce
+    max_session: 10
+  - { name: b, listen: 127.0.0.1:9121, master: 127.0.0.1:6379, flavor: redis, guard: enforce }
+",
+    )
+    .unwrap();
+    let (code, out, err) = check(&f);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        err.starts_with(&format!("{}: 4 problems\n", f.display())),
+        "{err}"
+    );
+    assert_eq!(
+        listed(&err),
+        [
+            "links[0].flavor: missing (required)",
+            "links[0].flavour: unknown field `flavour` (did you mean `flavor`?)",
+            "links[0].max_session: unknown field `max_session` (did you mean `max_sessions`?)",
+            "links[1].listen: 127.0.0.1:9121 is already used by admin.listen",
+        ]
+    );
+
+    let f = dir.path().join("missing.yaml");
+    std::fs::write(
+        &f,
+        "admin: { listen: 127.0.0.1:9121 }\nlinks:\n  - { name: main, listen: 127.0.0.1:7000 }\n",
+    )
+    .unwrap();
+    let (code, out, err) = check(&f);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert_eq!(
+        listed(&err),
+        [
+            "state_dir: missing (required)",
+            "links[0].master: missing (required)",
+            "links[0].flavor: missing (required)",
+            "links[0].guard: missing (required)",
+        ]
+    );
+
+    std::fs::write(&f, "state_dir: s\nlinks: [\n").unwrap();
+    let (code, _, err) = check(&f);
+    assert_eq!(code, Some(1));
+    assert_eq!(listed(&err).len(), 1, "{err}");
+    assert!(
+        err.contains("(yaml): ") && err.contains("at line 3 column 1"),
+        "{err}"
+    );
+}
+
 #[test]
 fn run_relays_and_stops_gracefully_on_sigterm() {
     let m = Server::start(Kind::Redis, &["--repl-diskless-sync", "no"]);
     assert_eq!(m.client().text(&["DEBUG", "POPULATE", "1000"]), "OK");
     let dir = tempfile::tempdir().unwrap();
     let bin = BinConfig::new(dir.path(), m.port, Kind::Redis);
-    let (port, cfg) = (bin.port, &bin.path);
-    let mut child = replguard()
-        .args(["run", "--config"])
-        .arg(cfg)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let r = replica_of(Kind::Redis, port, &[]);
+    let mut rg = Proc::run(&bin.path, &dir.path().join("rg.log"), |_| {});
+    let r = replica_of(Kind::Redis, bin.port, &[]);
     wait_converged(&m, &r, Duration::from_secs(60));
     assert!(dir.path().join("state").is_dir());
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "replguard did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    rg.signal("-TERM");
+    let status = rg.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
-    let mut log = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+    let log = rg.log();
     assert!(log.contains("SIGTERM received"), "{log}");
     assert!(log.contains("session ended"), "{log}");
     assert!(log.contains("reason=replguard is shutting down"), "{log}");
@@ -127,24 +249,10 @@ fn sighup_repoints_a_link_and_keeps_running_on_a_bad_file() {
     let dir = tempfile::tempdir().unwrap();
     let bin = BinConfig::new(dir.path(), m1.port, Kind::Redis);
     let (port, admin, cfg) = (bin.port, bin.admin, &bin.path);
-    let log = dir.path().join("rg.log");
-    let mut child = replguard()
-        .args(["run", "--config"])
-        .arg(cfg)
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .spawn()
-        .unwrap();
+    let rg = Proc::run(cfg, &dir.path().join("rg.log"), |_| {});
     let master_of = || -> Option<String> {
-        let body = std::panic::catch_unwind(|| http(admin, "GET", "/status")).ok()?;
-        let st: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let st: serde_json::Value = serde_json::from_str(&try_get(admin, "/status")?).ok()?;
         st["links"][0]["master"].as_str().map(str::to_string)
-    };
-    let hup = || {
-        assert!(Command::new("kill")
-            .args(["-HUP", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success())
     };
     let want1 = format!("127.0.0.1:{}", m1.port);
     wait_for(Duration::from_secs(20), "replguard up", || {
@@ -152,17 +260,8 @@ fn sighup_repoints_a_link_and_keeps_running_on_a_bad_file() {
     });
 
     std::fs::write(cfg, "links: [").unwrap();
-    hup();
-    wait_for(
-        Duration::from_secs(20),
-        "the reload error in the log",
-        || {
-            std::fs::read_to_string(&log)
-                .ok()?
-                .contains("configuration not reloaded")
-                .then_some(())
-        },
-    );
+    rg.signal("-HUP");
+    rg.wait_log("configuration not reloaded");
     assert_eq!(
         master_of().as_deref(),
         Some(want1.as_str()),
@@ -170,7 +269,7 @@ fn sighup_repoints_a_link_and_keeps_running_on_a_bad_file() {
     );
 
     bin.write(m2.port, Kind::Redis);
-    hup();
+    rg.signal("-HUP");
     let want2 = format!("127.0.0.1:{}", m2.port);
     wait_for(Duration::from_secs(20), "the link re-pointed", || {
         (master_of()? == want2).then_some(())
@@ -178,6 +277,282 @@ fn sighup_repoints_a_link_and_keeps_running_on_a_bad_file() {
     let mut c = Client::connect(port).unwrap();
     assert_eq!(c.text(&["SET", "via-link", "1"]), "OK");
     assert_eq!(m2.client().text(&["GET", "via-link"]), "1");
-    child.kill().unwrap();
-    child.wait().unwrap();
+}
+
+#[test]
+fn relative_paths_are_taken_from_the_config_files_folder() {
+    let etc = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::write(etc.path().join("main.pw"), "s3cret\n").unwrap();
+    let cfg = etc.path().join("rg.yaml");
+    let admin = free_port();
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir: state\nadmin: {{ listen: 127.0.0.1:{admin} }}\nlinks:\n  - {{ name: main, listen: 127.0.0.1:{}, master: 127.0.0.1:{}, flavor: redis, guard: enforce, auth: {{ password_file: ./main.pw }} }}\n",
+            free_port(),
+            free_port()
+        ),
+    )
+    .unwrap();
+
+    // `check` from another working directory finds the password file beside the config.
+    let out = replguard()
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let _rg = Proc::run(&cfg, &elsewhere.path().join("rg.log"), |c| {
+        c.current_dir(elsewhere.path());
+    });
+    let st = status_json(admin);
+    let ledger = st["links"][0]["ledger"]["ledger_file"].as_str().unwrap();
+    assert_eq!(
+        Path::new(ledger),
+        etc.path().join("state").join("main.ledger.json")
+    );
+    assert!(etc.path().join("state").is_dir());
+    assert!(!elsewhere.path().join("state").exists());
+}
+
+/// A one-link configuration in `dir` whose link listens on `listen` and whose master nobody
+/// listens on; returns (path, admin port).
+fn idle_config(dir: &Path, listen: u16) -> (PathBuf, u16) {
+    let admin = free_port();
+    let path = dir.join("rg.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "state_dir: state\nadmin: {{ listen: 127.0.0.1:{admin} }}\nlinks:\n  - {{ name: main, listen: 127.0.0.1:{listen}, master: 127.0.0.1:{}, flavor: redis, guard: enforce }}\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    (path, admin)
+}
+
+#[test]
+fn a_bad_log_filter_is_reported_and_logging_falls_back_to_info() {
+    for (value, why) in [
+        (
+            "verbose",
+            "REPLGUARD_LOG=\"verbose\" is not a filter: `verbose` is neither a level",
+        ),
+        ("", "REPLGUARD_LOG=\"\" is empty"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, admin) = idle_config(dir.path(), free_port());
+        let rg = Proc::run(&cfg, &dir.path().join("rg.log"), |c| {
+            c.env("REPLGUARD_LOG", value);
+        });
+        // INFO lines: the fallback level.
+        rg.wait_log("admin ready");
+        let log = rg.log();
+        let warning = log
+            .lines()
+            .find(|l| l.contains(why))
+            .unwrap_or_else(|| panic!("no warning about {value:?}:\n{log}"));
+        assert!(warning.contains("WARN"), "{warning}");
+        assert!(warning.ends_with("logging at info instead"), "{warning}");
+        assert!(status_json(admin)["links"][0]["name"] == "main");
+    }
+}
+
+#[test]
+fn a_bind_failure_is_printed_even_with_logging_off() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _) = idle_config(dir.path(), port);
+    let mut rg = Proc::run(&cfg, &dir.path().join("rg.log"), |c| {
+        c.env("REPLGUARD_LOG", "off");
+    });
+    let status = rg.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1));
+    let log = rg.log();
+    assert!(
+        log.contains(&format!(
+            "link main: cannot listen on 127.0.0.1:{port}: Address already in use"
+        )),
+        "{log}"
+    );
+}
+
+/// `replguard status <args>`: (exit code, stdout, stderr).
+fn status_cmd(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = replguard().arg("status").args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The session lines of `status` output: the rows under the `LINK  REPLICA ...` header.
+fn session_rows(out: &str) -> Vec<Vec<&str>> {
+    out.lines()
+        .skip_while(|l| !l.starts_with("LINK  REPLICA"))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .map(|l| l.split_whitespace().collect())
+        .collect()
+}
+
+#[test]
+fn status_prints_one_line_per_session_and_exits_0() {
+    let m = Server::start(Kind::Redis, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let bin = BinConfig::new(dir.path(), m.port, Kind::Redis);
+    let _rg = Proc::run(&bin.path, &dir.path().join("rg.log"), |_| {});
+    let r = replica_of(Kind::Redis, bin.port, &[]);
+    wait_converged(&m, &r, Duration::from_secs(60));
+    wait_for(Duration::from_secs(20), "the replica's first ACK", || {
+        let st = status_json(bin.admin);
+        st["links"][0]["sessions"][0]["ack_offset"]
+            .is_u64()
+            .then_some(())
+    });
+    let replid = m.client().info("replication")["master_replid"].clone();
+
+    let cfg = bin.path.to_str().unwrap();
+    let admin = format!("127.0.0.1:{}", bin.admin);
+    for args in [["--config", cfg], ["--admin", admin.as_str()]] {
+        let (code, out, err) = status_cmd(&args);
+        assert_eq!(code, Some(0), "{args:?}\n{out}{err}");
+        assert!(
+            out.contains(&format!(
+                "link main: 127.0.0.1:{} -> 127.0.0.1:{} (redis, guard enforce), 1 session",
+                bin.port, m.port
+            )),
+            "{out}"
+        );
+        let rows = session_rows(&out);
+        assert_eq!(rows.len(), 1, "{out}");
+        let row = &rows[0];
+        assert_eq!(row.len(), 9, "{out}");
+        assert_eq!(
+            row[..5],
+            [
+                "main",
+                &format!("127.0.0.1:{}", r.port),
+                "streaming",
+                "full",
+                &replid[..8]
+            ],
+            "{out}"
+        );
+        for number in &row[5..8] {
+            assert!(number.parse::<u64>().is_ok(), "{out}");
+        }
+        assert!(row[8].parse::<f64>().unwrap() <= 10.0, "{out}");
+    }
+
+    // A stopped replica leaves what it was sent unacknowledged: it lags, and status says so.
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &r.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    assert_eq!(m.client().text(&["SET", "k", "v"]), "OK");
+    let (out, err) = wait_for(Duration::from_secs(20), "status to exit 2", || {
+        let (code, out, err) = status_cmd(&["--config", cfg, "--max-lag-seconds", "1"]);
+        (code == Some(2)).then_some((out, err))
+    });
+    signal("-CONT");
+    assert_eq!(err, "");
+    let attention = format!(
+        "attention: link main: replica 127.0.0.1:{} has not acknowledged bytes sent",
+        r.port
+    );
+    assert!(out.lines().any(|l| l.starts_with(&attention)), "{out}");
+}
+
+#[test]
+fn status_exits_1_when_replguard_cannot_be_reached() {
+    let port = free_port();
+    let (code, out, err) = status_cmd(&["--admin", &format!("127.0.0.1:{port}")]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert_eq!(out, "");
+    assert!(
+        err.starts_with(&format!(
+            "replguard status: cannot reach replguard's admin listener at 127.0.0.1:{port}: Connection refused"
+        )),
+        "{err}"
+    );
+
+    // The address comes from the file just as well; a file without one is a problem of its own.
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, admin) = idle_config(dir.path(), free_port());
+    let (code, _, err) = status_cmd(&["--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(&format!("admin listener at 127.0.0.1:{admin}")),
+        "{err}"
+    );
+    std::fs::write(&cfg, "links: []\n").unwrap();
+    let (code, _, err) = status_cmd(&["--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("admin.listen: missing (required)"), "{err}");
+}
+
+#[test]
+fn alert_rules_use_only_metrics_replguard_exports() {
+    let proxy = Proxy::start(Kind::Redis, free_port(), "");
+    let metrics = proxy.http_get("/metrics");
+    // name -> counter | gauge, from the `# TYPE` lines (present even with no sessions).
+    let exported: std::collections::HashMap<&str, &str> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .collect();
+
+    let text = std::fs::read_to_string("config/replguard-alerts.yml").unwrap();
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let rules = doc["groups"][0]["rules"].as_sequence().unwrap();
+    let mut alerts = Vec::new();
+    for rule in rules {
+        let alert = rule["alert"].as_str().unwrap();
+        let expr = rule["expr"].as_str().unwrap();
+        let mut used = 0;
+        for (i, _) in expr.match_indices("replguard_") {
+            let name: String = expr[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let kind = exported
+                .get(name.as_str())
+                .unwrap_or_else(|| panic!("{alert}: /metrics has no {name}"));
+            // increase() is for counters; a gauge is compared as it is.
+            let in_increase = expr[..i].ends_with("increase(");
+            assert_eq!(
+                *kind,
+                if in_increase { "counter" } else { "gauge" },
+                "{alert}: {name}"
+            );
+            used += 1;
+        }
+        assert!(used > 0, "{alert} uses no replguard metric");
+        assert!(rule["annotations"]["summary"].is_string(), "{alert}");
+        alerts.push(alert);
+    }
+    assert_eq!(
+        alerts,
+        [
+            "ReplguardUnsafeResumeAccepted",
+            "ReplguardReplicaHeld",
+            "ReplguardEmptyMaster",
+            "ReplguardReplicaLagging"
+        ]
+    );
 }
