@@ -22,7 +22,7 @@ use crate::config::{Credentials, Flavor};
 use crate::link::LinkCtx;
 use crate::psync::{self, PsyncRequest, Route};
 use crate::resp::{
-    encode_command, Command, CommandParser, LineScanner, ProtocolError, ReplyScanner,
+    encode_command, parse_offset, Command, CommandParser, LineScanner, ProtocolError, ReplyScanner,
 };
 use crate::stats::{SessionState, SessionStats};
 use crate::stream::{Downstream, Event};
@@ -423,6 +423,24 @@ where
     r.send(&reply).await
 }
 
+/// The offset in a replica's `REPLCONF ACK <offset> [FACK <offset>]`; `None` for any other
+/// command, and for a negative offset (a replica that could not read its sync offset counts
+/// from -1), which the books cannot hold. An offset that is not a number, or does not fit the
+/// master's own 64-bit offsets, is an error.
+fn ack_offset(cmd: &Command) -> std::result::Result<Option<u64>, ProtocolError> {
+    let is_ack = cmd.args.len() > 2
+        && cmd.args[0].eq_ignore_ascii_case(b"REPLCONF")
+        && cmd.args[1].eq_ignore_ascii_case(b"ACK");
+    if !is_ack {
+        return Ok(None);
+    }
+    let text = String::from_utf8_lossy(&cmd.args[2]);
+    if text.parse::<i64>().is_ok_and(|o| o < 0) {
+        return Ok(None);
+    }
+    parse_offset(&text, "the REPLCONF ACK offset").map(Some)
+}
+
 fn is_ack(cmd: &Command) -> bool {
     cmd.args
         .get(1)
@@ -541,13 +559,19 @@ where
 {
     loop {
         let (line, raw) = m.line(step, "the PSYNC reply").await?;
-        r.send(&raw).await?;
         let mut words = line.split_ascii_whitespace();
-        match words.next() {
+        let (first, replid) = (words.next(), words.next());
+        // An offset replguard cannot keep books on ends the session before the replica sees it.
+        let offset = match (first, words.next()) {
+            (Some("+FULLRESYNC"), Some(o)) => {
+                Some(parse_offset(o, "the +FULLRESYNC offset").map_err(|e| m.protocol(e))?)
+            }
+            _ => None,
+        };
+        r.send(&raw).await?;
+        match first {
             None => continue, // keepalive while the master prepares
             Some("+FULLRESYNC") => {
-                let replid = words.next();
-                let offset = words.next().and_then(|o| o.parse().ok());
                 stats.begin_full(replid, offset);
                 if let (Some(id), Some(off)) = (replid, offset) {
                     link.guard.saw_full_resync(id, off);
@@ -556,8 +580,12 @@ where
                 return Ok((Some(Downstream::full_sync()), line));
             }
             Some("+CONTINUE") => {
-                let replid = words.next().or(req.map(|q| q.replid.as_str()));
-                let start = req.map_or(0, |q| q.offset.max(1) as u64 - 1);
+                let replid = replid.or(req.map(|q| q.replid.as_str()));
+                // The replica asked for the first byte it wants: the stream continues after
+                // the one before it.
+                let start = req.map_or(0, |q| {
+                    u64::try_from(q.offset.saturating_sub(1)).unwrap_or(0)
+                });
                 stats.begin_partial(replid, start);
                 if let Some(id) = replid {
                     link.guard
@@ -738,11 +766,7 @@ async fn relay(
                 commands.parse(&up_pending[ready..]).map_err(replica_err)?
             {
                 ready += used;
-                if cmd.name() == "REPLCONF" && is_ack(&cmd) {
-                    if let Ok(off) = cmd.arg_str(2).parse::<u64>() {
-                        ack = Some(off);
-                    }
-                }
+                ack = ack_offset(&cmd).map_err(replica_err)?.or(ack);
             }
             if ready > 0 {
                 mw.write_all(&up_pending[..ready])
@@ -855,6 +879,24 @@ mod tests {
             .0;
         assert_eq!(replconf(&plain, &stats, &mut hs), None);
         assert_eq!(stats.snapshot().replica, "127.0.0.1:6380");
+    }
+
+    #[test]
+    fn ack_offsets_are_checked() {
+        let ack = |line: &str| ack_offset(&parse_command(line.as_bytes()).unwrap().unwrap().0);
+        assert_eq!(ack("REPLCONF ACK 1234\r\n"), Ok(Some(1234)));
+        assert_eq!(ack("replconf ack 5 FACK 3\r\n"), Ok(Some(5)));
+        assert_eq!(ack("REPLCONF GETACK *\r\n"), Ok(None));
+        assert_eq!(ack("REPLCONF ACK -1\r\n"), Ok(None));
+        assert_eq!(ack("PING\r\n"), Ok(None));
+        for bad in [
+            "REPLCONF ACK 18446744073709551615\r\n",
+            "REPLCONF ACK 9223372036854775808\r\n",
+            "REPLCONF ACK -9223372036854775809\r\n",
+            "REPLCONF ACK 12x\r\n",
+        ] {
+            assert!(ack(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -6,14 +6,15 @@
 //! frame boundaries in the command stream: bulk bodies are skipped, not looked at, so the cost per
 //! byte stays close to a plain copy.
 
-use crate::resp::{split_line, ProtocolError};
+use crate::resp::{parse_offset, split_line, ProtocolError};
 
 /// Longest preamble line (`$EOF:<40 hex>` is 45 bytes).
 const MAX_PREAMBLE_LINE: usize = 512;
 /// Length of the diskless end mark.
 pub const EOF_MARK_LEN: usize = 40;
 /// Largest array length or bulk length accepted in the command stream (Redis' own
-/// proto-max-bulk-len tops out at 2^63, but nothing real comes near this).
+/// proto-max-bulk-len tops out at 2^63, but nothing real comes near this). Lengths are refused
+/// on the digit that takes them past it, so reading one never overflows.
 const MAX_STREAM_LEN: u64 = 1 << 40;
 
 /// Something the downstream watcher noticed, in stream order.
@@ -183,12 +184,7 @@ fn parse_preamble(text: &[u8], events: &mut Vec<Event>) -> Result<Phase, Protoco
             tail: Vec::with_capacity(EOF_MARK_LEN),
         });
     }
-    let len = parse_u64(spec).ok_or_else(|| {
-        ProtocolError::Malformed(format!(
-            "bad RDB payload length {:?}",
-            String::from_utf8_lossy(spec)
-        ))
-    })?;
+    let len = parse_offset(&String::from_utf8_lossy(spec), "the RDB payload length")?;
     events.push(Event::RdbStart { len: Some(len) });
     Ok(if len == 0 {
         events.push(Event::RdbEnd {
@@ -199,13 +195,6 @@ fn parse_preamble(text: &[u8], events: &mut Vec<Event>) -> Result<Phase, Protoco
     } else {
         Phase::Rdb { left: len }
     })
-}
-
-fn parse_u64(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(s).ok()?.parse().ok()
 }
 
 /// Finds the end of the first occurrence of `mark` in `tail ++ chunk`, as an index into `chunk`.
@@ -262,6 +251,14 @@ enum Scan {
     BodyLf,
 }
 
+/// Why the scanner stopped: a byte that does not belong (and its stream offset), or a length
+/// over [`MAX_STREAM_LEN`] (at the offset of the digit that took it there).
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Byte(u8, u64),
+    Length(u64),
+}
+
 /// Finds command boundaries in a replication stream (RESP arrays of bulk strings, nothing else).
 ///
 /// `bytes` counts every stream byte seen; `boundary` counts the bytes up to the end of the last
@@ -314,10 +311,13 @@ impl StreamScanner {
                     (num, digits) = (0, 0);
                     Scan::ArrayLen
                 }
-                (Scan::ArrayLen | Scan::BulkLen, b'0'..=b'9')
-                    if num <= MAX_STREAM_LEN && digits < 20 =>
-                {
+                (Scan::ArrayLen | Scan::BulkLen, b'0'..=b'9') if digits < 20 => {
+                    // `num` is at most MAX_STREAM_LEN here, so this cannot overflow.
                     num = num * 10 + u64::from(b - b'0');
+                    if num > MAX_STREAM_LEN {
+                        fault = Some(Fault::Length(base + i as u64 - 1));
+                        break;
+                    }
                     digits += 1;
                     state
                 }
@@ -357,7 +357,7 @@ impl StreamScanner {
                     }
                 }
                 _ => {
-                    fault = Some((b, base + i as u64 - 1));
+                    fault = Some(Fault::Byte(b, base + i as u64 - 1));
                     break;
                 }
             };
@@ -368,10 +368,20 @@ impl StreamScanner {
         self.commands = commands;
         self.num = num;
         self.digits = digits;
-        if let Some((b, at)) = fault {
-            return Err(ProtocolError::Malformed(format!(
-                "unexpected byte 0x{b:02x} in the replication stream at stream offset {at} (state {state:?})"
-            )));
+        match fault {
+            Some(Fault::Byte(b, at)) => {
+                return Err(ProtocolError::Malformed(format!(
+                    "unexpected byte 0x{b:02x} in the replication stream at stream offset {at} (state {state:?})"
+                )))
+            }
+            Some(Fault::Length(at)) => {
+                return Err(ProtocolError::OutOfRange {
+                    what: "a length in the replication stream at stream offset",
+                    value: at.to_string(),
+                    max: MAX_STREAM_LEN,
+                })
+            }
+            None => {}
         }
         self.state = state;
         self.bytes = base + n as u64;
@@ -478,6 +488,34 @@ mod tests {
         let mut s = StreamScanner::default();
         let zeros = [b'0'; 300];
         assert!(s.scan(b"*").and_then(|_| s.scan(&zeros)).is_err());
+    }
+
+    #[test]
+    fn lengths_out_of_range_are_errors_not_wraps() {
+        let mut d = Downstream::full_sync();
+        let e = d
+            .feed(b"$18446744073709551615\r\n", &mut Vec::new())
+            .unwrap_err();
+        assert!(matches!(e, ProtocolError::OutOfRange { .. }), "{e}");
+        let mut d = Downstream::full_sync();
+        assert!(d
+            .feed(b"$9223372036854775808\r\n", &mut Vec::new())
+            .is_err());
+        let mut d = Downstream::full_sync();
+        d.feed(b"$9223372036854775807\r\n", &mut Vec::new())
+            .unwrap();
+        for wire in [
+            &b"*1\r\n$1099511627777\r\n"[..],
+            b"*1099511627777\r\n",
+            b"*1\r\n$18446744073709551617\r\n",
+        ] {
+            let mut s = StreamScanner::default();
+            let e = s.scan(wire).unwrap_err();
+            assert!(matches!(e, ProtocolError::OutOfRange { .. }), "{e}");
+        }
+        let mut s = StreamScanner::default();
+        s.scan(b"*1\r\n$1099511627776\r\n").unwrap();
+        assert_eq!(s.body_left, MAX_STREAM_LEN);
     }
 
     fn commands() -> impl Strategy<Value = Vec<Vec<Vec<u8>>>> {
