@@ -13,9 +13,10 @@ const MAX_PREAMBLE_LINE: usize = 512;
 /// Length of the diskless end mark.
 pub const EOF_MARK_LEN: usize = 40;
 /// Largest array length or bulk length accepted in the command stream (Redis' own
-/// proto-max-bulk-len tops out at 2^63, but nothing real comes near this). Lengths are refused
-/// on the digit that takes them past it, so reading one never overflows.
-const MAX_STREAM_LEN: u64 = 1 << 40;
+/// proto-max-bulk-len tops out at 2^63, but nothing real comes near this). A digit is taken only
+/// while the number is at most a tenth of this, so a length never exceeds it and reading one
+/// never overflows; twelve nines make that bound exact.
+const MAX_STREAM_LEN: u64 = 999_999_999_999;
 
 /// Something the downstream watcher noticed, in stream order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,14 +252,6 @@ enum Scan {
     BodyLf,
 }
 
-/// Why the scanner stopped: a byte that does not belong (and its stream offset), or a length
-/// over [`MAX_STREAM_LEN`] (at the offset of the digit that took it there).
-#[derive(Debug, Clone, Copy)]
-enum Fault {
-    Byte(u8, u64),
-    Length(u64),
-}
-
 /// Finds command boundaries in a replication stream (RESP arrays of bulk strings, nothing else).
 ///
 /// `bytes` counts every stream byte seen; `boundary` counts the bytes up to the end of the last
@@ -311,13 +304,10 @@ impl StreamScanner {
                     (num, digits) = (0, 0);
                     Scan::ArrayLen
                 }
-                (Scan::ArrayLen | Scan::BulkLen, b'0'..=b'9') if digits < 20 => {
-                    // `num` is at most MAX_STREAM_LEN here, so this cannot overflow.
+                (Scan::ArrayLen | Scan::BulkLen, b'0'..=b'9')
+                    if num <= MAX_STREAM_LEN / 10 && digits < 20 =>
+                {
                     num = num * 10 + u64::from(b - b'0');
-                    if num > MAX_STREAM_LEN {
-                        fault = Some(Fault::Length(base + i as u64 - 1));
-                        break;
-                    }
                     digits += 1;
                     state
                 }
@@ -357,7 +347,7 @@ impl StreamScanner {
                     }
                 }
                 _ => {
-                    fault = Some(Fault::Byte(b, base + i as u64 - 1));
+                    fault = Some((b, base + i as u64 - 1));
                     break;
                 }
             };
@@ -368,20 +358,8 @@ impl StreamScanner {
         self.commands = commands;
         self.num = num;
         self.digits = digits;
-        match fault {
-            Some(Fault::Byte(b, at)) => {
-                return Err(ProtocolError::Malformed(format!(
-                    "unexpected byte 0x{b:02x} in the replication stream at stream offset {at} (state {state:?})"
-                )))
-            }
-            Some(Fault::Length(at)) => {
-                return Err(ProtocolError::OutOfRange {
-                    what: "a length in the replication stream at stream offset",
-                    value: at.to_string(),
-                    max: MAX_STREAM_LEN,
-                })
-            }
-            None => {}
+        if let Some((b, at)) = fault {
+            return Err(stream_fault(b, at, state));
         }
         self.state = state;
         self.bytes = base + n as u64;
@@ -393,6 +371,24 @@ impl StreamScanner {
     pub fn at_boundary(&self) -> bool {
         self.state == Scan::Start
     }
+}
+
+/// The error for a byte the scanner refused at stream offset `at` in `state`. Kept out of the
+/// scanning loop: it runs once per session at most.
+#[cold]
+#[inline(never)]
+fn stream_fault(b: u8, at: u64, state: Scan) -> ProtocolError {
+    // A digit refused inside a length: the length would pass the limit.
+    if b.is_ascii_digit() && matches!(state, Scan::ArrayLen | Scan::BulkLen) {
+        return ProtocolError::OutOfRange {
+            what: "a length in the replication stream at stream offset",
+            value: at.to_string(),
+            max: MAX_STREAM_LEN,
+        };
+    }
+    ProtocolError::Malformed(format!(
+        "unexpected byte 0x{b:02x} in the replication stream at stream offset {at} (state {state:?})"
+    ))
 }
 
 #[cfg(test)]
@@ -505,16 +501,17 @@ mod tests {
         d.feed(b"$9223372036854775807\r\n", &mut Vec::new())
             .unwrap();
         for wire in [
-            &b"*1\r\n$1099511627777\r\n"[..],
-            b"*1099511627777\r\n",
+            &b"*1\r\n$1000000000000\r\n"[..],
+            b"*1000000000000\r\n",
             b"*1\r\n$18446744073709551617\r\n",
+            b"*1\r\n$000000000000000000001\r\n",
         ] {
             let mut s = StreamScanner::default();
             let e = s.scan(wire).unwrap_err();
             assert!(matches!(e, ProtocolError::OutOfRange { .. }), "{e}");
         }
         let mut s = StreamScanner::default();
-        s.scan(b"*1\r\n$1099511627776\r\n").unwrap();
+        s.scan(b"*1\r\n$999999999999\r\n").unwrap();
         assert_eq!(s.body_left, MAX_STREAM_LEN);
     }
 
