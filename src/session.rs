@@ -22,7 +22,7 @@ use crate::config::{Credentials, Flavor};
 use crate::link::LinkCtx;
 use crate::psync::{self, PsyncRequest, Route};
 use crate::resp::{
-    self, encode_command, parse_command, reply_len, split_line, Command, ProtocolError,
+    encode_command, parse_offset, Command, CommandParser, LineScanner, ProtocolError, ReplyScanner,
 };
 use crate::stats::{SessionState, SessionStats};
 use crate::stream::{Downstream, Event};
@@ -47,6 +47,10 @@ const DOWN_BUF: usize = 64 * 1024;
 const UP_BUF: usize = 8 * 1024;
 /// Longest PSYNC reply line (`+FULLRESYNC <40> <offset>` is about 75 bytes).
 const MAX_REPLY_LINE: usize = 1024;
+/// How long a client refused for a protocol error gets to read replguard's answer.
+const REFUSE_GRACE: Duration = Duration::from_secs(1);
+/// Most bytes of a refused client's input discarded while it reads the answer.
+const REFUSE_DRAIN: usize = 1024 * 1024;
 
 /// Which side of the session something concerns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +117,12 @@ pub(crate) struct Peer<S> {
     pub(crate) io: S,
     pub(crate) buf: BytesMut,
     side: Side,
+    /// Its place in the command being read, kept between reads.
+    commands: CommandParser,
+    /// Its place in the reply being read, kept between reads.
+    replies: ReplyScanner,
+    /// Its place in the line being read, kept between reads.
+    lines: LineScanner,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Peer<S> {
@@ -121,6 +131,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Peer<S> {
             io,
             buf: BytesMut::with_capacity(4096),
             side,
+            commands: CommandParser::handshake(),
+            replies: ReplyScanner::handshake(),
+            lines: LineScanner::default(),
         }
     }
 
@@ -164,17 +177,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Peer<S> {
         }
     }
 
-    /// Reads one command from a client.
+    /// Reads one command from a client, whole and checked before any of it goes further (a
+    /// command no handshake sends is read up to its name: see [`CommandParser::handshake`]).
+    /// A client whose bytes break the protocol or a limit is answered `-ERR Protocol error`,
+    /// as Redis answers it, before its session ends.
     pub(crate) async fn command(
         &mut self,
         limit: Option<(Duration, &'static str)>,
     ) -> Result<(Command, BytesMut)> {
         loop {
-            if let Some((cmd, used)) = parse_command(&self.buf).map_err(|e| self.protocol(e))? {
-                return Ok((cmd, self.buf.split_to(used)));
+            match self.commands.parse(&self.buf) {
+                Ok(Some((cmd, used))) => return Ok((cmd, self.buf.split_to(used))),
+                Ok(None) => self.fill(limit).await?,
+                Err(err) => {
+                    self.refuse(&err).await;
+                    return Err(self.protocol(err));
+                }
             }
-            self.fill(limit).await?;
         }
+    }
+
+    /// Answers a client's protocol error and lets it read the answer: the write side is shut
+    /// and its further input discarded for a moment, since closing on unread input would
+    /// reset the connection and could take the answer with it. Bounded in time and bytes.
+    async fn refuse(&mut self, err: &ProtocolError) {
+        let text = err.to_string().replace(['\r', '\n'], " ");
+        let answer = format!("-ERR Protocol error: {text}\r\n");
+        let _ = timeout(REFUSE_GRACE, async {
+            self.io.write_all(answer.as_bytes()).await?;
+            self.io.shutdown().await?;
+            let mut sink = [0u8; 4096];
+            let mut left = REFUSE_DRAIN;
+            while left > 0 {
+                match self.io.read(&mut sink).await? {
+                    0 => break,
+                    n => left = left.saturating_sub(n),
+                }
+            }
+            Ok::<_, io::Error>(())
+        })
+        .await;
     }
 
     /// Reads one complete reply from the master. A bare newline counts as a reply, as the
@@ -184,7 +226,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Peer<S> {
             if self.buf.first() == Some(&b'\n') {
                 return Ok(self.buf.split_to(1));
             }
-            if let Some(used) = reply_len(&self.buf).map_err(|e| self.protocol(e))? {
+            if let Some(used) = self.replies.scan(&self.buf).map_err(|e| self.protocol(e))? {
                 return Ok(self.buf.split_to(used));
             }
             self.fill(Some((after, step))).await?;
@@ -198,8 +240,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Peer<S> {
         step: &'static str,
     ) -> Result<(String, BytesMut)> {
         loop {
-            if let Some((text, used)) =
-                split_line(&self.buf, MAX_REPLY_LINE).map_err(|e| self.protocol(e))?
+            if let Some((text, used)) = self
+                .lines
+                .scan(&self.buf, MAX_REPLY_LINE)
+                .map_err(|e| self.protocol(e))?
             {
                 let text = String::from_utf8_lossy(text).into_owned();
                 return Ok((text, self.buf.split_to(used)));
@@ -380,6 +424,24 @@ where
     r.send(&reply).await
 }
 
+/// The offset in a replica's `REPLCONF ACK <offset> [FACK <offset>]`; `None` for any other
+/// command, and for a negative offset (a replica that could not read its sync offset counts
+/// from -1), which the books cannot hold. An offset that is not a number, or does not fit the
+/// master's own 64-bit offsets, is an error.
+fn ack_offset(cmd: &Command) -> std::result::Result<Option<u64>, ProtocolError> {
+    let is_ack = cmd.args.len() > 2
+        && cmd.args[0].eq_ignore_ascii_case(b"REPLCONF")
+        && cmd.args[1].eq_ignore_ascii_case(b"ACK");
+    if !is_ack {
+        return Ok(None);
+    }
+    let text = String::from_utf8_lossy(&cmd.args[2]);
+    if text.parse::<i64>().is_ok_and(|o| o < 0) {
+        return Ok(None);
+    }
+    parse_offset(&text, "the REPLCONF ACK offset").map(Some)
+}
+
 fn is_ack(cmd: &Command) -> bool {
     cmd.args
         .get(1)
@@ -498,13 +560,19 @@ where
 {
     loop {
         let (line, raw) = m.line(step, "the PSYNC reply").await?;
-        r.send(&raw).await?;
         let mut words = line.split_ascii_whitespace();
-        match words.next() {
+        let (first, replid) = (words.next(), words.next());
+        // An offset replguard cannot keep books on ends the session before the replica sees it.
+        let offset = match (first, words.next()) {
+            (Some("+FULLRESYNC"), Some(o)) => {
+                Some(parse_offset(o, "the +FULLRESYNC offset").map_err(|e| m.protocol(e))?)
+            }
+            _ => None,
+        };
+        r.send(&raw).await?;
+        match first {
             None => continue, // keepalive while the master prepares
             Some("+FULLRESYNC") => {
-                let replid = words.next();
-                let offset = words.next().and_then(|o| o.parse().ok());
                 stats.begin_full(replid, offset);
                 if let (Some(id), Some(off)) = (replid, offset) {
                     link.guard.saw_full_resync(id, off);
@@ -513,8 +581,12 @@ where
                 return Ok((Some(Downstream::full_sync()), line));
             }
             Some("+CONTINUE") => {
-                let replid = words.next().or(req.map(|q| q.replid.as_str()));
-                let start = req.map_or(0, |q| q.offset.max(1) as u64 - 1);
+                let replid = replid.or(req.map(|q| q.replid.as_str()));
+                // The replica asked for the first byte it wants: the stream continues after
+                // the one before it.
+                let start = req.map_or(0, |q| {
+                    u64::try_from(q.offset.saturating_sub(1)).unwrap_or(0)
+                });
                 stats.begin_partial(replid, start);
                 if let Some(id) = replid {
                     link.guard
@@ -681,41 +753,37 @@ async fn relay(
 
     let upstream = async {
         let mut buf = vec![0u8; UP_BUF];
+        let mut commands = CommandParser::strict();
+        let replica_err = |err| SessionEnd::Protocol {
+            side: Side::Replica,
+            err,
+        };
         // Bytes already read during the handshake go first.
-        let mut fresh = up_pending.len();
         loop {
-            if fresh > 0 {
-                let start = up_pending.len() - fresh;
-                mw.write_all(&up_pending[start..])
+            // Only whole commands, read and checked, go to the master, exactly as received;
+            // the start of the next one waits for the rest of it.
+            let (mut ready, mut ack) = (0, None);
+            while let Some((cmd, used)) =
+                commands.parse(&up_pending[ready..]).map_err(replica_err)?
+            {
+                ready += used;
+                ack = ack_offset(&cmd).map_err(replica_err)?.or(ack);
+            }
+            if ready > 0 {
+                mw.write_all(&up_pending[..ready])
                     .await
                     .map_err(master_io)?;
-                while let Some((cmd, used)) =
-                    parse_command(&up_pending).map_err(|err| SessionEnd::Protocol {
-                        side: Side::Replica,
-                        err,
-                    })?
-                {
-                    up_pending.advance(used);
-                    if cmd.name() == "REPLCONF" && is_ack(&cmd) {
-                        if let Ok(off) = cmd.arg_str(2).parse::<u64>() {
-                            stats.record_ack(off);
-                            acked_tx.send_replace(true);
-                        }
-                    }
-                }
-                if up_pending.len() > resp::MAX_LINE {
-                    return Err(SessionEnd::Protocol {
-                        side: Side::Replica,
-                        err: ProtocolError::TooLong(resp::MAX_LINE),
-                    });
-                }
+                up_pending.advance(ready);
+            }
+            if let Some(off) = ack {
+                stats.record_ack(off);
+                acked_tx.send_replace(true);
             }
             let n = rr.read(&mut buf).await.map_err(replica_io)?;
             if n == 0 {
                 return Err(SessionEnd::Closed(Side::Replica));
             }
             up_pending.extend_from_slice(&buf[..n]);
-            fresh = n;
         }
     };
 
@@ -791,6 +859,7 @@ pub(crate) async fn passthrough(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resp::parse_command;
 
     #[test]
     fn dual_channel_capability_is_removed_and_the_rest_kept() {
@@ -811,6 +880,24 @@ mod tests {
             .0;
         assert_eq!(replconf(&plain, &stats, &mut hs), None);
         assert_eq!(stats.snapshot().replica, "127.0.0.1:6380");
+    }
+
+    #[test]
+    fn ack_offsets_are_checked() {
+        let ack = |line: &str| ack_offset(&parse_command(line.as_bytes()).unwrap().unwrap().0);
+        assert_eq!(ack("REPLCONF ACK 1234\r\n"), Ok(Some(1234)));
+        assert_eq!(ack("replconf ack 5 FACK 3\r\n"), Ok(Some(5)));
+        assert_eq!(ack("REPLCONF GETACK *\r\n"), Ok(None));
+        assert_eq!(ack("REPLCONF ACK -1\r\n"), Ok(None));
+        assert_eq!(ack("PING\r\n"), Ok(None));
+        for bad in [
+            "REPLCONF ACK 18446744073709551615\r\n",
+            "REPLCONF ACK 9223372036854775808\r\n",
+            "REPLCONF ACK -9223372036854775809\r\n",
+            "REPLCONF ACK 12x\r\n",
+        ] {
+            assert!(ack(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -301,11 +301,11 @@ impl SessionStats {
         self.next_sample_ns
             .store(since_start + SAMPLE_EVERY.as_nanos() as u64, Relaxed);
         let mut f = self.facts();
-        if let Some(start) = f.start_offset {
+        if let Some(reached) = f.start_offset.and_then(|s| s.checked_add(boundary)) {
             if f.samples.len() == MAX_SAMPLES {
                 f.samples.pop_front();
             }
-            f.samples.push_back((start + boundary, now));
+            f.samples.push_back((reached, now));
         }
     }
 
@@ -317,7 +317,7 @@ impl SessionStats {
         // The newest sample also covers what was delivered after it was taken.
         let delivered = f
             .start_offset
-            .map(|st| st + self.stream_boundary.load(Relaxed));
+            .and_then(|st| st.checked_add(self.stream_boundary.load(Relaxed)));
         while let Some(&(o, _)) = f.samples.front() {
             let covers = if f.samples.len() == 1 {
                 delivered.map_or(o, |d| d.max(o))
@@ -342,7 +342,7 @@ impl SessionStats {
         // A Kvrocks stream counts in sequences.
         let expected = match kv_next {
             Some(next) => Some(next.saturating_sub(1)),
-            None => f.start_offset.map(|s| s + boundary),
+            None => f.start_offset.and_then(|s| s.checked_add(boundary)),
         };
         let kvrocks = kv_next.map(|next_seq| KvSnapshot {
             next_seq,
@@ -453,6 +453,18 @@ mod tests {
         let snap = s.snapshot();
         assert_eq!(snap.lag_bytes, Some(0));
         assert_eq!(snap.lag_seconds, Some(0.0));
+    }
+
+    #[test]
+    fn offsets_that_would_overflow_are_not_wrapped() {
+        let s = SessionStats::new(1, "main", "127.0.0.1:5000".parse().unwrap());
+        s.begin_full(Some("abc"), Some(u64::MAX - 10));
+        s.record_stream(14, 14);
+        s.record_ack(5);
+        let snap = s.snapshot();
+        assert_eq!(snap.expected_offset, None);
+        assert_eq!(snap.lag_bytes, None);
+        assert!(s.facts().samples.is_empty());
     }
 
     #[test]

@@ -6,15 +6,17 @@
 //! frame boundaries in the command stream: bulk bodies are skipped, not looked at, so the cost per
 //! byte stays close to a plain copy.
 
-use crate::resp::{split_line, ProtocolError};
+use crate::resp::{parse_offset, split_line, ProtocolError};
 
 /// Longest preamble line (`$EOF:<40 hex>` is 45 bytes).
 const MAX_PREAMBLE_LINE: usize = 512;
 /// Length of the diskless end mark.
 pub const EOF_MARK_LEN: usize = 40;
 /// Largest array length or bulk length accepted in the command stream (Redis' own
-/// proto-max-bulk-len tops out at 2^63, but nothing real comes near this).
-const MAX_STREAM_LEN: u64 = 1 << 40;
+/// proto-max-bulk-len tops out at 2^63, but nothing real comes near this). A digit is taken only
+/// while the number is at most a tenth of this, so a length never exceeds it and reading one
+/// never overflows; twelve nines make that bound exact.
+const MAX_STREAM_LEN: u64 = 999_999_999_999;
 
 /// Something the downstream watcher noticed, in stream order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,12 +185,7 @@ fn parse_preamble(text: &[u8], events: &mut Vec<Event>) -> Result<Phase, Protoco
             tail: Vec::with_capacity(EOF_MARK_LEN),
         });
     }
-    let len = parse_u64(spec).ok_or_else(|| {
-        ProtocolError::Malformed(format!(
-            "bad RDB payload length {:?}",
-            String::from_utf8_lossy(spec)
-        ))
-    })?;
+    let len = parse_offset(&String::from_utf8_lossy(spec), "the RDB payload length")?;
     events.push(Event::RdbStart { len: Some(len) });
     Ok(if len == 0 {
         events.push(Event::RdbEnd {
@@ -199,13 +196,6 @@ fn parse_preamble(text: &[u8], events: &mut Vec<Event>) -> Result<Phase, Protoco
     } else {
         Phase::Rdb { left: len }
     })
-}
-
-fn parse_u64(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(s).ok()?.parse().ok()
 }
 
 /// Finds the end of the first occurrence of `mark` in `tail ++ chunk`, as an index into `chunk`.
@@ -315,7 +305,7 @@ impl StreamScanner {
                     Scan::ArrayLen
                 }
                 (Scan::ArrayLen | Scan::BulkLen, b'0'..=b'9')
-                    if num <= MAX_STREAM_LEN && digits < 20 =>
+                    if num <= MAX_STREAM_LEN / 10 && digits < 20 =>
                 {
                     num = num * 10 + u64::from(b - b'0');
                     digits += 1;
@@ -369,9 +359,7 @@ impl StreamScanner {
         self.num = num;
         self.digits = digits;
         if let Some((b, at)) = fault {
-            return Err(ProtocolError::Malformed(format!(
-                "unexpected byte 0x{b:02x} in the replication stream at stream offset {at} (state {state:?})"
-            )));
+            return Err(stream_fault(b, at, state));
         }
         self.state = state;
         self.bytes = base + n as u64;
@@ -383,6 +371,24 @@ impl StreamScanner {
     pub fn at_boundary(&self) -> bool {
         self.state == Scan::Start
     }
+}
+
+/// The error for a byte the scanner refused at stream offset `at` in `state`. Kept out of the
+/// scanning loop: it runs once per session at most.
+#[cold]
+#[inline(never)]
+fn stream_fault(b: u8, at: u64, state: Scan) -> ProtocolError {
+    // A digit refused inside a length: the length would pass the limit.
+    if b.is_ascii_digit() && matches!(state, Scan::ArrayLen | Scan::BulkLen) {
+        return ProtocolError::OutOfRange {
+            what: "a length in the replication stream at stream offset",
+            value: at.to_string(),
+            max: MAX_STREAM_LEN,
+        };
+    }
+    ProtocolError::Malformed(format!(
+        "unexpected byte 0x{b:02x} in the replication stream at stream offset {at} (state {state:?})"
+    ))
 }
 
 #[cfg(test)]
@@ -478,6 +484,35 @@ mod tests {
         let mut s = StreamScanner::default();
         let zeros = [b'0'; 300];
         assert!(s.scan(b"*").and_then(|_| s.scan(&zeros)).is_err());
+    }
+
+    #[test]
+    fn lengths_out_of_range_are_errors_not_wraps() {
+        let mut d = Downstream::full_sync();
+        let e = d
+            .feed(b"$18446744073709551615\r\n", &mut Vec::new())
+            .unwrap_err();
+        assert!(matches!(e, ProtocolError::OutOfRange { .. }), "{e}");
+        let mut d = Downstream::full_sync();
+        assert!(d
+            .feed(b"$9223372036854775808\r\n", &mut Vec::new())
+            .is_err());
+        let mut d = Downstream::full_sync();
+        d.feed(b"$9223372036854775807\r\n", &mut Vec::new())
+            .unwrap();
+        for wire in [
+            &b"*1\r\n$1000000000000\r\n"[..],
+            b"*1000000000000\r\n",
+            b"*1\r\n$18446744073709551617\r\n",
+            b"*1\r\n$000000000000000000001\r\n",
+        ] {
+            let mut s = StreamScanner::default();
+            let e = s.scan(wire).unwrap_err();
+            assert!(matches!(e, ProtocolError::OutOfRange { .. }), "{e}");
+        }
+        let mut s = StreamScanner::default();
+        s.scan(b"*1\r\n$999999999999\r\n").unwrap();
+        assert_eq!(s.body_left, MAX_STREAM_LEN);
     }
 
     fn commands() -> impl Strategy<Value = Vec<Vec<Vec<u8>>>> {

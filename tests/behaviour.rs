@@ -1,12 +1,14 @@
 //! How replguard behaves around the edges: ordinary clients pass through, the session limit,
-//! malformed bytes from either side, upstream credentials, Valkey dual-channel replication,
-//! and upstream loss.
+//! malformed bytes from either side (nesting bombs, oversized frames, offsets out of range),
+//! slow replicas, upstream credentials, Valkey dual-channel replication, and upstream loss.
 
 mod common;
 
 use common::*;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(60);
@@ -86,6 +88,17 @@ fn sessions_beyond_the_limit_are_refused_with_a_reason() {
 /// A master double that answers the handshake and then sends `after_reply` as its sync.
 /// replguard's own INFO reads get an error (the guard then works from the handshake alone).
 fn fake_master(after_reply: &'static [u8]) -> (u16, std::thread::JoinHandle<()>) {
+    fake_master_replying(
+        b"+FULLRESYNC 0123456789012345678901234567890123456789 0\r\n",
+        after_reply,
+    )
+}
+
+/// [`fake_master`] answering PSYNC with `psync_reply`.
+fn fake_master_replying(
+    psync_reply: &'static [u8],
+    after_reply: &'static [u8],
+) -> (u16, std::thread::JoinHandle<()>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let h = std::thread::spawn(move || loop {
@@ -117,8 +130,7 @@ fn fake_master(after_reply: &'static [u8]) -> (u16, std::thread::JoinHandle<()>)
             chunk = buf[..n].to_vec();
             seen.extend_from_slice(&chunk);
         }
-        s.write_all(b"+FULLRESYNC 0123456789012345678901234567890123456789 0\r\n")
-            .unwrap();
+        s.write_all(psync_reply).unwrap();
         s.write_all(after_reply).unwrap();
         let _ = s.read(&mut buf);
         return;
@@ -166,7 +178,10 @@ fn malformed_bytes_from_a_replica_end_its_session() {
     let proxy = Proxy::start(Kind::Redis, m.port, "");
     let mut r = raw_connect(proxy.port);
     r.write_all(b"*1\r\n$x\r\n").unwrap();
-    assert_eq!(read_to_close(&mut r), b"");
+    assert_eq!(
+        String::from_utf8_lossy(&read_to_close(&mut r)),
+        "-ERR Protocol error: malformed RESP: unexpected byte 0x78 in a length\r\n"
+    );
     let mut c = Client::connect(proxy.port).unwrap();
     assert_eq!(c.text(&["PING"]), "PONG");
 }
@@ -239,4 +254,311 @@ fn valkey_dual_channel_replicas_sync_over_one_connection() {
     assert_eq!(s["sync"], "full");
     assert_eq!(s["rdb_diskless"], true);
     assert_eq!(proxy.status()["links"][0]["sessions_total"], 1);
+}
+
+/// `*1\r\n` 20,000 times: an array nested 20,000 deep, 80 KB.
+fn nesting_bomb() -> Vec<u8> {
+    b"*1\r\n".repeat(20_000)
+}
+
+/// The replguard binary with one Redis link per `(name, master port)`, its log in a file;
+/// killed when dropped. A separate process, so a crash shows as its exit.
+struct Binary {
+    child: Child,
+    admin: u16,
+    /// Each link's listening port, in order.
+    ports: Vec<u16>,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Binary {
+    fn start(links: &[(&str, u16)]) -> Binary {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = free_port();
+        let ports: Vec<u16> = links.iter().map(|_| free_port()).collect();
+        let mut yaml = format!(
+            "state_dir: {}/state\nadmin: {{ listen: 127.0.0.1:{admin} }}\nlinks:\n",
+            dir.path().display()
+        );
+        for ((name, master), port) in links.iter().zip(&ports) {
+            yaml += &format!(
+                "  - {{ name: {name}, listen: 127.0.0.1:{port}, master: 127.0.0.1:{master}, flavor: redis, guard: enforce }}\n"
+            );
+        }
+        let cfg = dir.path().join("rg.yaml");
+        std::fs::write(&cfg, yaml).unwrap();
+        let log = dir.path().join("replguard.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_replguard"))
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("REPLGUARD_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut b = Binary {
+            child,
+            admin,
+            ports,
+            log,
+            _dir: dir,
+        };
+        wait_for(LONG, "replguard to listen", || {
+            assert!(b.alive(), "replguard exited:\n{}", b.log());
+            TcpStream::connect(("127.0.0.1", admin)).ok()
+        });
+        b
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The log lines that contain `needle`, once there are `n` of them.
+    fn log_lines(&self, needle: &str, n: usize) -> Vec<String> {
+        wait_for(LONG, needle, || {
+            let lines: Vec<String> = self
+                .log()
+                .lines()
+                .filter(|l| l.contains(needle))
+                .map(str::to_string)
+                .collect();
+            (lines.len() >= n).then_some(lines)
+        })
+    }
+
+    fn metrics(&self) -> String {
+        http(self.admin, "GET", "/metrics")
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_nesting_bomb_from_a_replica_ends_only_its_session() {
+    let m = Server::start(Kind::Redis, &[]);
+    let mut bin = Binary::start(&[("main", m.port)]);
+    let mut s = raw_connect(bin.ports[0]);
+    // replguard may close before it has all of it.
+    let _ = s.write_all(&nesting_bomb());
+    let got = String::from_utf8_lossy(&read_to_close(&mut s)).into_owned();
+    // An error or a close, nothing else.
+    assert!(
+        got.is_empty() || got == "-ERR Protocol error: an array nested in a command (the limit is depth 1: a flat array of bulk strings)\r\n",
+        "{got:?}"
+    );
+    assert!(bin.alive(), "replguard died:\n{}", bin.log());
+    let lines = bin.log_lines("not valid here", 1);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].contains("replica sent bytes that are not valid here: an array nested in a command (the limit is depth 1"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        bin.metrics()
+            .contains("replguard_session_errors_total{link=\"main\"} 1"),
+        "{}",
+        bin.metrics()
+    );
+    // A real replica syncs through the same link afterwards.
+    assert_eq!(m.client().text(&["SET", "after", "bomb"]), "OK");
+    let r = replica_of(Kind::Redis, bin.ports[0], &[]);
+    wait_converged(&m, &r, LONG);
+    assert_eq!(
+        r.client().cmd(&["GET", "after"]),
+        Reply::BulkString(b"bomb".to_vec())
+    );
+    assert!(bin.alive(), "replguard died:\n{}", bin.log());
+}
+
+/// A master double that answers whatever it is sent, on every connection (replguard's INFO
+/// reads included), with a nesting bomb.
+fn bombing_master() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                if matches!(s.read(&mut buf), Ok(n) if n > 0) {
+                    let _ = s.write_all(&nesting_bomb());
+                }
+                while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_nesting_bomb_from_a_master_ends_only_its_session() {
+    let m = Server::start(Kind::Redis, &[]);
+    let bomb = bombing_master();
+    let mut bin = Binary::start(&[("bombed", bomb), ("main", m.port)]);
+    for _ in 0..2 {
+        let mut r = raw_connect(bin.ports[0]);
+        r.write_all(&replguard::resp::encode_command(&[
+            "REPLCONF",
+            "listening-port",
+            "7777",
+        ]))
+        .unwrap();
+        let got = read_to_close(&mut r);
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            "",
+            "the bomb reached the replica"
+        );
+        assert!(bin.alive(), "replguard died:\n{}", bin.log());
+    }
+    let lines = bin.log_lines("not valid here", 2);
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    for l in &lines {
+        assert!(
+            l.contains("master sent bytes that are not valid here: a reply nested deeper than the limit of 8 arrays"),
+            "{l}"
+        );
+    }
+    assert!(
+        bin.metrics()
+            .contains("replguard_session_errors_total{link=\"bombed\"} 2"),
+        "{}",
+        bin.metrics()
+    );
+    // The other link is unaffected.
+    assert_eq!(m.client().text(&["SET", "k", "v"]), "OK");
+    let r = replica_of(Kind::Redis, bin.ports[1], &[]);
+    wait_converged(&m, &r, LONG);
+    assert!(bin.alive(), "replguard died:\n{}", bin.log());
+}
+
+#[test]
+fn a_fullresync_offset_out_of_range_ends_the_session_unwrapped() {
+    let (port, h) = fake_master_replying(
+        b"+FULLRESYNC 0123456789012345678901234567890123456789 18446744073709551615\r\n",
+        b"$5\r\nREDIS*1\r\n$4\r\nPING\r\n",
+    );
+    let proxy = Proxy::start(Kind::Redis, port, "    announce_replica_ip: false\n");
+    let mut r = replica_handshake(proxy.port);
+    // Either the session ends, or (were the offset taken) it streams with its books.
+    let sessions = wait_for(LONG, "the session to end or stream", || {
+        let s = proxy.sessions();
+        (s.is_empty() || s.iter().any(|s| s["state"] == "streaming")).then_some(s)
+    });
+    for s in &sessions {
+        let (start, expected) = (&s["start_offset"], &s["expected_offset"]);
+        assert!(
+            start.as_u64().is_none_or(|st| st <= i64::MAX as u64)
+                && expected.as_u64() >= start.as_u64(),
+            "offsets wrapped: start {start}, expected {expected}"
+        );
+    }
+    assert!(sessions.is_empty(), "{sessions:#?}");
+    let got = read_to_close(&mut r);
+    assert!(
+        !got.windows(11).any(|w| w == b"+FULLRESYNC"),
+        "the reply reached the replica: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    let st = proxy.status();
+    assert!(
+        !st.to_string().contains("18446744073709551615"),
+        "the offset reached the books: {st}"
+    );
+    let metrics = proxy.http_get("/metrics");
+    assert!(
+        metrics.contains("replguard_session_errors_total{link=\"main\"} 1"),
+        "{metrics}"
+    );
+    drop(r);
+    h.join().unwrap();
+}
+
+#[test]
+fn an_oversized_handshake_command_is_refused() {
+    let m = Server::start(Kind::Redis, &[]);
+    let proxy = Proxy::start(Kind::Redis, m.port, "");
+    let refused = "-ERR Protocol error: frame longer than the limit of 65536 bytes\r\n".to_string();
+    // The header alone declares more than the limit: refused without waiting for the rest.
+    let mut r = raw_connect(proxy.port);
+    r.write_all(b"*3\r\n$8\r\nREPLCONF\r\n$14\r\nlistening-port\r\n$70000\r\n")
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&read_to_close(&mut r)), refused);
+    drop(r);
+    // The whole frame sent at once.
+    let mut r = raw_connect(proxy.port);
+    let id = "x".repeat(70_000);
+    let _ = r.write_all(&replguard::resp::encode_command(&[
+        "PSYNC",
+        id.as_str(),
+        "-1",
+    ]));
+    assert_eq!(String::from_utf8_lossy(&read_to_close(&mut r)), refused);
+    // None of it reached the master.
+    let stats = m.client().info("stats");
+    assert_eq!(stats["sync_full"], "0", "{stats:?}");
+    wait_for(LONG, "both sessions counted as errors", || {
+        proxy
+            .http_get("/metrics")
+            .contains("replguard_session_errors_total{link=\"main\"} 2")
+            .then_some(())
+    });
+    // An ordinary client's first command is not a handshake command: it may be large.
+    let mut c = Client::connect(proxy.port).unwrap();
+    let big = "v".repeat(200_000);
+    assert_eq!(c.text(&["SET", "big", big.as_str()]), "OK");
+    assert_eq!(c.text(&["GET", "big"]), big);
+}
+
+#[test]
+fn a_replica_sending_its_handshake_one_byte_at_a_time_is_served() {
+    let m = Server::start(Kind::Redis, &["--repl-diskless-sync-delay", "0"]);
+    assert_eq!(m.client().text(&["SET", "k", "v"]), "OK");
+    let proxy = Proxy::start(Kind::Redis, m.port, "");
+    let mut r = raw_connect(proxy.port);
+    r.set_nodelay(true).unwrap();
+    let slowly = |r: &mut TcpStream, bytes: &[u8], answer: &str| {
+        for b in bytes {
+            r.write_all(&[*b]).unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let mut got = vec![0u8; answer.len()];
+        r.read_exact(&mut got).unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), answer);
+    };
+    let cmd = replguard::resp::encode_command::<&str>;
+    slowly(&mut r, &cmd(&["PING"]), "+PONG\r\n");
+    slowly(
+        &mut r,
+        &cmd(&["REPLCONF", "listening-port", "7777"]),
+        "+OK\r\n",
+    );
+    slowly(&mut r, b"REPLCONF capa eof capa psync2\r\n", "+OK\r\n");
+    slowly(&mut r, &cmd(&["PSYNC", "?", "-1"]), "+FULLRESYNC ");
+    // The payload follows, as to any replica.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(5).any(|w| w == b"REDIS") {
+        let n = r.read(&mut buf).unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let s = wait_for(LONG, "the session's books", || {
+        proxy.sessions().into_iter().find(|s| s["sync"] == "full")
+    });
+    assert_eq!(s["replica"], "127.0.0.1:7777", "{s}");
+    let master_id = m.client().info("replication")["master_replid"].clone();
+    assert_eq!(s["replid"], master_id.as_str(), "{s}");
 }
