@@ -122,7 +122,7 @@ fn latency(master: &Server, writes: usize, paths: &mut Paths) -> Vec<Vec<f64>> {
         }
         for _ in 0..BATCH {
             let v = paths.total.to_string();
-            let cmd = replguard::resp::encode_command(&["SET", "lat", v.as_str()]);
+            let cmd = replguard::wire::resp::encode_command(&["SET", "lat", v.as_str()]);
             let sent = Instant::now();
             w.write_all(&cmd).unwrap();
             let (n, at) = paths.rx[p]

@@ -6,9 +6,9 @@
 //! `cargo bench --bench relay`
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use replguard::kvrocks::WalScanner;
-use replguard::resp::encode_command;
-use replguard::stream::Downstream;
+use replguard::kvrocks::wire::WalScanner;
+use replguard::redis::stream::Downstream;
+use replguard::wire::resp::encode_command;
 
 const CHUNK: usize = 64 * 1024;
 const STREAM_BYTES: usize = 8 << 20;

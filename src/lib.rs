@@ -57,21 +57,12 @@
 
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod checkpoint;
 pub mod config;
+pub mod conn;
 pub mod guard;
 pub mod kvrocks;
-pub mod kvsession;
-pub mod ledger;
 pub mod link;
-pub mod psync;
-pub mod resp;
+pub mod ops;
+pub mod redis;
 pub mod server;
-pub mod session;
-pub mod stats;
-pub mod status;
-pub mod store;
-pub mod stream;
-pub mod verdict;
-pub mod watch;
+pub mod wire;

@@ -2,10 +2,10 @@
 //! of sessions and its counters.
 
 use crate::config::{parse_addr, Credentials, Flavor, LinkConfig};
+use crate::conn::stats::{LinkCounters, SessionSnapshot, SessionState, SessionStats};
 use crate::guard::Guard;
-use crate::session::{self, SessionEnd};
-use crate::stats::{LinkCounters, SessionSnapshot, SessionState, SessionStats};
-use crate::watch;
+use crate::redis::session::{self, SessionEnd};
+use crate::redis::watch;
 use dashmap::DashMap;
 use std::net::SocketAddr;
 use std::path::Path;

@@ -134,7 +134,7 @@ fn main() -> ExitCode {
 
 /// `replguard status`: prints the books of the replguard whose admin listener is at `listen`.
 fn status(listen: SocketAddr, max_lag_seconds: f64) -> ExitCode {
-    use replguard::status;
+    use replguard::ops::report as status;
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -237,7 +237,7 @@ fn log_filter(raw: &str) -> Result<tracing_subscriber::EnvFilter, String> {
             let ours = d == "replguard" || d.starts_with("replguard::");
             if !(d.contains('=') || ours || d.parse::<LevelFilter>().is_ok()) {
                 return Err(format!(
-                    "is not a filter: `{d}` is neither a level (trace, debug, info, warn, error, off) nor target=level (e.g. replguard::session=debug)"
+                    "is not a filter: `{d}` is neither a level (trace, debug, info, warn, error, off) nor target=level (e.g. replguard::redis::session=debug)"
                 ));
             }
         }
@@ -254,7 +254,7 @@ mod tests {
         for ok in [
             "info",
             "DEBUG",
-            "warn,replguard::session=trace",
+            "warn,replguard::redis::session=trace",
             "replguard",
             "h2=debug,info",
         ] {

@@ -7,10 +7,10 @@
 //! 2. each session logs its books as it ends;
 //! 3. replguard waits up to `shutdown_grace_ms` for that, then returns.
 
-use crate::admin::{self, AdminState};
 use crate::config::Config;
+use crate::guard::store::StateDirLock;
 use crate::link::{self, LinkCtx};
-use crate::store::StateDirLock;
+use crate::ops::admin::{self, AdminState};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;

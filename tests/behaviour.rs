@@ -140,7 +140,7 @@ fn fake_master_replying(
 
 fn replica_handshake(port: u16) -> TcpStream {
     let mut r = raw_connect(port);
-    r.write_all(&replguard::resp::encode_command(&[
+    r.write_all(&replguard::wire::resp::encode_command(&[
         "REPLCONF",
         "listening-port",
         "7777",
@@ -409,7 +409,7 @@ fn a_nesting_bomb_from_a_master_ends_only_its_session() {
     let mut bin = Binary::start(&[("bombed", bomb), ("main", m.port)]);
     for _ in 0..2 {
         let mut r = raw_connect(bin.ports[0]);
-        r.write_all(&replguard::resp::encode_command(&[
+        r.write_all(&replguard::wire::resp::encode_command(&[
             "REPLCONF",
             "listening-port",
             "7777",
@@ -500,7 +500,7 @@ fn an_oversized_handshake_command_is_refused() {
     // The whole frame sent at once.
     let mut r = raw_connect(proxy.port);
     let id = "x".repeat(70_000);
-    let _ = r.write_all(&replguard::resp::encode_command(&[
+    let _ = r.write_all(&replguard::wire::resp::encode_command(&[
         "PSYNC",
         id.as_str(),
         "-1",
@@ -538,7 +538,7 @@ fn a_replica_sending_its_handshake_one_byte_at_a_time_is_served() {
         r.read_exact(&mut got).unwrap();
         assert_eq!(String::from_utf8_lossy(&got), answer);
     };
-    let cmd = replguard::resp::encode_command::<&str>;
+    let cmd = replguard::wire::resp::encode_command::<&str>;
     slowly(&mut r, &cmd(&["PING"]), "+PONG\r\n");
     slowly(
         &mut r,

@@ -14,7 +14,7 @@ use common::kvrocks_double::{
     log_records, KvrocksMasterDouble, KvrocksReplicaDouble, MasterCfg, ReplicaCfg,
 };
 use common::{wait_for, Proxy};
-use replguard::checkpoint::CheckpointScan;
+use replguard::kvrocks::checkpoint::CheckpointScan;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};

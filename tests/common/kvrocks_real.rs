@@ -251,7 +251,7 @@ impl KeyWriter {
                 let mut wire = Vec::new();
                 for i in n..n + 20 {
                     let (k, v) = (format!("w{i}"), i.to_string());
-                    wire.extend(replguard::resp::encode_command(&["SET", &k, &v]));
+                    wire.extend(replguard::wire::resp::encode_command(&["SET", &k, &v]));
                 }
                 c.sock.write_all(&wire).unwrap();
                 for _ in 0..20 {
@@ -341,7 +341,10 @@ pub fn wrong_keys(replica: &Kvrocks, n: u64) -> Vec<String> {
         let end = (i + 500).min(n);
         let mut wire = Vec::new();
         for k in i..end {
-            wire.extend(replguard::resp::encode_command(&["GET", &format!("w{k}")]));
+            wire.extend(replguard::wire::resp::encode_command(&[
+                "GET",
+                &format!("w{k}"),
+            ]));
         }
         c.sock.write_all(&wire).unwrap();
         for k in i..end {

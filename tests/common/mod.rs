@@ -127,7 +127,7 @@ impl Client {
 
     pub fn send(&mut self, args: &[&str]) {
         self.sock
-            .write_all(&replguard::resp::encode_command(args))
+            .write_all(&replguard::wire::resp::encode_command(args))
             .unwrap();
     }
 
@@ -533,7 +533,7 @@ impl Writer {
                 for _ in 0..batch {
                     let k = format!("{prefix}:{}", n % 50_000);
                     let v = format!("v{n}");
-                    wire.extend(replguard::resp::encode_command(&[
+                    wire.extend(replguard::wire::resp::encode_command(&[
                         "SET",
                         k.as_str(),
                         v.as_str(),

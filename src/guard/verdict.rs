@@ -11,7 +11,7 @@
 //! has, without looking at what the replica holds. replguard checks the request against the
 //! sequence it delivered up to (see [`judge`] for the rules).
 
-use crate::ledger::{KvRecord, LedgerData, ReplicaRecord};
+use crate::guard::ledger::{KvRecord, LedgerData, ReplicaRecord};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -453,7 +453,7 @@ fn judge_psync2(facts: &Facts<'_>, replid: &str, offset: i64) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::{MasterView, NO_REPLID};
+    use crate::guard::ledger::{MasterView, NO_REPLID};
     use proptest::prelude::*;
 
     const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -657,7 +657,7 @@ mod tests {
             Verdict::Pass
         );
         l.kvrocks.update(R, |r| {
-            r.gap = Some(crate::ledger::KvGap {
+            r.gap = Some(crate::guard::ledger::KvGap {
                 expected: 6,
                 got: 8,
             })
@@ -694,7 +694,7 @@ mod tests {
             r.next_seq = next_seq;
             r.ids = ranges
                 .iter()
-                .map(|&(from, id)| crate::ledger::KvIdRange {
+                .map(|&(from, id)| crate::guard::ledger::KvIdRange {
                     from,
                     replid: id.map(str::to_string),
                 })
@@ -1243,7 +1243,7 @@ mod tests {
                         .find(|&i| self.master[i].logged)
                         .map_or(next + 1, |i| i as u64 + 1);
                     self.ledger.kvrocks.update(R, |r| {
-                        r.gap = Some(crate::ledger::KvGap {
+                        r.gap = Some(crate::guard::ledger::KvGap {
                             expected: next,
                             got,
                         })
@@ -1251,7 +1251,7 @@ mod tests {
                     break;
                 }
                 let name = Self::name(e.id);
-                crate::ledger::note_kv_id(&mut ids, next, name.as_deref());
+                crate::guard::ledger::note_kv_id(&mut ids, next, name.as_deref());
                 self.pending.push_back(next as usize - 1);
                 next += 1;
             }

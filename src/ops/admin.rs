@@ -3,8 +3,8 @@
 //! A deliberately small HTTP/1.1 server: one request per connection, bounded request size and
 //! time, `Connection: close`.
 
+use crate::conn::stats::SessionSnapshot;
 use crate::link::LinkCtx;
-use crate::stats::SessionSnapshot;
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;

@@ -1,13 +1,13 @@
 //! The one place that decides what happens to a replica's PSYNC before it reaches the master.
 //!
-//! Every PSYNC a session reads is judged by the link's guard ([`crate::verdict`]) and then
+//! Every PSYNC a session reads is judged by the link's guard ([`crate::guard::verdict`]) and then
 //! routed here: forwarded as the replica sent it, rewritten to `PSYNC ? -1` (a full sync), or
 //! held with a `-LOADING` answer from replguard itself. In `observe` mode everything is
 //! forwarded and only the would-be action is logged and counted.
 
 use crate::config::GuardMode;
-use crate::resp::Command;
-use crate::verdict::Verdict;
+use crate::guard::verdict::Verdict;
+use crate::wire::resp::Command;
 
 /// What replguard sends the master instead of a PSYNC it judged inconsistent.
 pub const FULL_SYNC_REQUEST: &[u8] = b"*3\r\n$5\r\nPSYNC\r\n$1\r\n?\r\n$2\r\n-1\r\n";
@@ -82,15 +82,15 @@ pub fn route(mode: GuardMode, verdict: &Verdict) -> Route {
 pub fn route_kvrocks(mode: GuardMode, verdict: &Verdict) -> Route {
     match (mode, verdict) {
         (_, Verdict::Pass) | (GuardMode::Observe, _) => Route::Forward,
-        (GuardMode::Enforce, _) => Route::Refuse(crate::kvrocks::FULL_SYNC_ANSWER),
+        (GuardMode::Enforce, _) => Route::Refuse(crate::kvrocks::wire::FULL_SYNC_ANSWER),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resp::parse_command;
-    use crate::verdict::Reason;
+    use crate::guard::verdict::Reason;
+    use crate::wire::resp::parse_command;
 
     fn cmd(b: &[u8]) -> Command {
         parse_command(b).unwrap().unwrap().0

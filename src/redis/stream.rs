@@ -6,7 +6,7 @@
 //! frame boundaries in the command stream: bulk bodies are skipped, not looked at, so the cost per
 //! byte stays close to a plain copy.
 
-use crate::resp::{parse_offset, split_line, ProtocolError};
+use crate::wire::resp::{parse_offset, split_line, ProtocolError};
 
 /// Longest preamble line (`$EOF:<40 hex>` is 45 bytes).
 const MAX_PREAMBLE_LINE: usize = 512;
@@ -394,7 +394,7 @@ fn stream_fault(b: u8, at: u64, state: Scan) -> ProtocolError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resp::encode_command;
+    use crate::wire::resp::encode_command;
     use proptest::prelude::*;
 
     fn feed_all(d: &mut Downstream, chunks: &[&[u8]]) -> (Vec<Event>, Vec<Option<usize>>) {

@@ -4,9 +4,14 @@
 //! Sessions ask [`Guard::judge`] before forwarding a PSYNC, and report deliveries; the link's
 //! keeper task folds in the master's INFO and saves the ledger when it changed.
 
-use crate::ledger::{KvGap, KvIdRange, KvRecord, LedgerData, MasterView, ReplicaRecord};
-use crate::store::{Identity, Store};
-use crate::verdict::{judge, Facts, Request, UnknownReplica, Verdict};
+pub mod ledger;
+pub mod route;
+pub mod store;
+pub mod verdict;
+
+use crate::guard::ledger::{KvGap, KvIdRange, KvRecord, LedgerData, MasterView, ReplicaRecord};
+use crate::guard::store::{Identity, Store};
+use crate::guard::verdict::{judge, Facts, Request, UnknownReplica, Verdict};
 use dashmap::DashMap;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -2,8 +2,8 @@
 //! short-lived connection of replguard's own, with the link's credentials.
 
 use crate::config::Credentials;
-use crate::ledger::MasterView;
-use crate::resp::{encode_command, reply_len};
+use crate::guard::ledger::MasterView;
+use crate::wire::resp::{encode_command, reply_len};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;

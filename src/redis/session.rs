@@ -9,7 +9,7 @@
 //!    `REPLCONF capa dual-channel` is removed so a Valkey replica syncs over this one connection.
 //! 3. A command that no replica sends in its handshake turns the session into a plain
 //!    bidirectional pipe: an ordinary client passes through unchanged.
-//! 4. `PSYNC` goes through [`crate::psync::route`]; its reply decides the relay's starting point:
+//! 4. `PSYNC` goes through [`crate::guard::route::route`]; its reply decides the relay's starting point:
 //!    `+FULLRESYNC` (payload then stream), `+CONTINUE` (stream), an error (back to the handshake,
 //!    where the replica may fall back to `SYNC`).
 //! 5. Relay: master-to-replica bytes are watched by [`Downstream`] and forwarded unchanged; after a
@@ -19,14 +19,14 @@
 //!    its own replication id and offset. Shutdown cancels the session the same way.
 
 use crate::config::{Credentials, Flavor};
+use crate::conn::stats::{SessionState, SessionStats};
+use crate::guard::route::{self, PsyncRequest, Route};
+use crate::guard::verdict::Verdict;
 use crate::link::LinkCtx;
-use crate::psync::{self, PsyncRequest, Route};
-use crate::resp::{
+use crate::redis::stream::{Downstream, Event};
+use crate::wire::resp::{
     encode_command, parse_offset, Command, CommandParser, LineScanner, ProtocolError, ReplyScanner,
 };
-use crate::stats::{SessionState, SessionStats};
-use crate::stream::{Downstream, Event};
-use crate::verdict::Verdict;
 use bytes::{Buf, BytesMut};
 use std::fmt;
 use std::io;
@@ -302,7 +302,7 @@ async fn session(link: &LinkCtx, replica: TcpStream, stats: &SessionStats) -> Re
     let mut r = Peer::new(replica, Side::Replica);
     let mut m = Peer::new(upstream, Side::Master);
     if link.cfg.flavor == Flavor::Kvrocks {
-        return crate::kvsession::run(link, r, m, stats).await;
+        return crate::kvrocks::session::run(link, r, m, stats).await;
     }
     let mut hs = Handshake::default();
     let step = t.handshake_step();
@@ -350,7 +350,7 @@ async fn session(link: &LinkCtx, replica: TcpStream, stats: &SessionStats) -> Re
                         "unparseable PSYNC: the master answers it".into(),
                     ),
                 };
-                let route = psync::route(link.cfg.guard, &verdict);
+                let route = route::route(link.cfg.guard, &verdict);
                 let decision = DecisionCtx {
                     replica: &replica,
                     req: req.as_ref().map(|q| (q.replid.as_str(), q.offset)),
@@ -365,7 +365,7 @@ async fn session(link: &LinkCtx, replica: TcpStream, stats: &SessionStats) -> Re
                         decision.log(link, "-LOADING (from replguard)");
                         return Err(SessionEnd::Held);
                     }
-                    Route::Full if name == "PSYNC" => m.send(psync::FULL_SYNC_REQUEST).await?,
+                    Route::Full if name == "PSYNC" => m.send(route::FULL_SYNC_REQUEST).await?,
                     Route::Full | Route::Forward | Route::Refuse(_) => m.send(&raw).await?,
                 }
                 let down = if name == "SYNC" {
@@ -660,7 +660,7 @@ impl DecisionCtx<'_> {
             self.replica,
             self.verdict,
             crate::guard::Decision {
-                at_unix: crate::ledger::now_unix(),
+                at_unix: crate::guard::ledger::now_unix(),
                 requested_replid: replid.to_string(),
                 requested_offset: offset,
                 verdict: self.verdict.name(),
@@ -859,7 +859,7 @@ pub(crate) async fn passthrough(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resp::parse_command;
+    use crate::wire::resp::parse_command;
 
     #[test]
     fn dual_channel_capability_is_removed_and_the_rest_kept() {

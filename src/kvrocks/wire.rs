@@ -5,8 +5,8 @@
 //! Everything here is pure: scanners are fed the bytes as they pass and say what they saw; the
 //! bytes themselves are forwarded unchanged by the session.
 
-use crate::checkpoint::CheckpointScan;
-use crate::resp::{Command, ProtocolError};
+use crate::kvrocks::checkpoint::CheckpointScan;
+use crate::wire::resp::{Command, ProtocolError};
 
 /// Length of a Kvrocks replication id.
 pub const REPLID_LEN: usize = 16;
@@ -559,7 +559,7 @@ pub fn fetch_file_names(cmd: &Command) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resp::parse_command;
+    use crate::wire::resp::parse_command;
 
     /// A batch as Kvrocks 2.7.0 writes `set <key> <value>` (cluster key encoding), optionally
     /// with the trailing `r` record.
@@ -774,7 +774,7 @@ mod tests {
         // The `_fetch_file` answer of a real Kvrocks 2.7.0 master (checkpoint at sequence 5:
         // its WAL holds batches 1..=5; the replica then asked PSYNC <id> 6).
         let answer =
-            include_bytes!("../tests/data/kvrocks-wire/wire-cluster-rsid-yes.txt.conn3.s2c.bin");
+            include_bytes!("../../tests/data/kvrocks-wire/wire-cluster-rsid-yes.txt.conn3.s2c.bin");
         let c = cmd(b"*2\r\n$11\r\n_fetch_file\r\n$49\r\nOPTIONS-000013,MANIFEST-000011,CURRENT,000010.log\r\n");
         for step in [1000, answer.len()] {
             let mut f = FetchScanner::new(fetch_file_names(&c));

@@ -4,7 +4,7 @@
 //! The relay's hot path only touches atomics; the mutex-guarded part changes a few times per
 //! session (handshake facts) and at most ten times a second (lag samples).
 
-use crate::ledger::KvIdRange;
+use crate::guard::ledger::KvIdRange;
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -249,7 +249,7 @@ impl SessionStats {
     }
 
     /// Called by a Kvrocks relay after each forwarded chunk.
-    pub fn record_kvrocks(&self, s: &crate::kvrocks::WalScanner) {
+    pub fn record_kvrocks(&self, s: &crate::kvrocks::wire::WalScanner) {
         self.stream_bytes.store(s.bytes, Relaxed);
         // Release: a snapshot that reads this sequence also reads the id ranges set before it.
         self.kv_next_plus_one

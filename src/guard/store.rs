@@ -7,7 +7,7 @@
 //! of an older snapshot never replaces a newer one. The file names the link and master it
 //! belongs to; a file of another link or master is refused like a corrupt one.
 
-use crate::ledger::{now_unix, LedgerData, LEDGER_VERSION};
+use crate::guard::ledger::{now_unix, LedgerData, LEDGER_VERSION};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};

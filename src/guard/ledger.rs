@@ -3,7 +3,7 @@
 //! atomic replace with fsync; a missing or unreadable file means "no knowledge", never "trust".
 //!
 //! Lineage facts come from two places: the handshake replies replguard relays (`+FULLRESYNC`,
-//! `+CONTINUE <id>`) and the master's `INFO replication`, polled by [`crate::watch`].
+//! `+CONTINUE <id>`) and the master's `INFO replication`, polled by [`crate::redis::watch`].
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -2,29 +2,29 @@
 //! its `PSYNC`, then the stream of WAL batches relayed byte for byte with the sequence books; or
 //! one of the full-sync connections (`_fetch_meta`, `_fetch_file`), relayed unchanged.
 //!
-//! The flow (see [`crate::kvrocks`] for the wire facts):
+//! The flow (see [`crate::kvrocks::wire`] for the wire facts):
 //! 1. `AUTH` (a replica may send it several times), `PING`: forwarded, one RESP reply back.
 //! 2. `_db_name`: forwarded; the master's answer is a raw line, relayed as is.
 //! 3. `replconf listening-port <p> [ip-address <ip>]`: noted (it names the replica), forwarded.
 //! 4. `PSYNC [replid] <seq>`: judged by the link's guard. Passed or `observe`: forwarded, and
 //!    the master's `+OK` starts the stream relay; an error reply is relayed and marks the replica
 //!    as due for a full sync. Forced full under `enforce`: replguard answers
-//!    [`crate::kvrocks::FULL_SYNC_ANSWER`] itself and the replica starts its full sync.
+//!    [`crate::kvrocks::wire::FULL_SYNC_ANSWER`] itself and the replica starts its full sync.
 //! 5. `_fetch_meta` / `_fetch_file`: forwarded, then both directions are copied unchanged until
 //!    the master closes; a `_fetch_file` answer that arrives whole is counted as a full sync
 //!    of the replica at that address.
 //! 6. Anything else: a plain pipe, as for any client.
 
 use crate::config::GuardMode;
-use crate::kvrocks::{fetch_file_names, FetchScanner, KvPsync, ReplId, WalEvent, WalScanner};
-use crate::ledger::{self, KvGap, KvIdRange};
+use crate::conn::stats::{SessionState, SessionStats};
+use crate::guard::ledger::{self, KvGap, KvIdRange};
+use crate::guard::route::{self, Route};
+use crate::kvrocks::wire::{fetch_file_names, FetchScanner, KvPsync, ReplId, WalEvent, WalScanner};
 use crate::link::LinkCtx;
-use crate::psync::{self, Route};
-use crate::session::{
+use crate::redis::session::{
     exchange, master_io, next_command, passthrough, replconf, replica_io, replication_command,
     DecisionCtx, Handshake, Peer, Result, SessionEnd, Side,
 };
-use crate::stats::{SessionState, SessionStats};
 use bytes::BytesMut;
 use std::sync::atomic::Ordering::Relaxed;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -105,7 +105,7 @@ async fn psync(
     let (verdict, facts) = link
         .guard
         .judge_kvrocks(&replica, ip, req.replid.as_deref(), req.seq);
-    let route = psync::route_kvrocks(link.cfg.guard, &verdict);
+    let route = route::route_kvrocks(link.cfg.guard, &verdict);
     let decision = DecisionCtx {
         replica: &replica,
         req: Some((req.replid_or_dash(), seq_i64)),

@@ -1,0 +1,3 @@
+//! One connection, whatever the flavour: session statistics (offset books).
+
+pub mod stats;

@@ -1,0 +1,3 @@
+//! Pure codecs for what peers send, bounded and resumable: no I/O, no flavour.
+
+pub mod resp;
