@@ -3,57 +3,47 @@
 //!
 //! # Map
 //!
-//! | module      | owns                                                                     |
-//! |-------------|--------------------------------------------------------------------------|
-//! | [`config`]  | the YAML schema, defaults; every problem by path (schema walk, validate) |
-//! | [`server`]  | binding every listener, then shutdown in a written-down order            |
-//! | [`link`]    | one listener per configured link, its bounded sessions and counters      |
-//! | [`session`] | one replica connection: dial, handshake command by command, relay        |
-//! | [`resp`]    | handshake framing: commands in (redis-protocol), single replies out      |
-//! | [`psync`]   | the one place a PSYNC is routed: forwarded, forced full, or held         |
-//! | [`verdict`] | pure: (ledger facts, PSYNC request) -> Pass / ForceFull / Hold, reasons  |
-//! | [`ledger`]  | lineage of each master id and what each replica was delivered; on disk   |
-//! | [`guard`]   | a link's ledger at runtime: judge, record, observe the master, persist   |
-//! | [`kvsession`]  | one Kvrocks connection: handshake, guarded PSYNC, stream, checkpoints |
-//! | [`kvrocks`]    | Kvrocks wire: PSYNC forms, WAL-batch scanner, `_fetch_file` framing |
-//! | [`checkpoint`] | the last sequence of a Kvrocks checkpoint, read from its files      |
-//! | [`watch`]   | reading the master's own INFO replication / keyspace                     |
-//! | [`stream`]  | watching the sync as it passes: RDB framing, command-stream boundaries   |
-//! | [`stats`]   | offset books per session (delivered, acknowledged, lag), link counters   |
-//! | [`admin`]   | `GET /status` (JSON) and `GET /metrics` (Prometheus)                     |
-//! | [`status`]  | `replguard status`: a running replguard's `/status` as a table           |
+//! The tree follows a replica's bytes: a [`link`] accepts the connection and dials the master,
+//! the flavour ([`redis`] or [`kvrocks`]) runs the handshake on the shared steps of [`conn`],
+//! asks the [`guard`] about the PSYNC, and relays the stream through the one pump of
+//! [`conn::pump`] with its own observer; [`ops`] shows the books. No module imports one that
+//! imports it back, and the shared modules (`conn`, `wire`, `guard`, `link`) know no flavour.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`config`] | the YAML schema, defaults; every problem by path (schema walk, validate) |
+//! | [`server`] | binding every listener, picking each link's flavour, shutdown in order |
+//! | [`link`] | one link: its context, accept loop, `max_sessions`, the dial, the keeper |
+//! | [`conn`] | one connection, no flavour: how a session ends, timed peer reads, the shared handshake steps (`AUTH`, `PING`, `REPLCONF`), the relay pump, the plain pipe, session books |
+//! | [`redis`] | Redis / Valkey: handshake and PSYNC, the RDB and stream observers, INFO lineage |
+//! | [`kvrocks`] | Kvrocks: handshake and PSYNC, the WAL-batch observer, `_fetch_meta` / `_fetch_file`, the checkpoint reader |
+//! | [`guard`] | a link's ledger at runtime; [`guard::verdict`] (pure, property-tested), [`guard::route`], [`guard::decision`] (the log line), [`guard::ledger`] (data), [`guard::store`] (the file's one writer) |
+//! | [`wire`] | pure codecs: bounded, resumable RESP handshake framing |
+//! | [`ops`] | the admin listener (`/status`, `/metrics`, mutating routes) and `replguard status` |
 //!
 //! # A replica's bytes
 //!
 //! ```text
-//! replica ──TCP──▶ link::serve ──spawn──▶ session::run ──TCP──▶ master
+//! replica ──TCP──▶ link::serve ──▶ link: dial the master ──▶ flavour.session ──TCP──▶ master
 //!                                           │
-//!   handshake:  resp::parse_command ─▶ forward ─▶ resp::reply_len ─▶ back to replica
-//!   PSYNC:      link.refresh_master (watch) ─▶ guard.judge (verdict over ledger)
-//!               ─▶ psync::route ─▶ as sent | PSYNC ? -1 | -LOADING to the replica
-//!               ─▶ master ─▶ +FULLRESYNC | +CONTINUE | -ERR ─▶ one decision log line
-//!   relay  ◀──  stream::Downstream (payload framing, StreamScanner boundaries) ─▶ stats
-//!                  stats ─▶ guard.delivered (every 200 ms and at session end) ─▶ ledger file
-//!   relay  ──▶  REPLCONF ACK scanned on the way up ─▶ stats
+//!   handshake:  conn::Peer (wire::resp parsers) ─▶ conn::handshake steps ─▶ one reply back
+//!   PSYNC:      flavour.refresh_master ─▶ guard.judge (verdict over ledger)
+//!               ─▶ guard::route ─▶ as sent | full-sync request | answer to the replica
+//!               ─▶ master's answer ─▶ guard::decision: one log line, counters
+//!   relay:      conn::pump ◀─ observer: redis::stream (RDB framing, command boundaries)
+//!                                       | kvrocks::wire (WAL batches, ids, gaps)
+//!                  ─▶ conn::stats ─▶ flavour.record_delivery (every 200 ms, at session end)
+//!                  ─▶ guard ─▶ guard::store (ledger file)
+//!   up:         conn::pump ◀─ observer: whole commands only, REPLCONF ACK offsets ─▶ stats
 //!                                           │
-//!                 admin /status, /metrics read stats and the guard;
+//!                 ops: /status, /metrics read stats and the guard;
 //!                 POST /links/<name>/master re-points, /allow-empty-master releases
 //! ```
 //!
-//! A Kvrocks link (`flavor: kvrocks`) takes its own path after the dial:
-//!
-//! ```text
-//! replica ──▶ session::run ──▶ kvsession::run ──▶ master
-//!   handshake:  AUTH, _db_name (raw-line reply), replconf ─▶ forwarded one by one
-//!   PSYNC [id] <seq>: guard.judge_kvrocks (verdict over the Kvrocks books)
-//!               ─▶ psync::route_kvrocks ─▶ as sent | "-ERR ... please use fullsync" to the replica
-//!   relay  ◀──  kvrocks::WalScanner (batch headers, r records, gaps) ─▶ stats ─▶ guard.kv_delivered
-//!   _fetch_meta / _fetch_file ─▶ unchanged both ways; kvrocks::FetchScanner + checkpoint
-//!               (the checkpoint's last sequence) ─▶ guard.kv_fetch_complete
-//! ```
-//!
-//! Bytes are forwarded exactly as received; replguard only adds commands of its own during the
-//! handshake (its `AUTH`, `REPLCONF ip-address`) and swallows their replies.
+//! Kvrocks' full-sync connections (`_fetch_meta`, `_fetch_file`) pass through the same pump
+//! unchanged; their observer counts a complete transfer and reads the checkpoint's last
+//! sequence. Bytes are forwarded exactly as received; replguard only adds commands of its own
+//! during the handshake (its `AUTH`, `REPLCONF ip-address`) and swallows their replies.
 
 #![forbid(unsafe_code)]
 

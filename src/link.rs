@@ -1,26 +1,54 @@
 //! One configured link: the listener replicas connect to, the master it leads to, its bounded set
-//! of sessions and its counters.
+//! of sessions and its counters, the dial, and the keeper that folds the master's view and the
+//! live books into the ledger.
+//!
+//! A link knows no server flavour: what a session does after the dial, how the master's own
+//! view is read and how a session's books go into the ledger come from its [`Flavour`], which
+//! the server picks from the configuration.
 
-use crate::config::{parse_addr, Credentials, Flavor, LinkConfig};
+use crate::config::{parse_addr, Credentials, LinkConfig};
 use crate::conn::stats::{LinkCounters, SessionSnapshot, SessionState, SessionStats};
+use crate::conn::{Peer, SessionEnd, Side};
 use crate::guard::Guard;
-use crate::redis::session::{self, SessionEnd};
-use crate::redis::watch;
 use dashmap::DashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 /// Session ids are unique within the process.
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+/// A boxed future, for the flavour's async hooks.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a server flavour brings to a link.
+pub trait Flavour: Send + Sync {
+    /// Runs a session on an established pair of connections.
+    fn session<'a>(
+        &'a self,
+        link: &'a LinkCtx,
+        replica: Peer<TcpStream>,
+        master: Peer<TcpStream>,
+        stats: &'a SessionStats,
+    ) -> BoxFuture<'a, Result<(), SessionEnd>>;
+
+    /// Reads the master's own view into the guard; whether it could.
+    fn refresh_master<'a>(&'a self, link: &'a LinkCtx, limit: Duration) -> BoxFuture<'a, bool>;
+
+    /// Writes what a streaming session delivered into the ledger; `open` while it goes on.
+    fn record_delivery(&self, link: &LinkCtx, s: &SessionSnapshot, open: bool);
+}
 
 /// What every session of a link shares.
 pub struct LinkCtx {
@@ -41,7 +69,8 @@ pub struct LinkCtx {
     /// Cancels this link's sessions (replaced when the master is re-pointed).
     session_cancel: std::sync::Mutex<CancellationToken>,
     /// Serializes reads of the master so their results are folded in in order.
-    poll_lock: tokio::sync::Mutex<()>,
+    pub poll_lock: tokio::sync::Mutex<()>,
+    flavour: Box<dyn Flavour>,
 }
 
 impl LinkCtx {
@@ -50,6 +79,7 @@ impl LinkCtx {
         cfg: LinkConfig,
         state_dir: &Path,
         cancel: &CancellationToken,
+        flavour: Box<dyn Flavour>,
     ) -> anyhow::Result<Self> {
         let master = parse_addr(&cfg.master).map_err(anyhow::Error::msg)?;
         let credentials = match &cfg.auth {
@@ -73,6 +103,7 @@ impl LinkCtx {
             credentials,
             counters: LinkCounters::default(),
             sessions: DashMap::new(),
+            flavour,
         })
     }
 
@@ -112,29 +143,9 @@ impl LinkCtx {
             .await;
     }
 
-    /// Whether this link speaks Kvrocks replication (sequences, no INFO lineage).
-    pub fn is_kvrocks(&self) -> bool {
-        self.cfg.flavor == Flavor::Kvrocks
-    }
-
-    /// Reads the master's INFO and folds it into the ledger; returns whether it could. Failures
-    /// are logged at debug level here: the master may simply be down, which sessions report.
-    /// Kvrocks masters are not read: their books come from the stream alone.
+    /// Reads the master's own view into the guard (as its flavour does); whether it could.
     pub async fn refresh_master(&self, limit: Duration) -> bool {
-        if self.is_kvrocks() {
-            return false;
-        }
-        let _one_at_a_time = self.poll_lock.lock().await;
-        match watch::read_master(self.master(), self.credentials.as_ref(), limit).await {
-            Ok(view) => {
-                self.guard.observe(&self.cfg.name, &view);
-                true
-            }
-            Err(e) => {
-                debug!(link = %self.cfg.name, error = %e, "cannot read the master's INFO");
-                false
-            }
-        }
+        self.flavour.refresh_master(self, limit).await
     }
 
     /// Writes what live sessions delivered into the ledger (as open records).
@@ -143,7 +154,7 @@ impl LinkCtx {
             if s.state() != SessionState::Streaming {
                 continue;
             }
-            record_delivery(self, &s.snapshot(), true);
+            self.flavour.record_delivery(self, &s.snapshot(), true);
         }
     }
 
@@ -157,7 +168,7 @@ impl LinkCtx {
             }
             let snap = s.snapshot();
             if snap.replica == replica {
-                record_delivery(self, &snap, true);
+                self.flavour.record_delivery(self, &snap, true);
             }
         }
     }
@@ -214,7 +225,7 @@ pub async fn serve(
         tracker.spawn(
             async move {
                 debug!("replica connected");
-                let end = session::run(link2.clone(), sock, stats.clone(), cancel2).await;
+                let end = run_session(&link2, sock, &stats, cancel2).await;
                 link2.sessions.remove(&id);
                 finish(&link2, &stats, end).await;
                 drop(permit);
@@ -224,13 +235,41 @@ pub async fn serve(
     }
 }
 
-/// Writes what a streaming session delivered into the ledger; `open` while it goes on.
-fn record_delivery(link: &LinkCtx, s: &SessionSnapshot, open: bool) {
-    if let Some(kv) = &s.kvrocks {
-        link.guard
-            .kv_delivered(&s.replica, kv.next_seq, &kv.id_ranges, open);
-    } else if let (Some(replid), Some(off)) = (&s.replid, s.expected_offset) {
-        link.guard.delivered(&s.replica, replid, off, open);
+/// Runs one session to its end: dials the master, then the flavour's session; shutdown or a
+/// re-point cancels it.
+async fn run_session(
+    link: &LinkCtx,
+    replica: TcpStream,
+    stats: &SessionStats,
+    cancel: CancellationToken,
+) -> Result<(), SessionEnd> {
+    let dial = async {
+        let addr = link.master();
+        let limit = link.cfg.timeouts.connect();
+        let upstream = match timeout(limit, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                return Err(SessionEnd::Connect {
+                    addr,
+                    reason: e.to_string(),
+                })
+            }
+            Err(_) => {
+                return Err(SessionEnd::Connect {
+                    addr,
+                    reason: format!("no answer within {} ms", limit.as_millis()),
+                })
+            }
+        };
+        let _ = upstream.set_nodelay(true);
+        let _ = replica.set_nodelay(true);
+        let r = Peer::new(replica, Side::Replica);
+        let m = Peer::new(upstream, Side::Master);
+        link.flavour.session(link, r, m, stats).await
+    };
+    tokio::select! {
+        r = dial => r,
+        _ = cancel.cancelled() => Err(SessionEnd::Shutdown),
     }
 }
 
@@ -239,7 +278,7 @@ async fn finish(link: &LinkCtx, stats: &SessionStats, end: Result<(), SessionEnd
     let s = stats.snapshot();
     link.counters.add_ended(&s);
     if s.state == SessionState::Streaming {
-        record_delivery(link, &s, false);
+        link.flavour.record_delivery(link, &s, false);
         link.guard.save_if_dirty().await;
     }
     let reason = match &end {

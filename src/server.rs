@@ -8,9 +8,12 @@
 //! 3. replguard waits up to `shutdown_grace_ms` for that, then returns.
 
 use crate::config::Config;
+use crate::config::Flavor;
 use crate::guard::store::StateDirLock;
-use crate::link::{self, LinkCtx};
+use crate::kvrocks::Kvrocks;
+use crate::link::{self, Flavour, LinkCtx};
 use crate::ops::admin::{self, AdminState};
+use crate::redis::Redis;
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,10 +53,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .await
             .with_context(|| format!("link {}: cannot listen on {}", lc.name, lc.listen))?;
         link_addrs.push(listener.local_addr()?);
+        let flavour: Box<dyn Flavour> = match lc.flavor {
+            Flavor::Redis | Flavor::Valkey => Box::new(Redis),
+            Flavor::Kvrocks => Box::new(Kvrocks),
+        };
         links.push(Arc::new(LinkCtx::new(
             lc.clone(),
             &config.state_dir,
             &cancel,
+            flavour,
         )?));
         listeners.push(listener);
     }

@@ -248,14 +248,15 @@ impl SessionStats {
         self.set_state(SessionState::Streaming);
     }
 
-    /// Called by a Kvrocks relay after each forwarded chunk.
-    pub fn record_kvrocks(&self, s: &crate::kvrocks::wire::WalScanner) {
-        self.stream_bytes.store(s.bytes, Relaxed);
+    /// Called by a Kvrocks relay after each forwarded chunk: the sequence the next batch
+    /// starts at, batches and heartbeats seen, stream bytes.
+    pub fn record_kvrocks(&self, next_seq: u64, batches: u64, pings: u64, bytes: u64) {
+        self.stream_bytes.store(bytes, Relaxed);
         // Release: a snapshot that reads this sequence also reads the id ranges set before it.
         self.kv_next_plus_one
-            .store(s.next_seq.saturating_add(1), Release);
-        self.kv_batches.store(s.batches, Relaxed);
-        if self.kv_pings.swap(s.pings, Relaxed) != s.pings {
+            .store(next_seq.saturating_add(1), Release);
+        self.kv_batches.store(batches, Relaxed);
+        if self.kv_pings.swap(pings, Relaxed) != pings {
             let ns = Instant::now().duration_since(self.started).as_nanos() as u64;
             self.kv_last_ping_ns.store(ns + 1, Relaxed);
         }

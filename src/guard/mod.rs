@@ -4,6 +4,7 @@
 //! Sessions ask [`Guard::judge`] before forwarding a PSYNC, and report deliveries; the link's
 //! keeper task folds in the master's INFO and saves the ledger when it changed.
 
+pub mod decision;
 pub mod ledger;
 pub mod route;
 pub mod store;

@@ -4,3 +4,36 @@
 pub mod checkpoint;
 pub mod session;
 pub mod wire;
+
+use crate::conn::stats::{SessionSnapshot, SessionStats};
+use crate::conn::{Peer, SessionEnd};
+use crate::link::{BoxFuture, Flavour, LinkCtx};
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// The Kvrocks flavour of a link.
+pub struct Kvrocks;
+
+impl Flavour for Kvrocks {
+    fn session<'a>(
+        &'a self,
+        link: &'a LinkCtx,
+        replica: Peer<TcpStream>,
+        master: Peer<TcpStream>,
+        stats: &'a SessionStats,
+    ) -> BoxFuture<'a, Result<(), SessionEnd>> {
+        Box::pin(session::run(link, replica, master, stats))
+    }
+
+    /// A Kvrocks master is not read: its books come from the stream alone.
+    fn refresh_master<'a>(&'a self, _: &'a LinkCtx, _: Duration) -> BoxFuture<'a, bool> {
+        Box::pin(async { false })
+    }
+
+    fn record_delivery(&self, link: &LinkCtx, s: &SessionSnapshot, open: bool) {
+        if let Some(kv) = &s.kvrocks {
+            link.guard
+                .kv_delivered(&s.replica, kv.next_seq, &kv.id_ranges, open);
+        }
+    }
+}

@@ -16,23 +16,28 @@
 //! 6. Anything else: a plain pipe, as for any client.
 
 use crate::config::GuardMode;
+use crate::conn::handshake::{exchange, next_command, replconf, replication_command, Handshake};
+use crate::conn::passthrough::passthrough;
+use crate::conn::pump::{pump, AtEof, Observer, Plain, Step};
 use crate::conn::stats::{SessionState, SessionStats};
+use crate::conn::{Peer, Result, SessionEnd, Side};
+use crate::guard::decision::DecisionCtx;
 use crate::guard::ledger::{self, KvGap, KvIdRange};
 use crate::guard::route::{self, Route};
-use crate::kvrocks::wire::{fetch_file_names, FetchScanner, KvPsync, ReplId, WalEvent, WalScanner};
-use crate::link::LinkCtx;
-use crate::redis::session::{
-    exchange, master_io, next_command, passthrough, replconf, replica_io, replication_command,
-    DecisionCtx, Handshake, Peer, Result, SessionEnd, Side,
+use crate::kvrocks::wire::{
+    fetch_file_names, FetchScanner, KvPsync, ReplId, WalEvent, WalScanner, FULL_SYNC_ANSWER,
 };
+use crate::link::LinkCtx;
 use bytes::BytesMut;
 use std::sync::atomic::Ordering::Relaxed;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::time::Duration;
 use tokio::net::TcpStream;
 use tracing::{error, info, warn};
 
 /// Size of the master-to-replica relay buffer.
 const DOWN_BUF: usize = 64 * 1024;
+/// Size of the replica-to-master buffer (a Kvrocks replica sends nothing on its stream).
+const UP_BUF: usize = 8 * 1024;
 
 /// Runs a Kvrocks session on an established pair of connections.
 pub(crate) async fn run(
@@ -50,26 +55,26 @@ pub(crate) async fn run(
             "" => m.send(&raw).await?,
             "AUTH" | "PING" => exchange(&mut r, &mut m, &mut hs, &name, &raw, step).await?,
             "_DB_NAME" => {
-                replication_command(link, &mut m, &mut hs, step).await?;
+                replication_command(link.credentials().as_ref(), &mut m, &mut hs, step).await?;
                 m.send(&raw).await?;
                 let (_, line) = m.line(step, "the _db_name reply").await?;
                 r.send(&line).await?;
             }
             "REPLCONF" => {
-                replication_command(link, &mut m, &mut hs, step).await?;
+                replication_command(link.credentials().as_ref(), &mut m, &mut hs, step).await?;
                 replconf(&cmd, stats, &mut hs);
                 m.send(&raw).await?;
                 let reply = m.reply(step, "a replconf reply").await?;
                 r.send(&reply).await?;
             }
             "PSYNC" => {
-                replication_command(link, &mut m, &mut hs, step).await?;
+                replication_command(link.credentials().as_ref(), &mut m, &mut hs, step).await?;
                 let Some(req) = KvPsync::parse(&cmd) else {
                     warn!(
                         command = %String::from_utf8_lossy(&raw).escape_debug(),
                         "a PSYNC replguard cannot read: the connection passes through unguarded"
                     );
-                    return passthrough(link, r, m, stats, raw).await;
+                    return passthrough(&link.counters, r, m, stats, raw).await;
                 };
                 match psync(link, &mut r, &mut m, stats, &req, &raw).await? {
                     Some((scanner, ids)) => return relay(link, r, m, stats, scanner, ids).await,
@@ -77,11 +82,11 @@ pub(crate) async fn run(
                 }
             }
             "_FETCH_META" | "_FETCH_FILE" => {
-                replication_command(link, &mut m, &mut hs, step).await?;
+                replication_command(link.credentials().as_ref(), &mut m, &mut hs, step).await?;
                 let files = (name == "_FETCH_FILE").then(|| fetch_file_names(&cmd));
                 return checkpoint(link, r, m, stats, raw, files).await;
             }
-            _ => return passthrough(link, r, m, stats, raw).await,
+            _ => return passthrough(&link.counters, r, m, stats, raw).await,
         }
     }
 }
@@ -105,7 +110,7 @@ async fn psync(
     let (verdict, facts) = link
         .guard
         .judge_kvrocks(&replica, ip, req.replid.as_deref(), req.seq);
-    let route = route::route_kvrocks(link.cfg.guard, &verdict);
+    let route = route::route(link.cfg.guard, &verdict, Some(FULL_SYNC_ANSWER));
     let decision = DecisionCtx {
         replica: &replica,
         req: Some((req.replid_or_dash(), seq_i64)),
@@ -115,7 +120,11 @@ async fn psync(
     };
     if let Route::Refuse(answer) = route {
         r.send(answer.as_bytes()).await?;
-        decision.log(link, &format!("{} (from replguard)", answer.trim_end()));
+        decision.log(
+            &link.guard,
+            link.cfg.guard,
+            &format!("{} (from replguard)", answer.trim_end()),
+        );
         link.counters.psync_rejected.fetch_add(1, Relaxed);
         link.guard.kv_refused(&replica, ip);
         return Ok(None);
@@ -123,7 +132,7 @@ async fn psync(
     m.send(raw).await?;
     let (line, raw_reply) = m.line(step, "the PSYNC reply").await?;
     r.send(&raw_reply).await?;
-    decision.log(link, &line);
+    decision.log(&link.guard, link.cfg.guard, &line);
     if line == "+OK" {
         let ids = link
             .guard
@@ -152,104 +161,113 @@ async fn relay(
     r: Peer<TcpStream>,
     m: Peer<TcpStream>,
     stats: &SessionStats,
-    mut scanner: WalScanner,
-    mut ids: Vec<KvIdRange>,
+    scanner: WalScanner,
+    ids: Vec<KvIdRange>,
 ) -> Result<()> {
     let (mut rr, mut rw) = r.io.into_split();
     let (mut mr, mut mw) = m.io.into_split();
-    let up_early = r.buf;
-    let first = m.buf;
-    let replica = stats.snapshot().replica;
-    let enforce = link.cfg.guard == GuardMode::Enforce;
-
-    let downstream = async {
-        let mut events = Vec::new();
-        let mut buf = vec![0u8; DOWN_BUF];
-        let mut chunk: &[u8] = &first;
-        loop {
-            if !chunk.is_empty() {
-                events.clear();
-                scanner
-                    .feed(chunk, &mut events)
-                    .map_err(|err| SessionEnd::Protocol {
-                        side: Side::Master,
-                        err,
-                    })?;
-                let mut cut = None;
-                let mut ids_changed = false;
-                for e in &events {
-                    if let WalEvent::Batch(b) | WalEvent::Gap { batch: b, .. } = e {
-                        let id = b.replid.as_ref().map(ReplId::as_str);
-                        if ledger::note_kv_id(&mut ids, b.seq, id) {
-                            ids_changed = true;
-                            if let Some(id) = id {
-                                link.guard.kv_master_id(id);
-                            }
-                        }
-                    }
-                    if let WalEvent::Gap {
-                        expected,
-                        batch,
-                        bulk_start,
-                    } = e
-                    {
-                        let last = batch.seq - 1;
-                        error!(
-                            replica = %replica,
-                            expected,
-                            got = batch.seq,
-                            missing = format_args!("{expected}..={last}"),
-                            "kvrocks stream gap: the master's stream skipped batches; this replica is missing them"
-                        );
-                        stats.count_kvrocks_gap();
-                        link.guard.kv_gap(
-                            &replica,
-                            KvGap {
-                                expected: *expected,
-                                got: batch.seq,
-                            },
-                        );
-                        if enforce {
-                            cut = Some((bulk_start.unwrap_or(0), *expected, batch.seq));
-                            break;
-                        }
-                    }
-                }
-                if let Some((at, expected, got)) = cut {
-                    // Everything before the batch goes; the batch itself and what follows do not.
-                    rw.write_all(&chunk[..at]).await.map_err(replica_io)?;
-                    return Err(SessionEnd::StreamGap { expected, got });
-                }
-                rw.write_all(chunk).await.map_err(replica_io)?;
-                if ids_changed {
-                    stats.set_kvrocks_ids(&ids);
-                }
-                stats.record_kvrocks(&scanner);
-            }
-            let n = mr.read(&mut buf).await.map_err(master_io)?;
-            if n == 0 {
-                return Err(SessionEnd::Closed(Side::Master));
-            }
-            chunk = &buf[..n];
-        }
+    let mut wal = WalObserver {
+        link,
+        stats,
+        replica: stats.snapshot().replica,
+        enforce: link.cfg.guard == GuardMode::Enforce,
+        scanner,
+        ids,
+        ids_changed: false,
+        events: Vec::new(),
     };
-
     // A Kvrocks replica never writes on its stream connection; whatever it does send is
     // forwarded unchanged.
-    let upstream = async {
-        mw.write_all(&up_early).await.map_err(master_io)?;
-        match tokio::io::copy(&mut rr, &mut mw).await {
-            Ok(_) => Err(SessionEnd::Closed(Side::Replica)),
-            Err(err) => Err(SessionEnd::Io {
-                side: Side::Replica,
-                err,
-            }),
-        }
-    };
-
+    let mut up = Plain;
     tokio::select! {
-        r = downstream => r,
-        r = upstream => r,
+        r = pump(&mut mr, &mut rw, Side::Master, &m.buf, DOWN_BUF, &mut wal, None) => r,
+        r = pump(&mut rr, &mut mw, Side::Replica, &r.buf, UP_BUF, &mut up, None) => r,
+    }
+}
+
+/// Watches the WAL batches on their way to the replica: sequences, ids, gaps.
+struct WalObserver<'a> {
+    link: &'a LinkCtx,
+    stats: &'a SessionStats,
+    replica: String,
+    enforce: bool,
+    scanner: WalScanner,
+    /// The ids of the batches delivered, by range.
+    ids: Vec<KvIdRange>,
+    ids_changed: bool,
+    events: Vec<WalEvent>,
+}
+
+impl Observer for WalObserver<'_> {
+    fn observe(&mut self, chunk: &[u8]) -> Result<Step> {
+        self.events.clear();
+        self.scanner
+            .feed(chunk, &mut self.events)
+            .map_err(|err| SessionEnd::Protocol {
+                side: Side::Master,
+                err,
+            })?;
+        for e in &self.events {
+            if let WalEvent::Batch(b) | WalEvent::Gap { batch: b, .. } = e {
+                let id = b.replid.as_ref().map(ReplId::as_str);
+                if ledger::note_kv_id(&mut self.ids, b.seq, id) {
+                    self.ids_changed = true;
+                    if let Some(id) = id {
+                        self.link.guard.kv_master_id(id);
+                    }
+                }
+            }
+            if let WalEvent::Gap {
+                expected,
+                batch,
+                bulk_start,
+            } = e
+            {
+                let last = batch.seq - 1;
+                error!(
+                    replica = %self.replica,
+                    expected,
+                    got = batch.seq,
+                    missing = format_args!("{expected}..={last}"),
+                    "kvrocks stream gap: the master's stream skipped batches; this replica is missing them"
+                );
+                self.stats.count_kvrocks_gap();
+                self.link.guard.kv_gap(
+                    &self.replica,
+                    KvGap {
+                        expected: *expected,
+                        got: batch.seq,
+                    },
+                );
+                if self.enforce {
+                    // Everything before the batch goes; the batch itself and what follows do not.
+                    return Ok(Step::Cut(
+                        bulk_start.unwrap_or(0),
+                        SessionEnd::StreamGap {
+                            expected: *expected,
+                            got: batch.seq,
+                        },
+                    ));
+                }
+            }
+        }
+        Ok(Step::Forward(chunk.len()))
+    }
+
+    fn forwarded(&mut self) {
+        if std::mem::take(&mut self.ids_changed) {
+            self.stats.set_kvrocks_ids(&self.ids);
+        }
+        self.stats.record_kvrocks(
+            self.scanner.next_seq,
+            self.scanner.batches,
+            self.scanner.pings,
+            self.scanner.bytes,
+        );
+    }
+
+    fn open_frame(&self) -> Option<&'static str> {
+        (!self.scanner.at_boundary()).then_some("a WAL batch")
     }
 }
 
@@ -269,68 +287,79 @@ async fn checkpoint(
     }
     let (mut rr, mut rw) = r.io.into_split();
     let (mut mr, mut mw) = m.io.into_split();
-    let up_early = r.buf;
-    let down_early = m.buf;
-    let mut scan = files.map(FetchScanner::new);
-    let idle = link.cfg.timeouts.sync_idle();
-
-    let downstream = async {
-        let mut buf = vec![0u8; DOWN_BUF];
-        let mut chunk: &[u8] = &down_early;
-        let mut counted = false;
-        loop {
-            if !chunk.is_empty() {
-                if let Some(f) = scan.as_mut() {
-                    if let Err(e) = f.feed(chunk) {
-                        warn!(error = %e, "the _fetch_file answer is not framed as expected; relaying it unchanged without counting it");
-                        scan = None;
-                    } else {
-                        stats.set_rdb_bytes(f.file_bytes);
-                        if f.complete() && !counted {
-                            // Counted before the last bytes go out: the replica's PSYNC that
-                            // follows them must find its full sync on the books.
-                            counted = true;
-                            fetch_complete(link, stats, f);
-                        }
-                    }
-                }
-                rw.write_all(chunk).await.map_err(replica_io)?;
-            }
-            let n = tokio::time::timeout(idle, mr.read(&mut buf))
-                .await
-                .map_err(|_| SessionEnd::Timeout {
-                    side: Side::Master,
-                    step: "the checkpoint files",
-                    after: idle,
-                })?
-                .map_err(master_io)?;
-            if n == 0 {
-                if let Some(f) = scan.as_ref().filter(|f| !f.complete()) {
-                    warn!(
-                        files = f.files,
-                        bytes = f.file_bytes,
-                        "kvrocks full sync: the master closed before every file arrived whole"
-                    );
-                }
-                rw.shutdown().await.map_err(replica_io)?;
-                return Ok(());
-            }
-            chunk = &buf[..n];
-        }
+    let mut up_first = first;
+    up_first.extend_from_slice(&r.buf);
+    let mut fetch = FetchObserver {
+        link,
+        stats,
+        scan: files.map(FetchScanner::new),
+        counted: false,
+        idle: link.cfg.timeouts.sync_idle(),
     };
-    let upstream = async {
-        mw.write_all(&first).await.map_err(master_io)?;
-        mw.write_all(&up_early).await.map_err(master_io)?;
-        let _ = tokio::io::copy(&mut rr, &mut mw).await;
-        // The replica is done sending; the master's answer may still be on its way.
-        let _ = mw.shutdown().await;
-        std::future::pending::<Result<()>>().await
-    };
+    let mut up = HalfClose;
     let out = tokio::select! {
-        r = downstream => r,
-        r = upstream => r,
+        r = pump(&mut mr, &mut rw, Side::Master, &m.buf, DOWN_BUF, &mut fetch, None) => r,
+        r = pump(&mut rr, &mut mw, Side::Replica, &up_first, UP_BUF, &mut up, None) => r,
     };
     out.and(Err(SessionEnd::Closed(Side::Master)))
+}
+
+/// The replica's side of a full-sync connection: once it is done sending, the master's answer
+/// may still be on its way.
+struct HalfClose;
+
+impl Observer for HalfClose {
+    fn observe(&mut self, bytes: &[u8]) -> Result<Step> {
+        Ok(Step::Forward(bytes.len()))
+    }
+
+    fn at_eof(&mut self, _: Side) -> AtEof {
+        AtEof::HalfClose
+    }
+}
+
+/// Follows a `_fetch_file` answer's framing to count a complete transfer.
+struct FetchObserver<'a> {
+    link: &'a LinkCtx,
+    stats: &'a SessionStats,
+    scan: Option<FetchScanner>,
+    counted: bool,
+    idle: Duration,
+}
+
+impl Observer for FetchObserver<'_> {
+    fn observe(&mut self, chunk: &[u8]) -> Result<Step> {
+        if let Some(f) = self.scan.as_mut() {
+            if let Err(e) = f.feed(chunk) {
+                warn!(error = %e, "the _fetch_file answer is not framed as expected; relaying it unchanged without counting it");
+                self.scan = None;
+            } else {
+                self.stats.set_rdb_bytes(f.file_bytes);
+                if f.complete() && !self.counted {
+                    // Counted before the last bytes go out: the replica's PSYNC that follows
+                    // them must find its full sync on the books.
+                    self.counted = true;
+                    fetch_complete(self.link, self.stats, f);
+                }
+            }
+        }
+        Ok(Step::Forward(chunk.len()))
+    }
+
+    fn deadline(&self) -> Option<(Duration, &'static str)> {
+        Some((self.idle, "the checkpoint files"))
+    }
+
+    fn at_eof(&mut self, _: Side) -> AtEof {
+        if let Some(f) = self.scan.as_ref().filter(|f| !f.complete()) {
+            warn!(
+                files = f.files,
+                bytes = f.file_bytes,
+                "kvrocks full sync: the master closed before every file arrived whole"
+            );
+        }
+        AtEof::Finish
+    }
 }
 
 /// A `_fetch_file` answer arrived whole: the replica at that address has its full sync.

@@ -312,8 +312,7 @@ impl WalScanner {
     }
 
     /// Whether the stream stands between two bulks.
-    #[cfg(test)]
-    fn at_boundary(&self) -> bool {
+    pub fn at_boundary(&self) -> bool {
         matches!(self.state, State::Header) && self.line.is_empty()
     }
 

@@ -1,6 +1,54 @@
 //! Redis and Valkey (PSYNC2): the session's handshake and guarded PSYNC, the observers of the
 //! RDB payload and command stream, and the master's own INFO.
 
+pub mod psync;
 pub mod session;
 pub mod stream;
 pub mod watch;
+
+use crate::conn::stats::{SessionSnapshot, SessionStats};
+use crate::conn::{Peer, SessionEnd};
+use crate::link::{BoxFuture, Flavour, LinkCtx};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tracing::debug;
+
+/// The Redis / Valkey flavour of a link.
+pub struct Redis;
+
+impl Flavour for Redis {
+    fn session<'a>(
+        &'a self,
+        link: &'a LinkCtx,
+        replica: Peer<TcpStream>,
+        master: Peer<TcpStream>,
+        stats: &'a SessionStats,
+    ) -> BoxFuture<'a, Result<(), SessionEnd>> {
+        Box::pin(session::run(link, replica, master, stats))
+    }
+
+    /// Reads the master's INFO and folds it into the ledger. Failures are logged at debug
+    /// level here: the master may simply be down, which sessions report.
+    fn refresh_master<'a>(&'a self, link: &'a LinkCtx, limit: Duration) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            let _one_at_a_time = link.poll_lock.lock().await;
+            let creds = link.credentials();
+            match watch::read_master(link.master(), creds.as_ref(), limit).await {
+                Ok(view) => {
+                    link.guard.observe(&link.cfg.name, &view);
+                    true
+                }
+                Err(e) => {
+                    debug!(link = %link.cfg.name, error = %e, "cannot read the master's INFO");
+                    false
+                }
+            }
+        })
+    }
+
+    fn record_delivery(&self, link: &LinkCtx, s: &SessionSnapshot, open: bool) {
+        if let (Some(replid), Some(off)) = (&s.replid, s.expected_offset) {
+            link.guard.delivered(&s.replica, replid, off, open);
+        }
+    }
+}

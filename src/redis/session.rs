@@ -18,292 +18,38 @@
 //! 6. Whichever side closes or fails first ends both: the replica then reconnects and resumes with
 //!    its own replication id and offset. Shutdown cancels the session the same way.
 
-use crate::config::{Credentials, Flavor};
+use crate::conn::handshake::{exchange, next_command, replconf, replication_command, Handshake};
+use crate::conn::passthrough::passthrough;
+use crate::conn::pump::{pump, Gate, Observer, Step};
 use crate::conn::stats::{SessionState, SessionStats};
-use crate::guard::route::{self, PsyncRequest, Route};
+use crate::conn::{Peer, Result, SessionEnd, Side};
+use crate::guard::decision::DecisionCtx;
+use crate::guard::route::{self, Route};
 use crate::guard::verdict::Verdict;
 use crate::link::LinkCtx;
+use crate::redis::psync::{PsyncRequest, FULL_SYNC_REQUEST};
 use crate::redis::stream::{Downstream, Event};
-use crate::wire::resp::{
-    encode_command, parse_offset, Command, CommandParser, LineScanner, ProtocolError, ReplyScanner,
-};
-use bytes::{Buf, BytesMut};
-use std::fmt;
-use std::io;
-use std::net::SocketAddr;
+use crate::wire::resp::{encode_command, parse_offset, Command, CommandParser, ProtocolError};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::timeout;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 /// Size of the master-to-replica relay buffer; bounds a session's memory with the one below.
 const DOWN_BUF: usize = 64 * 1024;
 /// Size of the replica-to-master relay buffer (ACKs are small).
 const UP_BUF: usize = 8 * 1024;
-/// Longest PSYNC reply line (`+FULLRESYNC <40> <offset>` is about 75 bytes).
-const MAX_REPLY_LINE: usize = 1024;
-/// How long a client refused for a protocol error gets to read replguard's answer.
-const REFUSE_GRACE: Duration = Duration::from_secs(1);
-/// Most bytes of a refused client's input discarded while it reads the answer.
-const REFUSE_DRAIN: usize = 1024 * 1024;
 
-/// Which side of the session something concerns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Replica,
-    Master,
-}
-
-impl fmt::Display for Side {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Side::Replica => "replica",
-            Side::Master => "master",
-        })
-    }
-}
-
-/// Why a session ended.
-#[derive(Debug, thiserror::Error)]
-pub enum SessionEnd {
-    #[error("{0} closed the connection")]
-    Closed(Side),
-    #[error("replguard is shutting down")]
-    Shutdown,
-    #[error("cannot connect to master {addr}: {reason}")]
-    Connect { addr: SocketAddr, reason: String },
-    #[error("{side} connection failed: {err}")]
-    Io { side: Side, err: io::Error },
-    #[error("{side} sent bytes that are not valid here: {err}")]
-    Protocol { side: Side, err: ProtocolError },
-    #[error("{side} sent nothing for {after:?} while replguard waited for {step}")]
-    Timeout {
-        side: Side,
-        step: &'static str,
-        after: Duration,
-    },
-    #[error("master refused replguard's credentials: {0}")]
-    UpstreamAuth(String),
-    #[error("master answered PSYNC with {0:?}, which replguard does not relay")]
-    Unsupported(String),
-    #[error("held by the lineage guard (answered -LOADING)")]
-    Held,
-    #[error("master refused the sync with {0:?} (relayed to the replica)")]
-    SyncRefused(String),
-    #[error("the master's stream skipped sequences {expected}..={}; closed before the batch that starts at {got} (guard: enforce)", .got - 1)]
-    StreamGap { expected: u64, got: u64 },
-}
-
-impl SessionEnd {
-    /// Whether the end is routine (a peer went away or replguard stopped) rather than a fault.
-    pub fn is_routine(&self) -> bool {
-        matches!(
-            self,
-            SessionEnd::Closed(_) | SessionEnd::Shutdown | SessionEnd::Held
-        )
-    }
-}
-
-pub(crate) type Result<T> = std::result::Result<T, SessionEnd>;
-
-/// A byte source with a buffer and a name, so reads can be bounded by time and errors say
-/// which side failed.
-pub(crate) struct Peer<S> {
-    pub(crate) io: S,
-    pub(crate) buf: BytesMut,
-    side: Side,
-    /// Its place in the command being read, kept between reads.
-    commands: CommandParser,
-    /// Its place in the reply being read, kept between reads.
-    replies: ReplyScanner,
-    /// Its place in the line being read, kept between reads.
-    lines: LineScanner,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Peer<S> {
-    fn new(io: S, side: Side) -> Self {
-        Peer {
-            io,
-            buf: BytesMut::with_capacity(4096),
-            side,
-            commands: CommandParser::handshake(),
-            replies: ReplyScanner::handshake(),
-            lines: LineScanner::default(),
-        }
-    }
-
-    /// Reads more bytes into the buffer; a clean close is `Closed`.
-    async fn fill(&mut self, limit: Option<(Duration, &'static str)>) -> Result<()> {
-        let read = self.io.read_buf(&mut self.buf);
-        let n = match limit {
-            Some((after, step)) => timeout(after, read)
-                .await
-                .map_err(|_| SessionEnd::Timeout {
-                    side: self.side,
-                    step,
-                    after,
-                })?,
-            None => read.await,
-        }
-        .map_err(|err| SessionEnd::Io {
-            side: self.side,
-            err,
-        })?;
-        if n == 0 {
-            return Err(SessionEnd::Closed(self.side));
-        }
-        Ok(())
-    }
-
-    pub(crate) async fn send(&mut self, bytes: &[u8]) -> Result<()> {
-        self.io
-            .write_all(bytes)
-            .await
-            .map_err(|err| SessionEnd::Io {
-                side: self.side,
-                err,
-            })
-    }
-
-    fn protocol(&self, err: ProtocolError) -> SessionEnd {
-        SessionEnd::Protocol {
-            side: self.side,
-            err,
-        }
-    }
-
-    /// Reads one command from a client, whole and checked before any of it goes further (a
-    /// command no handshake sends is read up to its name: see [`CommandParser::handshake`]).
-    /// A client whose bytes break the protocol or a limit is answered `-ERR Protocol error`,
-    /// as Redis answers it, before its session ends.
-    pub(crate) async fn command(
-        &mut self,
-        limit: Option<(Duration, &'static str)>,
-    ) -> Result<(Command, BytesMut)> {
-        loop {
-            match self.commands.parse(&self.buf) {
-                Ok(Some((cmd, used))) => return Ok((cmd, self.buf.split_to(used))),
-                Ok(None) => self.fill(limit).await?,
-                Err(err) => {
-                    self.refuse(&err).await;
-                    return Err(self.protocol(err));
-                }
-            }
-        }
-    }
-
-    /// Answers a client's protocol error and lets it read the answer: the write side is shut
-    /// and its further input discarded for a moment, since closing on unread input would
-    /// reset the connection and could take the answer with it. Bounded in time and bytes.
-    async fn refuse(&mut self, err: &ProtocolError) {
-        let text = err.to_string().replace(['\r', '\n'], " ");
-        let answer = format!("-ERR Protocol error: {text}\r\n");
-        let _ = timeout(REFUSE_GRACE, async {
-            self.io.write_all(answer.as_bytes()).await?;
-            self.io.shutdown().await?;
-            let mut sink = [0u8; 4096];
-            let mut left = REFUSE_DRAIN;
-            while left > 0 {
-                match self.io.read(&mut sink).await? {
-                    0 => break,
-                    n => left = left.saturating_sub(n),
-                }
-            }
-            Ok::<_, io::Error>(())
-        })
-        .await;
-    }
-
-    /// Reads one complete reply from the master. A bare newline counts as a reply, as the
-    /// replica itself would read it.
-    pub(crate) async fn reply(&mut self, after: Duration, step: &'static str) -> Result<BytesMut> {
-        loop {
-            if self.buf.first() == Some(&b'\n') {
-                return Ok(self.buf.split_to(1));
-            }
-            if let Some(used) = self.replies.scan(&self.buf).map_err(|e| self.protocol(e))? {
-                return Ok(self.buf.split_to(used));
-            }
-            self.fill(Some((after, step))).await?;
-        }
-    }
-
-    /// Reads one line (without its CRLF) and the exact bytes it took.
-    pub(crate) async fn line(
-        &mut self,
-        after: Duration,
-        step: &'static str,
-    ) -> Result<(String, BytesMut)> {
-        loop {
-            if let Some((text, used)) = self
-                .lines
-                .scan(&self.buf, MAX_REPLY_LINE)
-                .map_err(|e| self.protocol(e))?
-            {
-                let text = String::from_utf8_lossy(text).into_owned();
-                return Ok((text, self.buf.split_to(used)));
-            }
-            self.fill(Some((after, step))).await?;
-        }
-    }
-}
-
-/// What the handshake learned, used to decide what replguard adds on its own.
-#[derive(Debug, Default)]
-pub(crate) struct Handshake {
-    /// The replica authenticated itself successfully.
-    client_authed: bool,
-    /// replguard already sent its own AUTH.
-    proxy_authed: bool,
-    /// The replica announced `REPLCONF ip-address` (or replguard did for it).
-    ip_announced: bool,
-    /// The client sent a replication-only command, so it is a replica.
-    is_replica: bool,
-}
-
-/// Runs one session to its end.
-pub async fn run(
-    link: Arc<LinkCtx>,
-    replica: TcpStream,
-    stats: Arc<SessionStats>,
-    cancel: CancellationToken,
+/// Runs a Redis or Valkey session on an established pair of connections.
+pub(crate) async fn run(
+    link: &LinkCtx,
+    mut r: Peer<TcpStream>,
+    mut m: Peer<TcpStream>,
+    stats: &SessionStats,
 ) -> Result<()> {
-    tokio::select! {
-        r = session(&link, replica, &stats) => r,
-        _ = cancel.cancelled() => Err(SessionEnd::Shutdown),
-    }
-}
-
-async fn session(link: &LinkCtx, replica: TcpStream, stats: &SessionStats) -> Result<()> {
-    let addr = link.master();
     let t = &link.cfg.timeouts;
-    let upstream = match timeout(t.connect(), TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            return Err(SessionEnd::Connect {
-                addr,
-                reason: e.to_string(),
-            })
-        }
-        Err(_) => {
-            return Err(SessionEnd::Connect {
-                addr,
-                reason: format!("no answer within {:?}", t.connect()),
-            })
-        }
-    };
-    let _ = upstream.set_nodelay(true);
-    let _ = replica.set_nodelay(true);
-    let mut r = Peer::new(replica, Side::Replica);
-    let mut m = Peer::new(upstream, Side::Master);
-    if link.cfg.flavor == Flavor::Kvrocks {
-        return crate::kvrocks::session::run(link, r, m, stats).await;
-    }
     let mut hs = Handshake::default();
     let step = t.handshake_step();
 
@@ -314,8 +60,9 @@ async fn session(link: &LinkCtx, replica: TcpStream, stats: &SessionStats) -> Re
             "" => m.send(&raw).await?,
             "PING" | "AUTH" => exchange(&mut r, &mut m, &mut hs, &name, &raw, step).await?,
             "REPLCONF" => {
-                replication_command(link, &mut m, &mut hs, step).await?;
-                let rewritten = replconf(&cmd, stats, &mut hs);
+                replication_command(link.credentials().as_ref(), &mut m, &mut hs, step).await?;
+                replconf(&cmd, stats, &mut hs);
+                let rewritten = without_dual_channel(&cmd);
                 m.send(rewritten.as_deref().unwrap_or(&raw)).await?;
                 if !is_ack(&cmd) {
                     let reply = m.reply(step, "a REPLCONF reply").await?;
@@ -323,7 +70,7 @@ async fn session(link: &LinkCtx, replica: TcpStream, stats: &SessionStats) -> Re
                 }
             }
             "PSYNC" | "SYNC" => {
-                replication_command(link, &mut m, &mut hs, step).await?;
+                replication_command(link.credentials().as_ref(), &mut m, &mut hs, step).await?;
                 announce_ip(link, &mut m, &mut hs, stats, step).await?;
                 let req = if name == "SYNC" {
                     Some(PsyncRequest {
@@ -350,7 +97,7 @@ async fn session(link: &LinkCtx, replica: TcpStream, stats: &SessionStats) -> Re
                         "unparseable PSYNC: the master answers it".into(),
                     ),
                 };
-                let route = route::route(link.cfg.guard, &verdict);
+                let route = route::route(link.cfg.guard, &verdict, None);
                 let decision = DecisionCtx {
                     replica: &replica,
                     req: req.as_ref().map(|q| (q.replid.as_str(), q.offset)),
@@ -362,21 +109,25 @@ async fn session(link: &LinkCtx, replica: TcpStream, stats: &SessionStats) -> Re
                     Route::Hold(line) => {
                         r.send(line.as_bytes()).await?;
                         link.guard.holds.fetch_add(1, Relaxed);
-                        decision.log(link, "-LOADING (from replguard)");
+                        decision.log(&link.guard, link.cfg.guard, "-LOADING (from replguard)");
                         return Err(SessionEnd::Held);
                     }
-                    Route::Full if name == "PSYNC" => m.send(route::FULL_SYNC_REQUEST).await?,
+                    Route::Full if name == "PSYNC" => m.send(FULL_SYNC_REQUEST).await?,
                     Route::Full | Route::Forward | Route::Refuse(_) => m.send(&raw).await?,
                 }
                 let down = if name == "SYNC" {
-                    decision.log(link, "(inline SYNC: payload follows)");
+                    decision.log(
+                        &link.guard,
+                        link.cfg.guard,
+                        "(inline SYNC: payload follows)",
+                    );
                     stats.begin_full(None, None);
                     link.counters.full_syncs.fetch_add(1, Relaxed);
                     Downstream::full_sync()
                 } else {
                     let (down, answer) =
                         psync_reply(link, &mut r, &mut m, stats, req.as_ref(), step).await?;
-                    decision.log(link, &answer);
+                    decision.log(&link.guard, link.cfg.guard, &answer);
                     match down {
                         Some(down) => down,
                         // Rejected: the replica decides what to do next on this connection.
@@ -385,43 +136,9 @@ async fn session(link: &LinkCtx, replica: TcpStream, stats: &SessionStats) -> Re
                 };
                 return relay(link, r, m, stats, down).await;
             }
-            _ => return passthrough(link, r, m, stats, raw).await,
+            _ => return passthrough(&link.counters, r, m, stats, raw).await,
         }
     }
-}
-
-/// Reads the next handshake command. A client that has not shown it is a replica may sit idle
-/// like any client; a replica's steps are timed.
-pub(crate) async fn next_command<S: AsyncRead + AsyncWrite + Unpin>(
-    r: &mut Peer<S>,
-    hs: &Handshake,
-    step: Duration,
-) -> Result<(Command, BytesMut)> {
-    let limit = hs
-        .is_replica
-        .then_some((step, "the next handshake command"));
-    r.command(limit).await
-}
-
-/// Forwards `PING` or `AUTH` and relays its one reply; notes a successful `AUTH`.
-pub(crate) async fn exchange<S, T>(
-    r: &mut Peer<S>,
-    m: &mut Peer<T>,
-    hs: &mut Handshake,
-    name: &str,
-    raw: &[u8],
-    step: Duration,
-) -> Result<()>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-    T: AsyncRead + AsyncWrite + Unpin,
-{
-    m.send(raw).await?;
-    let reply = m.reply(step, "a handshake reply").await?;
-    if name == "AUTH" && reply.starts_with(b"+") {
-        hs.client_authed = true;
-    }
-    r.send(&reply).await
 }
 
 /// The offset in a replica's `REPLCONF ACK <offset> [FACK <offset>]`; `None` for any other
@@ -442,80 +159,27 @@ fn ack_offset(cmd: &Command) -> std::result::Result<Option<u64>, ProtocolError> 
     parse_offset(&text, "the REPLCONF ACK offset").map(Some)
 }
 
-fn is_ack(cmd: &Command) -> bool {
-    cmd.args
-        .get(1)
-        .is_some_and(|a| a.eq_ignore_ascii_case(b"ack") || a.eq_ignore_ascii_case(b"getack"))
-}
-
-/// Notes what a REPLCONF announces and returns a rewritten command when one must be sent
-/// instead (dual-channel capability removed).
-pub(crate) fn replconf(cmd: &Command, stats: &SessionStats, hs: &mut Handshake) -> Option<Vec<u8>> {
+/// A `REPLCONF` without `capa dual-channel`, when it had it: the whole sync then runs over the
+/// one connection replguard relays and accounts for. `None` when nothing is removed (a
+/// `REPLCONF` left with no options would be an error, so the original goes then).
+fn without_dual_channel(cmd: &Command) -> Option<Vec<u8>> {
     let mut keep: Vec<&[u8]> = vec![&cmd.args[0]];
     let mut changed = false;
     for pair in cmd.args[1..].chunks(2) {
-        let opt = &pair[0];
         let val = pair.get(1).map(|v| v.as_slice()).unwrap_or_default();
-        if opt.eq_ignore_ascii_case(b"listening-port") {
-            if let Ok(p) = std::str::from_utf8(val).unwrap_or("").parse() {
-                stats.set_replica_port(p);
-            }
-        } else if opt.eq_ignore_ascii_case(b"ip-address") {
-            hs.ip_announced = true;
-            stats.set_replica_ip(&String::from_utf8_lossy(val));
-        } else if opt.eq_ignore_ascii_case(b"capa") && val.eq_ignore_ascii_case(b"dual-channel") {
+        if pair[0].eq_ignore_ascii_case(b"capa") && val.eq_ignore_ascii_case(b"dual-channel") {
             changed = true;
             continue;
         }
         keep.extend(pair.iter().map(|a| a.as_slice()));
     }
-    // A REPLCONF left with no options would be an error; keep the original then.
     (changed && keep.len() > 1).then(|| encode_command(&keep))
 }
 
-/// A replication command is about to be forwarded: the client is a replica from now on, and
-/// replguard's own AUTH goes first if it is due.
-pub(crate) async fn replication_command<S: AsyncRead + AsyncWrite + Unpin>(
-    link: &LinkCtx,
-    m: &mut Peer<S>,
-    hs: &mut Handshake,
-    step: Duration,
-) -> Result<()> {
-    hs.is_replica = true;
-    proxy_auth(link, m, hs, step).await
-}
-
-/// Sends replguard's own AUTH once, before the first replication command, when the link has
-/// credentials and the replica did not authenticate itself.
-async fn proxy_auth<S: AsyncRead + AsyncWrite + Unpin>(
-    link: &LinkCtx,
-    m: &mut Peer<S>,
-    hs: &mut Handshake,
-    step: Duration,
-) -> Result<()> {
-    let Some(creds) = link.credentials() else {
-        return Ok(());
-    };
-    if hs.client_authed || hs.proxy_authed {
-        return Ok(());
-    }
-    hs.proxy_authed = true;
-    m.send(&auth_command(&creds)).await?;
-    let reply = m.reply(step, "the reply to replguard's AUTH").await?;
-    if reply.starts_with(b"+") {
-        Ok(())
-    } else {
-        Err(SessionEnd::UpstreamAuth(
-            String::from_utf8_lossy(&reply).trim_end().to_string(),
-        ))
-    }
-}
-
-fn auth_command(c: &Credentials) -> Vec<u8> {
-    match &c.user {
-        Some(u) => encode_command(&["AUTH", u.as_str(), c.password.as_str()]),
-        None => encode_command(&["AUTH", c.password.as_str()]),
-    }
+fn is_ack(cmd: &Command) -> bool {
+    cmd.args
+        .get(1)
+        .is_some_and(|a| a.eq_ignore_ascii_case(b"ack") || a.eq_ignore_ascii_case(b"getack"))
 }
 
 /// Tells the master the replica's real address when the replica did not.
@@ -604,206 +268,120 @@ where
     }
 }
 
-/// One guard decision, logged once the master's answer is known.
-pub(crate) struct DecisionCtx<'a> {
-    pub(crate) replica: &'a str,
-    /// The requested id and offset (sequence for Kvrocks), when the PSYNC could be read.
-    pub(crate) req: Option<(&'a str, i64)>,
-    pub(crate) facts: &'a str,
-    pub(crate) verdict: &'a Verdict,
-    pub(crate) route: &'a Route,
-}
-
-impl DecisionCtx<'_> {
-    /// One line per decision, counted, and kept as the replica's last verdict. A master that
-    /// resumes a replica replguard judged inconsistent (observe mode) is called out.
-    pub(crate) fn log(&self, link: &LinkCtx, answer: &str) {
-        let (replid, offset) = self.req.unwrap_or(("-", 0));
-        let reason = self.verdict.reason().map(|r| r.to_string());
-        let first = answer
-            .split_ascii_whitespace()
-            .next()
-            .unwrap_or("")
-            .to_string();
-        // `+OK` is a Kvrocks master's acceptance.
-        let unsafe_accepted = matches!(self.verdict, Verdict::ForceFull(_))
-            && matches!(first.as_str(), "+CONTINUE" | "+OK");
-        if unsafe_accepted {
-            link.guard.unsafe_accepted.fetch_add(1, Relaxed);
-        }
-        macro_rules! line {
-            ($lvl:ident, $msg:expr) => {
-                $lvl!(
-                    mode = %link.cfg.guard,
-                    replica = self.replica,
-                    requested_replid = replid,
-                    requested_offset = offset,
-                    facts = self.facts,
-                    verdict = self.verdict.name(),
-                    reason = reason.as_deref().unwrap_or("-"),
-                    action = self.route.action(),
-                    master_answer = answer,
-                    $msg
-                )
-            };
-        }
-        match self.verdict {
-            Verdict::Pass => line!(info, "guard: pass"),
-            _ if unsafe_accepted => line!(
-                warn,
-                "guard: the master RESUMED a replica whose resume point replguard judged inconsistent (observe mode): data may be missing on it"
-            ),
-            Verdict::ForceFull(_) => line!(warn, "guard: force full sync"),
-            Verdict::Hold(_) => line!(warn, "guard: hold"),
-        }
-        link.guard.record(
-            self.replica,
-            self.verdict,
-            crate::guard::Decision {
-                at_unix: crate::guard::ledger::now_unix(),
-                requested_replid: replid.to_string(),
-                requested_offset: offset,
-                verdict: self.verdict.name(),
-                reason,
-                reason_code: self.verdict.reason().map(|r| r.code()),
-                action: self.route.action(),
-                answer: first,
-            },
-        );
-    }
-}
-
 /// Relays both directions until one side ends.
 async fn relay(
     link: &LinkCtx,
     r: Peer<TcpStream>,
     m: Peer<TcpStream>,
     stats: &SessionStats,
-    mut down: Downstream,
+    down: Downstream,
 ) -> Result<()> {
     let (mut rr, mut rw) = r.io.into_split();
     let (mut mr, mut mw) = m.io.into_split();
     let sync_idle = link.cfg.timeouts.sync_idle();
     let (acked_tx, mut acked_rx) = watch::channel(false);
-    let mut up_pending = r.buf; // bytes the replica sent after its PSYNC
-    let first = m.buf; // bytes the master sent right after its reply
+    let mut down = DownObserver {
+        link,
+        stats,
+        down,
+        events: Vec::new(),
+        sync_idle,
+    };
+    let mut up = UpObserver {
+        stats,
+        commands: CommandParser::strict(),
+        acked: acked_tx,
+        open: false,
+    };
+    // After a diskless payload the stream waits for the replica's first ACK, as the master
+    // itself does: the replica reads past the mark at its peril.
+    let gate = Gate {
+        open: &mut acked_rx,
+        within: sync_idle,
+        waiting_for: "the first ACK after a diskless payload",
+    };
+    tokio::select! {
+        r = pump(&mut mr, &mut rw, Side::Master, &m.buf, DOWN_BUF, &mut down, Some(gate)) => r,
+        r = pump(&mut rr, &mut mw, Side::Replica, &r.buf, UP_BUF, &mut up, None) => r,
+    }
+}
 
-    let downstream = async {
-        let mut events = Vec::new();
-        let mut buf = vec![0u8; DOWN_BUF];
-        let mut chunk: &[u8] = &first;
-        loop {
-            if !chunk.is_empty() {
-                events.clear();
-                let fed = down
-                    .feed(chunk, &mut events)
-                    .map_err(|err| SessionEnd::Protocol {
-                        side: Side::Master,
-                        err,
-                    })?;
-                for e in &events {
-                    on_event(link, stats, e)?;
-                }
-                let (now, held) = chunk.split_at(fed.hold_from.unwrap_or(chunk.len()));
-                rw.write_all(now).await.map_err(replica_io)?;
-                if fed.hold_from.is_some() {
-                    // The replica reads past the mark at its peril: stream bytes wait for its
-                    // first ACK, as the master itself does.
-                    match timeout(sync_idle, acked_rx.wait_for(|a| *a)).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(_)) => return Err(SessionEnd::Closed(Side::Replica)),
-                        Err(_) => {
-                            return Err(SessionEnd::Timeout {
-                                side: Side::Replica,
-                                step: "the first ACK after a diskless payload",
-                                after: sync_idle,
-                            })
-                        }
-                    }
-                    rw.write_all(held).await.map_err(replica_io)?;
-                }
-                if down.in_stream() {
-                    stats.record_stream(down.stream.bytes, down.stream.boundary);
-                } else {
-                    stats.set_rdb_bytes(down.rdb_bytes);
-                }
-            }
-            let read = mr.read(&mut buf);
-            let n = if down.in_stream() {
-                read.await
-            } else {
-                timeout(sync_idle, read)
-                    .await
-                    .map_err(|_| SessionEnd::Timeout {
-                        side: Side::Master,
-                        step: "the RDB payload",
-                        after: sync_idle,
-                    })?
-            }
-            .map_err(|err| SessionEnd::Io {
+/// Watches the master's bytes: payload framing and command boundaries, for the books.
+struct DownObserver<'a> {
+    link: &'a LinkCtx,
+    stats: &'a SessionStats,
+    down: Downstream,
+    events: Vec<Event>,
+    sync_idle: Duration,
+}
+
+impl Observer for DownObserver<'_> {
+    fn observe(&mut self, chunk: &[u8]) -> Result<Step> {
+        self.events.clear();
+        let fed = self
+            .down
+            .feed(chunk, &mut self.events)
+            .map_err(|err| SessionEnd::Protocol {
                 side: Side::Master,
                 err,
             })?;
-            if n == 0 {
-                return Err(SessionEnd::Closed(Side::Master));
-            }
-            chunk = &buf[..n];
+        for e in &self.events {
+            on_event(self.link, self.stats, e)?;
         }
-    };
+        Ok(match fed.hold_from {
+            Some(at) => Step::Hold(at),
+            None => Step::Forward(chunk.len()),
+        })
+    }
 
-    let upstream = async {
-        let mut buf = vec![0u8; UP_BUF];
-        let mut commands = CommandParser::strict();
+    fn forwarded(&mut self) {
+        if self.down.in_stream() {
+            self.stats
+                .record_stream(self.down.stream.bytes, self.down.stream.boundary);
+        } else {
+            self.stats.set_rdb_bytes(self.down.rdb_bytes);
+        }
+    }
+
+    fn deadline(&self) -> Option<(Duration, &'static str)> {
+        (!self.down.in_stream()).then_some((self.sync_idle, "the RDB payload"))
+    }
+
+    fn open_frame(&self) -> Option<&'static str> {
+        self.down.open_frame()
+    }
+}
+
+/// Watches the replica's bytes: only whole, checked commands go to the master, exactly as
+/// received; ACK offsets go to the books and open the gate of a held stream.
+struct UpObserver<'a> {
+    stats: &'a SessionStats,
+    commands: CommandParser,
+    acked: watch::Sender<bool>,
+    open: bool,
+}
+
+impl Observer for UpObserver<'_> {
+    fn observe(&mut self, bytes: &[u8]) -> Result<Step> {
         let replica_err = |err| SessionEnd::Protocol {
             side: Side::Replica,
             err,
         };
-        // Bytes already read during the handshake go first.
-        loop {
-            // Only whole commands, read and checked, go to the master, exactly as received;
-            // the start of the next one waits for the rest of it.
-            let (mut ready, mut ack) = (0, None);
-            while let Some((cmd, used)) =
-                commands.parse(&up_pending[ready..]).map_err(replica_err)?
-            {
-                ready += used;
-                ack = ack_offset(&cmd).map_err(replica_err)?.or(ack);
-            }
-            if ready > 0 {
-                mw.write_all(&up_pending[..ready])
-                    .await
-                    .map_err(master_io)?;
-                up_pending.advance(ready);
-            }
-            if let Some(off) = ack {
-                stats.record_ack(off);
-                acked_tx.send_replace(true);
-            }
-            let n = rr.read(&mut buf).await.map_err(replica_io)?;
-            if n == 0 {
-                return Err(SessionEnd::Closed(Side::Replica));
-            }
-            up_pending.extend_from_slice(&buf[..n]);
+        let (mut ready, mut ack) = (0, None);
+        while let Some((cmd, used)) = self.commands.parse(&bytes[ready..]).map_err(replica_err)? {
+            ready += used;
+            ack = ack_offset(&cmd).map_err(replica_err)?.or(ack);
         }
-    };
-
-    tokio::select! {
-        r = downstream => r,
-        r = upstream => r,
+        if let Some(off) = ack {
+            self.stats.record_ack(off);
+            self.acked.send_replace(true);
+        }
+        self.open = ready < bytes.len();
+        Ok(Step::Forward(ready))
     }
-}
 
-pub(crate) fn replica_io(err: io::Error) -> SessionEnd {
-    SessionEnd::Io {
-        side: Side::Replica,
-        err,
-    }
-}
-
-pub(crate) fn master_io(err: io::Error) -> SessionEnd {
-    SessionEnd::Io {
-        side: Side::Master,
-        err,
+    fn open_frame(&self) -> Option<&'static str> {
+        self.open.then_some("a command")
     }
 }
 
@@ -832,30 +410,6 @@ fn on_event(link: &LinkCtx, stats: &SessionStats, e: &Event) -> Result<()> {
     Ok(())
 }
 
-/// Not a replica: forward everything both ways, untouched, until either side closes.
-pub(crate) async fn passthrough(
-    link: &LinkCtx,
-    mut r: Peer<TcpStream>,
-    mut m: Peer<TcpStream>,
-    stats: &SessionStats,
-    first: BytesMut,
-) -> Result<()> {
-    stats.set_state(SessionState::Passthrough);
-    link.counters.passthrough_total.fetch_add(1, Relaxed);
-    m.send(&first).await?;
-    let rest = std::mem::take(&mut r.buf);
-    m.send(&rest).await?;
-    let early = std::mem::take(&mut m.buf);
-    r.send(&early).await?;
-    match tokio::io::copy_bidirectional(&mut r.io, &mut m.io).await {
-        Ok(_) => Err(SessionEnd::Closed(Side::Replica)),
-        Err(err) => Err(SessionEnd::Io {
-            side: Side::Replica,
-            err,
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -867,9 +421,7 @@ mod tests {
             .unwrap()
             .unwrap()
             .0;
-        let stats = SessionStats::new(1, "t", "127.0.0.1:1".parse().unwrap());
-        let mut hs = Handshake::default();
-        let out = replconf(&cmd, &stats, &mut hs).unwrap();
+        let out = without_dual_channel(&cmd).unwrap();
         assert_eq!(
             out,
             encode_command(&["REPLCONF", "capa", "eof", "capa", "psync2"])
@@ -878,7 +430,10 @@ mod tests {
             .unwrap()
             .unwrap()
             .0;
-        assert_eq!(replconf(&plain, &stats, &mut hs), None);
+        assert_eq!(without_dual_channel(&plain), None);
+        let stats = SessionStats::new(1, "t", "127.0.0.1:1".parse().unwrap());
+        let mut hs = Handshake::default();
+        replconf(&plain, &stats, &mut hs);
         assert_eq!(stats.snapshot().replica, "127.0.0.1:6380");
     }
 
@@ -908,7 +463,7 @@ mod tests {
             .0;
         let stats = SessionStats::new(1, "t", "127.0.0.1:1".parse().unwrap());
         let mut hs = Handshake::default();
-        assert_eq!(replconf(&cmd, &stats, &mut hs), None);
+        replconf(&cmd, &stats, &mut hs);
         assert!(hs.ip_announced);
     }
 }

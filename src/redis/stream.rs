@@ -92,6 +92,18 @@ impl Downstream {
         self.phase == Phase::Stream
     }
 
+    /// The frame the master's bytes stand inside, if any: a close there cut it.
+    pub fn open_frame(&self) -> Option<&'static str> {
+        match &self.phase {
+            Phase::Preamble { line } if !line.is_empty() => Some("the payload header"),
+            Phase::Rdb { .. } | Phase::RdbEof { .. } => Some("the RDB payload"),
+            Phase::Stream if self.stream.bytes != self.stream.boundary => {
+                Some("a command of the replication stream")
+            }
+            _ => None,
+        }
+    }
+
     /// Looks at one chunk, exactly as it will be forwarded. Events are appended to `events`.
     pub fn feed(&mut self, chunk: &[u8], events: &mut Vec<Event>) -> Result<Fed, ProtocolError> {
         let mut fed = Fed::default();
