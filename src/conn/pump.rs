@@ -13,6 +13,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::timeout;
 
+/// Read size of a relay's master-to-replica direction; with [`UP_BUF`] it bounds a session's
+/// relay memory whatever the size of the sync.
+pub const DOWN_BUF: usize = 64 * 1024;
+/// Read size of a relay's replica-to-master direction (ACKs are small).
+pub const UP_BUF: usize = 8 * 1024;
+
 /// What an observer makes of the bytes it was shown.
 #[derive(Debug)]
 pub enum Step {

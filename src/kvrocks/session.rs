@@ -18,7 +18,7 @@
 use crate::config::GuardMode;
 use crate::conn::handshake::{exchange, next_command, replconf, replication_command, Handshake};
 use crate::conn::passthrough::passthrough;
-use crate::conn::pump::{pump, AtEof, Observer, Plain, Step};
+use crate::conn::pump::{pump, AtEof, Observer, Plain, Step, DOWN_BUF, UP_BUF};
 use crate::conn::stats::{SessionState, SessionStats};
 use crate::conn::{Peer, Result, SessionEnd, Side};
 use crate::guard::decision::DecisionCtx;
@@ -34,10 +34,6 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tracing::{error, info, warn};
 
-/// Size of the master-to-replica relay buffer.
-const DOWN_BUF: usize = 64 * 1024;
-/// Size of the replica-to-master buffer (a Kvrocks replica sends nothing on its stream).
-const UP_BUF: usize = 8 * 1024;
 
 /// Runs a Kvrocks session on an established pair of connections.
 pub(crate) async fn run(

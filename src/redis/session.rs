@@ -20,7 +20,7 @@
 
 use crate::conn::handshake::{exchange, next_command, replconf, replication_command, Handshake};
 use crate::conn::passthrough::passthrough;
-use crate::conn::pump::{pump, Gate, Observer, Step};
+use crate::conn::pump::{pump, Gate, Observer, Step, DOWN_BUF, UP_BUF};
 use crate::conn::stats::{SessionState, SessionStats};
 use crate::conn::{Peer, Result, SessionEnd, Side};
 use crate::guard::decision::DecisionCtx;
@@ -37,10 +37,6 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-/// Size of the master-to-replica relay buffer; bounds a session's memory with the one below.
-const DOWN_BUF: usize = 64 * 1024;
-/// Size of the replica-to-master relay buffer (ACKs are small).
-const UP_BUF: usize = 8 * 1024;
 
 /// Runs a Redis or Valkey session on an established pair of connections.
 pub(crate) async fn run(
