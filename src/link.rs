@@ -226,8 +226,14 @@ pub async fn serve(
             async move {
                 debug!("replica connected");
                 let end = run_session(&link2, sock, &stats, cancel2).await;
+                // The books go into the ledger while the session is still listed: a PSYNC of
+                // the same replica judged meanwhile finds them either way.
+                let s = stats.snapshot();
+                if s.state == SessionState::Streaming {
+                    link2.flavour.record_delivery(&link2, &s, false);
+                }
                 link2.sessions.remove(&id);
-                finish(&link2, &stats, end).await;
+                finish(&link2, s, end).await;
                 drop(permit);
             }
             .instrument(span),
@@ -274,11 +280,9 @@ async fn run_session(
 }
 
 /// Logs the end of a session with its books, at a level chosen by whose fault it was.
-async fn finish(link: &LinkCtx, stats: &SessionStats, end: Result<(), SessionEnd>) {
-    let s = stats.snapshot();
+async fn finish(link: &LinkCtx, s: SessionSnapshot, end: Result<(), SessionEnd>) {
     link.counters.add_ended(&s);
     if s.state == SessionState::Streaming {
-        link.flavour.record_delivery(link, &s, false);
         link.guard.save_if_dirty().await;
     }
     let reason = match &end {
