@@ -1,25 +1,48 @@
-//! The admin HTTP listener: `GET /status` (JSON) and `GET /metrics` (Prometheus text format).
+//! The admin HTTP listener: `GET /status` (JSON), `GET /metrics` (Prometheus text format) and
+//! the operator actions under `POST /links/<name>/`.
 //!
-//! A deliberately small HTTP/1.1 server: one request per connection, bounded request size and
-//! time, `Connection: close`.
+//! HTTP/1.1 (hyper) with an axum router: one request per connection (`Connection: close`), a
+//! bounded request head and body, bounded time, and at most [`MAX_CONNECTIONS`] connections at
+//! once; connections beyond that wait in the listen backlog.
 
 use crate::link::LinkCtx;
 use crate::stats::SessionSnapshot;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
 use tracing::debug;
 
-/// Largest request head accepted.
-const MAX_REQUEST: usize = 8 * 1024;
-/// Time a client gets to send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest request head accepted (hyper's read buffer; a larger head is answered 431).
+const MAX_HEAD: usize = 8 * 1024;
+/// Largest request body accepted (the endpoints read none; a larger one is answered 413).
+const MAX_BODY: usize = 8 * 1024;
+/// Time a client gets to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a request may take once its head is in (answered 408 past it). A re-point reads the
+/// new master's INFO within the link's handshake step (10 s by default), possibly after a
+/// lineage poll already under way.
+const HANDLER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest an admin connection is kept, whatever it is doing (a client that does not read its
+/// answer included).
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(60);
+/// Admin connections served at once.
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// What the admin endpoints read.
 pub struct AdminState {
@@ -296,14 +319,127 @@ fn live(l: &LinkCtx, f: fn(&SessionSnapshot) -> u64) -> u64 {
     l.snapshots().iter().map(f).sum()
 }
 
-/// Serves the admin endpoints until `cancel` fires.
+/// The admin endpoints. Every answer has a body; anything the routes do not take is answered
+/// by [`other`], as are odd spellings of the link actions (extra slashes).
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/links/{name}/{action}", post(link_route))
+        .fallback(other)
+        .method_not_allowed_fallback(other)
+        .layer(RequestBodyLimitLayer::new(MAX_BODY))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            HANDLER_TIMEOUT,
+        ))
+        .with_state(state)
+}
+
+fn text(code: StatusCode, body: String) -> Response {
+    (code, [(header::CONTENT_TYPE, "text/plain")], body).into_response()
+}
+
+async fn status(State(state): State<Arc<AdminState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        state.status_json(),
+    )
+        .into_response()
+}
+
+async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics_text(),
+    )
+        .into_response()
+}
+
+async fn link_route(
+    State(state): State<Arc<AdminState>>,
+    Path((name, action)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    link_action(&state, &name, &action, query.as_deref().unwrap_or("")).await
+}
+
+/// Paths and methods the routes do not take: `POST` to a path that is not a link action is 404
+/// with the usage, any other `GET` is 404, any other method 405.
+async fn other(State(state): State<Arc<AdminState>>, method: Method, uri: Uri) -> Response {
+    match method {
+        Method::POST => {
+            let parts: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
+            match parts.as_slice() {
+                ["links", name, action] => {
+                    link_action(&state, name, action, uri.query().unwrap_or("")).await
+                }
+                _ => text(
+                    StatusCode::NOT_FOUND,
+                    "POST /links/<name>/master?addr=IP:PORT or /links/<name>/allow-empty-master\n"
+                        .into(),
+                ),
+            }
+        }
+        Method::GET => text(StatusCode::NOT_FOUND, "try /status or /metrics\n".into()),
+        _ => text(StatusCode::METHOD_NOT_ALLOWED, "GET or POST only\n".into()),
+    }
+}
+
+/// Operator actions:
+/// - `POST /links/<name>/master?addr=IP:PORT` re-points the link (failover following);
+/// - `POST /links/<name>/allow-empty-master` releases replicas held by the empty-master
+///   protection.
+async fn link_action(state: &AdminState, name: &str, action: &str, query: &str) -> Response {
+    let Some(link) = state.links.iter().find(|l| l.cfg.name == name) else {
+        return text(StatusCode::NOT_FOUND, format!("no link named {name:?}\n"));
+    };
+    match action {
+        "master" => {
+            let addr = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("addr="))
+                .unwrap_or("");
+            match crate::config::parse_addr(addr) {
+                Ok(a) => {
+                    link.repoint(a, &state.cancel).await;
+                    text(StatusCode::OK, format!("link {name} now dials {a}\n"))
+                }
+                Err(m) => text(StatusCode::BAD_REQUEST, format!("addr: {m}\n")),
+            }
+        }
+        "allow-empty-master" => {
+            let held = link.guard.allow_empty_master();
+            tracing::warn!(link = %name, empty_master = ?held, "operator allowed replicas to sync from the empty master");
+            text(
+                StatusCode::OK,
+                format!(
+                    "link {name}: replicas may now sync from the master (empty lineage {held:?})\n"
+                ),
+            )
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            format!("unknown action {action:?}\n"),
+        ),
+    }
+}
+
+/// Serves the admin endpoints until `cancel` fires. Each connection runs on `tracker`; when
+/// `cancel` fires, idle connections close at once and a request under way is answered first.
 pub async fn serve(
     state: Arc<AdminState>,
     listener: TcpListener,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let app = router(state);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let slot = tokio::select! {
+            _ = cancel.cancelled() => return,
+            s = slots.clone().acquire_owned() => s.expect("the semaphore is never closed"),
+        };
         let sock = tokio::select! {
             _ = cancel.cancelled() => return,
             r = listener.accept() => match r {
@@ -314,108 +450,38 @@ pub async fn serve(
                 }
             },
         };
-        let state = state.clone();
+        let (app, cancel) = (app.clone(), cancel.clone());
         tracker.spawn(async move {
-            if let Err(e) = handle(&state, sock).await {
-                debug!(error = %e, "admin request failed");
-            }
+            connection(sock, app, cancel).await;
+            drop(slot);
         });
     }
 }
 
-async fn handle(state: &AdminState, mut sock: TcpStream) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    let complete = tokio::time::timeout(REQUEST_TIMEOUT, async {
-        loop {
-            let n = sock.read(&mut buf).await?;
-            if n == 0 {
-                return Ok::<bool, std::io::Error>(false);
-            }
-            head.extend_from_slice(&buf[..n]);
-            if head.windows(4).any(|w| w == b"\r\n\r\n") {
-                return Ok(true);
-            }
-            if head.len() > MAX_REQUEST {
-                return Ok(false);
+/// One admin connection: one request, then close.
+async fn connection(sock: TcpStream, app: Router, cancel: CancellationToken) {
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(sock), TowerToHyperService::new(app));
+    tokio::pin!(conn);
+    let served = tokio::time::timeout(CONNECTION_DEADLINE, async {
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = cancel.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.as_mut().await
             }
         }
     })
-    .await
-    .unwrap_or(Ok(false))?;
-    let line = String::from_utf8_lossy(head.split(|b| *b == b'\n').next().unwrap_or_default())
-        .trim_end()
-        .to_string();
-    let mut parts = line.split_ascii_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    let query = target.split_once('?').map_or("", |(_, q)| q);
-    let (code, ctype, body) = match (complete, method, path) {
-        (false, _, _) => ("400 Bad Request", "text/plain", "bad request\n".to_string()),
-        (_, "POST", p) => {
-            let (code, body) = post(state, p, query).await;
-            (code, "text/plain", body)
+    .await;
+    match served {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(error = %e, "admin request failed"),
+        Err(_) => {
+            debug!(deadline = ?CONNECTION_DEADLINE, "admin connection closed at its deadline")
         }
-        (_, "GET", "/status") => ("200 OK", "application/json", state.status_json()),
-        (_, "GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", state.metrics_text()),
-        (_, "GET", _) => (
-            "404 Not Found",
-            "text/plain",
-            "try /status or /metrics\n".into(),
-        ),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "GET or POST only\n".into(),
-        ),
-    };
-    let resp = format!(
-        "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    sock.write_all(resp.as_bytes()).await?;
-    sock.shutdown().await
-}
-
-/// Operator actions:
-/// - `POST /links/<name>/master?addr=IP:PORT` re-points the link (failover following);
-/// - `POST /links/<name>/allow-empty-master` releases replicas held by the empty-master
-///   protection.
-async fn post(state: &AdminState, path: &str, query: &str) -> (&'static str, String) {
-    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let ["links", name, action] = parts.as_slice() else {
-        return (
-            "404 Not Found",
-            "POST /links/<name>/master?addr=IP:PORT or /links/<name>/allow-empty-master\n".into(),
-        );
-    };
-    let Some(link) = state.links.iter().find(|l| l.cfg.name == *name) else {
-        return ("404 Not Found", format!("no link named {name:?}\n"));
-    };
-    match *action {
-        "master" => {
-            let addr = query
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("addr="))
-                .unwrap_or("");
-            match crate::config::parse_addr(addr) {
-                Ok(a) => {
-                    link.repoint(a, &state.cancel).await;
-                    ("200 OK", format!("link {name} now dials {a}\n"))
-                }
-                Err(m) => ("400 Bad Request", format!("addr: {m}\n")),
-            }
-        }
-        "allow-empty-master" => {
-            let held = link.guard.allow_empty_master();
-            tracing::warn!(link = %name, empty_master = ?held, "operator allowed replicas to sync from the empty master");
-            (
-                "200 OK",
-                format!(
-                    "link {name}: replicas may now sync from the master (empty lineage {held:?})\n"
-                ),
-            )
-        }
-        _ => ("404 Not Found", format!("unknown action {action:?}\n")),
     }
 }
