@@ -1,12 +1,14 @@
 //! How replguard behaves around the edges: ordinary clients pass through, the session limit,
 //! malformed bytes from either side, upstream credentials, Valkey dual-channel replication,
-//! upstream loss, and the admin listener (its routes and its bounds).
+//! upstream loss, and the admin listener (its routes, its bounds, and /metrics read by a
+//! reference Prometheus parser while a replica announces a hostile address).
 
 mod common;
 
 use common::*;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const LONG: Duration = Duration::from_secs(60);
@@ -444,4 +446,113 @@ fn admin_connections_are_bounded_and_closed_at_shutdown() {
         t.elapsed()
     );
     assert_eq!(read_to_close(&mut idle), b"");
+}
+
+/// What a replica announced as its address: it closes the label value, starts a series of its
+/// own on the next line and comments out the rest, with a backslash and a brace besides.
+const HOSTILE_IP: &str = "1.2.3.4\"} 1\nevil_series 1\n# \\ }";
+
+/// Parses Prometheus text with the reference parser (Python `prometheus_client`); returns
+/// every sample as `{"name", "labels", "value"}`.
+fn parse_prometheus_text(text: &str) -> Vec<serde_json::Value> {
+    const SCRIPT: &str = "
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = []
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        out.append({'name': s.name, 'labels': s.labels, 'value': s.value})
+print(json.dumps(out))
+";
+    let mut child = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("No module named 'prometheus_client'"),
+        "the reference parser is missing: pip install prometheus-client (scripts/install-test-deps.sh)"
+    );
+    assert!(
+        out.status.success(),
+        "the reference parser rejects /metrics: {stderr}\n{text}"
+    );
+    serde_json::from_slice(&out.stdout).expect("parser output is JSON")
+}
+
+#[test]
+fn metrics_parse_while_a_replica_announces_a_hostile_address() {
+    let m = Server::start(
+        Kind::Redis,
+        &[
+            "--repl-diskless-sync",
+            "yes",
+            "--repl-diskless-sync-delay",
+            "0",
+        ],
+    );
+    let proxy = Proxy::start(Kind::Redis, m.port, "");
+    let mut r = raw_connect(proxy.port);
+    for cmd in [
+        ["REPLCONF", "listening-port", "7000"],
+        ["REPLCONF", "ip-address", HOSTILE_IP],
+    ] {
+        r.write_all(&replguard::resp::encode_command(&cmd)).unwrap();
+        let mut ok = [0u8; 5];
+        r.read_exact(&mut ok).unwrap();
+        assert_eq!(&ok, b"+OK\r\n");
+    }
+    r.write_all(&replguard::resp::encode_command(&["PSYNC", "?", "-1"]))
+        .unwrap();
+    let replica = format!("{HOSTILE_IP}:7000");
+    let session = wait_for(LONG, "the hostile replica's session to stream", || {
+        proxy
+            .sessions()
+            .into_iter()
+            .find(|s| s["replica"] == replica.as_str() && s["state"] == "streaming")
+    });
+
+    let text = proxy.http_get("/metrics");
+    let samples = parse_prometheus_text(&text);
+    let strays: Vec<_> = samples
+        .iter()
+        .filter(|s| !s["name"].as_str().unwrap().starts_with("replguard_"))
+        .collect();
+    assert!(
+        strays.is_empty(),
+        "series not exported by replguard: {strays:?}\n{text}"
+    );
+    for family in [
+        "replguard_replica_expected_offset",
+        "replguard_replica_rdb_bytes",
+    ] {
+        let found = samples
+            .iter()
+            .find(|s| s["name"] == family)
+            .unwrap_or_else(|| panic!("no {family} sample:\n{text}"));
+        assert_eq!(found["labels"]["link"], "main");
+        assert_eq!(found["labels"]["session"], session["id"].to_string());
+        assert_eq!(
+            found["labels"]["replica"],
+            replica.as_str(),
+            "the announced address comes back intact as a label value"
+        );
+    }
+    assert!(
+        samples
+            .iter()
+            .any(|s| s["name"] == "replguard_sessions_active" && s["value"] == 1.0),
+        "{text}"
+    );
+    drop(r);
 }
