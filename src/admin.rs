@@ -22,6 +22,7 @@ use prometheus::proto::{self, MetricType};
 use prometheus::{Encoder as _, Registry, TextEncoder};
 use serde::Serialize;
 use std::collections::HashMap;
+use std::io::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -118,11 +119,40 @@ impl AdminState {
     }
 
     /// The `/metrics` document.
+    ///
+    /// Families come in a fixed order, each with its `# HELP` and `# TYPE` lines even when it
+    /// has no series at the moment: the encoder takes no family without samples, so those two
+    /// lines are written here (from the constant name and help, never from a label value).
     pub fn metrics_text(&self) -> Result<String, prometheus::Error> {
+        let scrape = Scrape::of(&self.links)?;
+        let order: Vec<(String, String, MetricType)> = scrape
+            .families
+            .iter()
+            .map(|f| (f.desc.fq_name.clone(), f.desc.help.clone(), f.kind))
+            .collect();
         let registry = Registry::new();
-        registry.register(Box::new(Scrape::of(&self.links)?))?;
+        registry.register(Box::new(scrape))?;
+        let mut gathered: HashMap<String, proto::MetricFamily> = registry
+            .gather()
+            .into_iter()
+            .map(|mf| (mf.name().to_string(), mf))
+            .collect();
+        let encoder = TextEncoder::new();
         let mut out = Vec::new();
-        TextEncoder::new().encode(&registry.gather(), &mut out)?;
+        for (name, help, kind) in order {
+            match gathered.remove(&name) {
+                Some(mf) => encoder.encode(std::slice::from_ref(&mf), &mut out)?,
+                None => {
+                    let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+                    let kind = if kind == MetricType::COUNTER {
+                        "counter"
+                    } else {
+                        "gauge"
+                    };
+                    writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}")?;
+                }
+            }
+        }
         Ok(String::from_utf8(out).expect("the text encoder writes UTF-8"))
     }
 }
@@ -657,8 +687,20 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line}\n{text}");
         }
-        // Families without samples are left out; ones with samples are all there.
-        assert!(!text.contains("replguard_replica_ack_offset"), "{text}");
-        assert_eq!(text.matches("# TYPE ").count(), 16, "{text}");
+        // A family without series still says what it is.
+        assert!(
+            text.contains(
+                "# HELP replguard_replica_ack_offset Last offset the replica acknowledged.\n\
+                 # TYPE replguard_replica_ack_offset gauge\n# HELP "
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("replguard_replica_ack_offset{"), "{text}");
+        assert!(
+            text.contains("# TYPE replguard_verdicts_total counter\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("# TYPE ").count(), 23, "{text}");
+        assert_eq!(text.matches("# HELP ").count(), 23, "{text}");
     }
 }
