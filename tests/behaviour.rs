@@ -1,6 +1,8 @@
 //! How replguard behaves around the edges: ordinary clients pass through, the session limit,
 //! malformed bytes from either side (nesting bombs, oversized frames, offsets out of range),
-//! slow replicas, upstream credentials, Valkey dual-channel replication, and upstream loss.
+//! slow replicas, upstream credentials, Valkey dual-channel replication, upstream loss, and the
+//! admin listener (its routes, its bounds, and /metrics read by a reference Prometheus parser
+//! while a replica announces a hostile address).
 
 mod common;
 
@@ -9,7 +11,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -561,4 +563,321 @@ fn a_replica_sending_its_handshake_one_byte_at_a_time_is_served() {
     assert_eq!(s["replica"], "127.0.0.1:7777", "{s}");
     let master_id = m.client().info("replication")["master_replid"].clone();
     assert_eq!(s["replid"], master_id.as_str(), "{s}");
+}
+
+// The admin listener.
+
+/// One raw request to the admin listener, the answer read until the listener closes the
+/// connection: (status code, head, body).
+fn admin_raw(port: u16, request: &[u8]) -> std::io::Result<(u16, String, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(request)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let out = String::from_utf8(out).expect("UTF-8 answer");
+    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP answer");
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status code");
+    Ok((code, head.to_string(), body.to_string()))
+}
+
+fn admin(port: u16, method: &str, path: &str) -> (u16, String, String) {
+    admin_raw(
+        port,
+        format!("{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    )
+    .unwrap()
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+#[test]
+fn admin_routes_answer_as_documented() {
+    let m = Server::start(Kind::Redis, &[]);
+    let proxy = Proxy::start(Kind::Redis, m.port, "");
+    let port = proxy.admin_port;
+
+    let (code, head, body) = admin(port, "GET", "/status");
+    assert_eq!(code, 200, "{head}");
+    assert_eq!(header(&head, "content-type"), Some("application/json"));
+    assert_eq!(header(&head, "connection"), Some("close"));
+    let st: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(st["links"][0]["name"], "main");
+
+    let (code, head, body) = admin(port, "GET", "/metrics?x=1");
+    assert_eq!(code, 200, "{head}");
+    assert_eq!(
+        header(&head, "content-type"),
+        Some("text/plain; version=0.0.4")
+    );
+    assert!(
+        body.contains("# TYPE replguard_sessions_total counter\n"),
+        "{body}"
+    );
+    assert!(body.contains("replguard_sessions_active{link=\"main\"} 0\n"));
+
+    // HEAD is answered as GET is, without the body.
+    let (code, head, body) = admin(port, "HEAD", "/status");
+    assert_eq!((code, body.as_str()), (200, ""), "{head}");
+    assert_eq!(header(&head, "content-type"), Some("application/json"));
+
+    let plain = Some("text/plain");
+    let cases: &[(&str, &str, u16, &str)] = &[
+        ("GET", "/nope", 404, "try /status or /metrics\n"),
+        (
+            "GET",
+            "/links/main/master",
+            404,
+            "try /status or /metrics\n",
+        ),
+        ("PUT", "/status", 405, "GET or POST only\n"),
+        ("OPTIONS", "/metrics", 405, "GET or POST only\n"),
+        ("DELETE", "/nope", 405, "GET or POST only\n"),
+        (
+            "POST",
+            "/status",
+            404,
+            "POST /links/<name>/master?addr=IP:PORT or /links/<name>/allow-empty-master\n",
+        ),
+        (
+            "POST",
+            "/links/nope/master",
+            404,
+            "no link named \"nope\"\n",
+        ),
+        (
+            "POST",
+            "/links/main/bogus",
+            404,
+            "unknown action \"bogus\"\n",
+        ),
+        (
+            "POST",
+            "/links/main/allow-empty-master",
+            200,
+            "link main: replicas may now sync from the master (empty lineage None)\n",
+        ),
+        (
+            "POST",
+            "//links/main/allow-empty-master/",
+            200,
+            "link main: replicas may now sync from the master (empty lineage None)\n",
+        ),
+    ];
+    for (method, path, want_code, want_body) in cases {
+        let (code, head, body) = admin(port, method, path);
+        assert_eq!(
+            (code, body.as_str()),
+            (*want_code, *want_body),
+            "{method} {path}"
+        );
+        assert_eq!(header(&head, "content-type"), plain, "{method} {path}");
+    }
+
+    let (code, _, body) = admin(port, "POST", "/links/main/master?addr=nowhere");
+    assert_eq!(code, 400);
+    assert!(body.starts_with("addr: "), "{body}");
+    let (code, _, body) = admin(port, "POST", "/links/main/master");
+    assert_eq!(code, 400, "{body}");
+    let other = Server::start(Kind::Redis, &[]);
+    let (code, _, body) = admin(
+        port,
+        "POST",
+        &format!("/links/main/master?x=1&addr=127.0.0.1:{}", other.port),
+    );
+    assert_eq!(
+        (code, body),
+        (
+            200,
+            format!("link main now dials 127.0.0.1:{}\n", other.port)
+        )
+    );
+    assert_eq!(
+        proxy.status()["links"][0]["master"],
+        format!("127.0.0.1:{}", other.port)
+    );
+
+    // A request head well beyond 8 KiB is refused, never served.
+    let big = format!(
+        "GET /status HTTP/1.1\r\nHost: x\r\nX-Fill: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    match admin_raw(port, big.as_bytes()) {
+        Ok((code, head, _)) => assert_eq!(code, 431, "{head}"),
+        // The listener may close before reading the whole head: the peer sees a reset.
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+    // A declared body beyond the limit is refused before the action runs.
+    let (code, _, _) = admin_raw(
+        port,
+        b"POST /links/main/allow-empty-master HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(code, 413);
+}
+
+#[test]
+fn admin_connections_are_bounded_and_closed_at_shutdown() {
+    let m = Server::start(Kind::Redis, &[]);
+    let mut proxy = Proxy::start(Kind::Redis, m.port, "");
+    let port = proxy.admin_port;
+    // 64 connections that send nothing hold every slot: one more waits for a free slot.
+    let idle: Vec<TcpStream> = (0..64).map(|_| raw_connect(port)).collect();
+    let mut waiting = raw_connect(port);
+    waiting
+        .write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    waiting
+        .set_read_timeout(Some(Duration::from_millis(1000)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let e = waiting
+        .read(&mut byte)
+        .expect_err("no answer while every slot is taken");
+    assert!(
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{e}"
+    );
+    drop(idle);
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let answer = String::from_utf8(read_to_close(&mut waiting)).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+
+    // Shutdown closes an idle admin connection at once instead of waiting for its request.
+    let mut idle = raw_connect(port);
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    proxy.stop();
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "shutdown took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(read_to_close(&mut idle), b"");
+}
+
+/// What a replica announced as its address: it closes the label value, starts a series of its
+/// own on the next line and comments out the rest, with a backslash and a brace besides.
+const HOSTILE_IP: &str = "1.2.3.4\"} 1\nevil_series 1\n# \\ }";
+
+/// Parses Prometheus text with the reference parser (Python `prometheus_client`); returns
+/// every sample as `{"name", "labels", "value"}`.
+fn parse_prometheus_text(text: &str) -> Vec<serde_json::Value> {
+    const SCRIPT: &str = "
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = []
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        out.append({'name': s.name, 'labels': s.labels, 'value': s.value})
+print(json.dumps(out))
+";
+    let mut child = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("No module named 'prometheus_client'"),
+        "the reference parser is missing: pip install prometheus-client (scripts/install-test-deps.sh)"
+    );
+    assert!(
+        out.status.success(),
+        "the reference parser rejects /metrics: {stderr}\n{text}"
+    );
+    serde_json::from_slice(&out.stdout).expect("parser output is JSON")
+}
+
+#[test]
+fn metrics_parse_while_a_replica_announces_a_hostile_address() {
+    let m = Server::start(
+        Kind::Redis,
+        &[
+            "--repl-diskless-sync",
+            "yes",
+            "--repl-diskless-sync-delay",
+            "0",
+        ],
+    );
+    let proxy = Proxy::start(Kind::Redis, m.port, "");
+    let mut r = raw_connect(proxy.port);
+    for cmd in [
+        ["REPLCONF", "listening-port", "7000"],
+        ["REPLCONF", "ip-address", HOSTILE_IP],
+    ] {
+        r.write_all(&replguard::wire::resp::encode_command(&cmd))
+            .unwrap();
+        let mut ok = [0u8; 5];
+        r.read_exact(&mut ok).unwrap();
+        assert_eq!(&ok, b"+OK\r\n");
+    }
+    r.write_all(&replguard::wire::resp::encode_command(&[
+        "PSYNC", "?", "-1",
+    ]))
+    .unwrap();
+    let replica = format!("{HOSTILE_IP}:7000");
+    let session = wait_for(LONG, "the hostile replica's session to stream", || {
+        proxy
+            .sessions()
+            .into_iter()
+            .find(|s| s["replica"] == replica.as_str() && s["state"] == "streaming")
+    });
+
+    let text = proxy.http_get("/metrics");
+    let samples = parse_prometheus_text(&text);
+    let strays: Vec<_> = samples
+        .iter()
+        .filter(|s| !s["name"].as_str().unwrap().starts_with("replguard_"))
+        .collect();
+    assert!(
+        strays.is_empty(),
+        "series not exported by replguard: {strays:?}\n{text}"
+    );
+    for family in [
+        "replguard_replica_expected_offset",
+        "replguard_replica_rdb_bytes",
+    ] {
+        let found = samples
+            .iter()
+            .find(|s| s["name"] == family)
+            .unwrap_or_else(|| panic!("no {family} sample:\n{text}"));
+        assert_eq!(found["labels"]["link"], "main");
+        assert_eq!(found["labels"]["session"], session["id"].to_string());
+        assert_eq!(
+            found["labels"]["replica"],
+            replica.as_str(),
+            "the announced address comes back intact as a label value"
+        );
+    }
+    assert!(
+        samples
+            .iter()
+            .any(|s| s["name"] == "replguard_sessions_active" && s["value"] == 1.0),
+        "{text}"
+    );
+    drop(r);
 }

@@ -552,7 +552,8 @@ fn alert_rules_use_only_metrics_replguard_exports() {
             "ReplguardUnsafeResumeAccepted",
             "ReplguardReplicaHeld",
             "ReplguardEmptyMaster",
-            "ReplguardReplicaLagging"
+            "ReplguardReplicaLagging",
+            "ReplguardLedgerSaveFailing"
         ]
     );
 }

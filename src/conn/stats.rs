@@ -330,6 +330,11 @@ impl SessionStats {
             }
             f.samples.pop_front();
         }
+        if f.samples.is_empty() {
+            // Everything is acknowledged: the next delivery starts the lag clock at once, not
+            // after the sampling interval (a replica that stalls right then still shows lag).
+            self.next_sample_ns.store(0, Relaxed);
+        }
     }
 
     pub fn snapshot(&self) -> SessionSnapshot {
@@ -454,6 +459,10 @@ mod tests {
         let snap = s.snapshot();
         assert_eq!(snap.lag_bytes, Some(0));
         assert_eq!(snap.lag_seconds, Some(0.0));
+        // Everything acknowledged: a delivery right after starts the lag clock at once.
+        s.record_stream(90, 80);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(s.snapshot().lag_seconds.unwrap() > 0.0);
     }
 
     #[test]

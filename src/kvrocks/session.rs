@@ -34,7 +34,6 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tracing::{error, info, warn};
 
-
 /// Runs a Kvrocks session on an established pair of connections.
 pub(crate) async fn run(
     link: &LinkCtx,

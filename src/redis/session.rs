@@ -37,7 +37,6 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-
 /// Runs a Redis or Valkey session on an established pair of connections.
 pub(crate) async fn run(
     link: &LinkCtx,
