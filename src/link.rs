@@ -296,12 +296,12 @@ async fn finish(link: &LinkCtx, s: SessionSnapshot, end: Result<(), SessionEnd>)
     macro_rules! report {
         ($lvl:ident) => {
             $lvl!(
-                replica = %s.replica,
+                replica = s.replica.as_str(),
                 state = s.state.as_str(),
                 replid = s.replid.as_deref().unwrap_or("-"),
-                start_offset = ?s.start_offset,
-                expected_offset = ?s.expected_offset,
-                ack_offset = ?s.ack_offset,
+                start_offset = %Number(s.start_offset),
+                expected_offset = %Number(s.expected_offset),
+                ack_offset = %Number(s.ack_offset),
                 delivered_bytes = s.delivered_bytes,
                 rdb_bytes = s.rdb_bytes,
                 seconds = format_args!("{:.1}", s.connected_seconds),
@@ -314,6 +314,18 @@ async fn finish(link: &LinkCtx, s: SessionSnapshot, end: Result<(), SessionEnd>)
         report!(info);
     } else {
         report!(warn);
+    }
+}
+
+/// An offset for a log line: the number, or `-` when there is none.
+struct Number(Option<u64>);
+
+impl std::fmt::Display for Number {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(n) => write!(f, "{n}"),
+            None => f.write_str("-"),
+        }
     }
 }
 

@@ -117,7 +117,10 @@ impl Running {
             .await
             .is_err()
         {
-            warn!(grace = ?self.grace, "some tasks did not finish within the shutdown grace period");
+            warn!(
+                grace_ms = self.grace.as_millis() as u64,
+                "some tasks did not finish within the shutdown grace period"
+            );
         }
         for link in &self.links {
             link.guard.save_if_dirty().await;

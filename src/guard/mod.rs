@@ -142,7 +142,7 @@ impl Guard {
         if !uncertain.is_empty() {
             warn!(
                 link,
-                replicas = ?uncertain,
+                replicas = %uncertain.iter().cloned().collect::<Vec<_>>().join(", "),
                 "replguard did not stop cleanly last time: these replicas' sessions were open, so their recorded offsets are lower bounds; a resume beyond them is forced to a full sync"
             );
         }

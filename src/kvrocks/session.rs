@@ -366,7 +366,7 @@ fn fetch_complete(link: &LinkCtx, stats: &SessionStats, f: &FetchScanner) {
     info!(
         files = f.files,
         bytes = f.file_bytes,
-        checkpoint_seq = ?seq,
+        checkpoint_seq = %seq.map_or("unknown".to_string(), |s| s.to_string()),
         unreadable = f.checkpoint_unreadable(),
         "kvrocks full sync: checkpoint files relayed whole"
     );

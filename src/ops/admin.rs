@@ -550,7 +550,7 @@ async fn link_action(state: &AdminState, name: &str, action: &str, query: &str) 
         }
         "allow-empty-master" => {
             let held = link.guard.allow_empty_master();
-            tracing::warn!(link = %name, empty_master = ?held, "operator allowed replicas to sync from the empty master");
+            tracing::warn!(link = %name, empty_master = held.as_deref().unwrap_or("-"), "operator allowed replicas to sync from the empty master");
             text(
                 StatusCode::OK,
                 format!(
