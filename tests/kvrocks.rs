@@ -439,9 +439,11 @@ fn recordings_replay_byte_for_byte_through_replguard() {
             0.0
         );
         // The books are final once the replayed sessions have ended.
-        wait_for(Duration::from_secs(20), "the replayed sessions to end", || {
-            p.sessions().is_empty().then_some(())
-        });
+        wait_for(
+            Duration::from_secs(20),
+            "the replayed sessions to end",
+            || p.sessions().is_empty().then_some(()),
+        );
         let st = p.status();
         let books = &st["links"][0]["ledger"]["kvrocks"]["replicas"];
         let rec = books.as_object().unwrap().values().next().unwrap();

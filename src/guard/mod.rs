@@ -70,6 +70,16 @@ struct State {
     kv_fetches: HashMap<IpAddr, FetchBook>,
     /// Kvrocks: replicas refused a resume, with their address and its full-sync count then.
     kv_refused: HashMap<String, (IpAddr, u64)>,
+    /// The session whose sync the master accepted last, per replica: only it writes the
+    /// replica's books, so a previous session that ends late never overwrites them.
+    owners: HashMap<String, u64>,
+}
+
+impl State {
+    /// Whether `session` may write `replica`'s books.
+    fn owns(&self, replica: &str, session: u64) -> bool {
+        self.owners.get(replica).is_none_or(|&o| o == session)
+    }
 }
 
 /// The Kvrocks full syncs relayed to one address.
@@ -252,8 +262,15 @@ impl Guard {
     }
 
     /// The master accepted a Kvrocks PSYNC the guard passed: see [`ledger::KvBooks::start`].
-    pub fn kv_started(&self, replica: &str, replid: Option<&str>, seq: u64) -> Vec<KvIdRange> {
+    pub fn kv_started(
+        &self,
+        replica: &str,
+        session: u64,
+        replid: Option<&str>,
+        seq: u64,
+    ) -> Vec<KvIdRange> {
         let mut st = self.state();
+        st.owners.insert(replica.to_string(), session);
         st.kv_refused.remove(replica);
         st.uncertain.remove(replica);
         let ids = st.data.kvrocks.start(replica, replid, seq);
@@ -262,17 +279,25 @@ impl Guard {
         ids
     }
 
-    /// Records what a Kvrocks replica was delivered: batches up to `next_seq`, their ids by
-    /// range. `open` while its session goes on.
-    pub fn kv_delivered(&self, replica: &str, next_seq: u64, ids: &[KvIdRange], open: bool) {
-        if self
-            .state()
-            .data
-            .kvrocks
-            .deliver(replica, next_seq, ids, open)
-        {
+    /// Records what `session` delivered to a Kvrocks replica: batches up to `next_seq`, their
+    /// ids by range. `open` while it goes on. Ignored unless it owns the replica's books.
+    pub fn kv_delivered(
+        &self,
+        replica: &str,
+        session: u64,
+        next_seq: u64,
+        ids: &[KvIdRange],
+        open: bool,
+    ) {
+        let mut st = self.state();
+        if st.owns(replica, session) && st.data.kvrocks.deliver(replica, next_seq, ids, open) {
             self.dirty.store(true, Relaxed);
         }
+    }
+
+    /// The master accepted `session`'s sync of `replica`: from now on it writes its books.
+    pub fn claim(&self, replica: &str, session: u64) {
+        self.state().owners.insert(replica.to_string(), session);
     }
 
     /// A batch from the master carried `replid`.
@@ -337,8 +362,12 @@ impl Guard {
 
     /// Records that `replica` has been delivered `replid` up to `offset`; `open` while its
     /// session goes on.
-    pub fn delivered(&self, replica: &str, replid: &str, offset: u64, open: bool) {
+    /// Ignored unless `session` owns the replica's books.
+    pub fn delivered(&self, replica: &str, session: u64, replid: &str, offset: u64, open: bool) {
         let mut st = self.state();
+        if !st.owns(replica, session) {
+            return;
+        }
         let data = &mut st.data;
         let same = data
             .replicas

@@ -33,7 +33,7 @@ impl Flavour for Kvrocks {
     fn record_delivery(&self, link: &LinkCtx, s: &SessionSnapshot, open: bool) {
         if let Some(kv) = &s.kvrocks {
             link.guard
-                .kv_delivered(&s.replica, kv.next_seq, &kv.id_ranges, open);
+                .kv_delivered(&s.replica, s.id, kv.next_seq, &kv.id_ranges, open);
         }
     }
 }

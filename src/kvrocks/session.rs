@@ -131,7 +131,7 @@ async fn psync(
     if line == "+OK" {
         let ids = link
             .guard
-            .kv_started(&replica, req.replid.as_deref(), req.seq);
+            .kv_started(&replica, stats.id, req.replid.as_deref(), req.seq);
         stats.begin_kvrocks(req.replid.as_deref(), req.seq, &ids);
         link.counters.partial_syncs.fetch_add(1, Relaxed);
         let mut scanner = WalScanner::new(req.seq);

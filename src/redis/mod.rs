@@ -48,7 +48,7 @@ impl Flavour for Redis {
 
     fn record_delivery(&self, link: &LinkCtx, s: &SessionSnapshot, open: bool) {
         if let (Some(replid), Some(off)) = (&s.replid, s.expected_offset) {
-            link.guard.delivered(&s.replica, replid, off, open);
+            link.guard.delivered(&s.replica, s.id, replid, off, open);
         }
     }
 }

@@ -116,6 +116,7 @@ pub(crate) async fn run(
                         link.cfg.guard,
                         "(inline SYNC: payload follows)",
                     );
+                    link.guard.claim(&stats.snapshot().replica, stats.id);
                     stats.begin_full(None, None);
                     link.counters.full_syncs.fetch_add(1, Relaxed);
                     Downstream::full_sync()
@@ -232,6 +233,7 @@ where
         match first {
             None => continue, // keepalive while the master prepares
             Some("+FULLRESYNC") => {
+                link.guard.claim(&stats.snapshot().replica, stats.id);
                 stats.begin_full(replid, offset);
                 if let (Some(id), Some(off)) = (replid, offset) {
                     link.guard.saw_full_resync(id, off);
@@ -247,9 +249,10 @@ where
                     u64::try_from(q.offset.saturating_sub(1)).unwrap_or(0)
                 });
                 stats.begin_partial(replid, start);
+                let replica = stats.snapshot().replica;
+                link.guard.claim(&replica, stats.id);
                 if let Some(id) = replid {
-                    link.guard
-                        .delivered(&stats.snapshot().replica, id, start, true);
+                    link.guard.delivered(&replica, stats.id, id, start, true);
                 }
                 link.counters.partial_syncs.fetch_add(1, Relaxed);
                 return Ok((Some(Downstream::partial()), line));
@@ -393,7 +396,7 @@ fn on_event(link: &LinkCtx, stats: &SessionStats, e: &Event) -> Result<()> {
             // The replica now holds this id's data up to the sync offset.
             let snap = stats.snapshot();
             if let (Some(id), Some(off)) = (&snap.replid, snap.start_offset) {
-                link.guard.delivered(&snap.replica, id, off, true);
+                link.guard.delivered(&snap.replica, snap.id, id, off, true);
             }
             info!(
                 rdb_bytes = bytes,
