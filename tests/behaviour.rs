@@ -219,7 +219,8 @@ fn link_credentials_authenticate_replicas_without_masterauth() {
     assert_eq!(mc.text(&["AUTH", "s3cret"]), "OK");
     assert_eq!(mc.text(&["SET", "k", "v"]), "OK");
     wait_for(LONG, "k on the replica", || {
-        (r.client().cmd(&["GET", "k"]) == Reply::BulkString(b"v".to_vec())).then_some(())
+        let v = r.try_client()?.try_cmd(&["GET", "k"]).ok()?;
+        (v == Reply::BulkString(b"v".to_vec())).then_some(())
     });
     // An ordinary client does not ride on the link's credentials.
     let mut c = Client::connect(proxy.port).unwrap();
@@ -454,7 +455,7 @@ fn a_fullresync_offset_out_of_range_ends_the_session_unwrapped() {
     let mut r = replica_handshake(proxy.port);
     // Either the session ends, or (were the offset taken) it streams with its books.
     let sessions = wait_for(LONG, "the session to end or stream", || {
-        let s = proxy.sessions();
+        let s = proxy.try_sessions()?;
         (s.is_empty() || s.iter().any(|s| s["state"] == "streaming")).then_some(s)
     });
     for s in &sessions {
@@ -511,7 +512,7 @@ fn an_oversized_handshake_command_is_refused() {
     assert_eq!(stats["sync_full"], "0", "{stats:?}");
     wait_for(LONG, "both sessions counted as errors", || {
         proxy
-            .http_get("/metrics")
+            .try_http_get("/metrics")?
             .contains("replguard_session_errors_total{link=\"main\"} 2")
             .then_some(())
     });
@@ -556,7 +557,10 @@ fn a_replica_sending_its_handshake_one_byte_at_a_time_is_served() {
         got.extend_from_slice(&buf[..n]);
     }
     let s = wait_for(LONG, "the session's books", || {
-        proxy.sessions().into_iter().find(|s| s["sync"] == "full")
+        proxy
+            .try_sessions()?
+            .into_iter()
+            .find(|s| s["sync"] == "full")
     });
     assert_eq!(s["replica"], "127.0.0.1:7777", "{s}");
     let master_id = m.client().info("replication")["master_replid"].clone();

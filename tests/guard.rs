@@ -54,7 +54,7 @@ fn seed(kind: Kind, path: Path) -> Seed {
         // The update below must not reach replguard's session for the stopped replica: bytes
         // written into its dying socket would count as delivered, and rightly so.
         wait_for(LONG, "replguard to see the replica go", || {
-            p.sessions().is_empty().then_some(())
+            p.try_sessions()?.is_empty().then_some(())
         });
     }
 
