@@ -19,11 +19,30 @@ fn raw_connect(port: u16) -> TcpStream {
     s
 }
 
-/// Reads until the peer closes; returns what came.
+/// Reads until the peer closes (a reset counts as a close); returns what came. Panics when the
+/// socket's read timeout passes first: the peer never closed.
 fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
     let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    out
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+                ) =>
+            {
+                return out
+            }
+            Err(e) => panic!(
+                "the connection was not closed ({e}) after {:?}",
+                String::from_utf8_lossy(&out)
+            ),
+        }
+    }
 }
 
 #[test]
