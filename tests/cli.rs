@@ -6,71 +6,11 @@ mod common;
 use common::*;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 fn replguard() -> Command {
     Command::new(env!("CARGO_BIN_EXE_replguard"))
-}
-
-/// A `replguard run` process with its stderr in a file; killed and reaped when dropped, also
-/// when the test fails.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    /// Starts `replguard run --config <config>`; `setup` adjusts the command (env, cwd).
-    fn run(config: &Path, log: &Path, setup: impl FnOnce(&mut Command)) -> Proc {
-        let mut cmd = replguard();
-        cmd.args(["run", "--config"])
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(log).unwrap()));
-        setup(&mut cmd);
-        Proc {
-            child: cmd.spawn().unwrap(),
-            log: log.to_path_buf(),
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits for the log to contain `what`.
-    fn wait_log(&self, what: &str) {
-        wait_for(
-            Duration::from_secs(20),
-            &format!("{what:?} in the log"),
-            || self.log().contains(what).then_some(()),
-        );
-    }
-
-    /// Waits for the process to exit on its own.
-    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        wait_for(limit, "replguard to exit", || {
-            self.child.try_wait().unwrap()
-        })
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig}");
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// `GET path` on the admin listener on `port`: the body of a 200 answer, None otherwise.
@@ -221,7 +161,7 @@ fn run_relays_and_stops_gracefully_on_sigterm() {
     assert_eq!(m.client().text(&["DEBUG", "POPULATE", "1000"]), "OK");
     let dir = tempfile::tempdir().unwrap();
     let bin = BinConfig::new(dir.path(), m.port, Kind::Redis);
-    let mut rg = Proc::run(&bin.path, &dir.path().join("rg.log"), |_| {});
+    let mut rg = Replguard::run(&bin.path, &dir.path().join("rg.log"), |_| {});
     let r = replica_of(Kind::Redis, bin.port, &[]);
     wait_converged(&m, &r, Duration::from_secs(60));
     assert!(dir.path().join("state").is_dir());
@@ -249,7 +189,7 @@ fn sighup_repoints_a_link_and_keeps_running_on_a_bad_file() {
     let dir = tempfile::tempdir().unwrap();
     let bin = BinConfig::new(dir.path(), m1.port, Kind::Redis);
     let (port, admin, cfg) = (bin.port, bin.admin, &bin.path);
-    let rg = Proc::run(cfg, &dir.path().join("rg.log"), |_| {});
+    let rg = Replguard::run(cfg, &dir.path().join("rg.log"), |_| {});
     let master_of = || -> Option<String> {
         let st: serde_json::Value = serde_json::from_str(&try_get(admin, "/status")?).ok()?;
         st["links"][0]["master"].as_str().map(str::to_string)
@@ -309,7 +249,7 @@ fn relative_paths_are_taken_from_the_config_files_folder() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let _rg = Proc::run(&cfg, &elsewhere.path().join("rg.log"), |c| {
+    let _rg = Replguard::run(&cfg, &elsewhere.path().join("rg.log"), |c| {
         c.current_dir(elsewhere.path());
     });
     let st = status_json(admin);
@@ -349,7 +289,7 @@ fn a_bad_log_filter_is_reported_and_logging_falls_back_to_info() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let (cfg, admin) = idle_config(dir.path(), free_port());
-        let rg = Proc::run(&cfg, &dir.path().join("rg.log"), |c| {
+        let rg = Replguard::run(&cfg, &dir.path().join("rg.log"), |c| {
             c.env("REPLGUARD_LOG", value);
         });
         // INFO lines: the fallback level.
@@ -371,7 +311,7 @@ fn a_bind_failure_is_printed_even_with_logging_off() {
     let port = taken.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
     let (cfg, _) = idle_config(dir.path(), port);
-    let mut rg = Proc::run(&cfg, &dir.path().join("rg.log"), |c| {
+    let mut rg = Replguard::run(&cfg, &dir.path().join("rg.log"), |c| {
         c.env("REPLGUARD_LOG", "off");
     });
     let status = rg.wait_exit(Duration::from_secs(20));
@@ -410,7 +350,7 @@ fn status_prints_one_line_per_session_and_exits_0() {
     let m = Server::start(Kind::Redis, &[]);
     let dir = tempfile::tempdir().unwrap();
     let bin = BinConfig::new(dir.path(), m.port, Kind::Redis);
-    let _rg = Proc::run(&bin.path, &dir.path().join("rg.log"), |_| {});
+    let _rg = Replguard::run(&bin.path, &dir.path().join("rg.log"), |_| {});
     let r = replica_of(Kind::Redis, bin.port, &[]);
     wait_converged(&m, &r, Duration::from_secs(60));
     wait_for(Duration::from_secs(20), "the replica's first ACK", || {

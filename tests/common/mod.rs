@@ -774,3 +774,81 @@ impl BinConfig {
         .unwrap();
     }
 }
+
+/// A `replguard run` process (the real binary) with its stderr in a file; killed and reaped when
+/// dropped, also when the test fails.
+pub struct Replguard {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Replguard {
+    /// Starts `replguard run --config <config>` logging at info; `setup` adjusts the command
+    /// (env, cwd).
+    pub fn run(config: &Path, log: &Path, setup: impl FnOnce(&mut Command)) -> Replguard {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_replguard"));
+        cmd.args(["run", "--config"])
+            .arg(config)
+            .env("REPLGUARD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(log).unwrap()));
+        setup(&mut cmd);
+        Replguard {
+            child: cmd.spawn().unwrap(),
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the log to contain `what`.
+    pub fn wait_log(&self, what: &str) {
+        wait_for(
+            Duration::from_secs(20),
+            &format!("{what:?} in the log"),
+            || self.log().contains(what).then_some(()),
+        );
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for the process to exit on its own.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        wait_for(limit, "replguard to exit", || {
+            self.child.try_wait().ok().flatten()
+        })
+    }
+
+    /// Sends `sig` (as `kill` names it, e.g. `-TERM`).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+
+    /// SIGKILL, and waits for the process to be gone.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Replguard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
