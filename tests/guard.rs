@@ -29,6 +29,12 @@ struct Seed {
     k1: String,
     proxy: Option<Proxy>,
     replica_port: u16,
+    /// The master's replication id.
+    replid: String,
+    /// The offset the link delivered the replica up to before it stopped.
+    delivered: u64,
+    /// The offset the restarted replica asks to resume at.
+    requested: u64,
 }
 
 /// The seed scenario: the replica restarts claiming an offset one command beyond what it was
@@ -48,7 +54,8 @@ fn seed(kind: Kind, path: Path) -> Seed {
     wait_converged(&m, &r, LONG);
     // Some stream through the link, so the replica's books are not at the sync point.
     assert_eq!(mc.text(&["SET", "k2", "v2-streamed"]), "OK");
-    wait_converged(&m, &r, LONG);
+    let delivered = wait_converged(&m, &r, LONG);
+    let replid = mc.info("replication")["master_replid"].clone();
     r.stop(true);
     if let Some(p) = &proxy {
         // The update below must not reach replguard's session for the stopped replica: bytes
@@ -77,6 +84,9 @@ fn seed(kind: Kind, path: Path) -> Seed {
         k1,
         proxy,
         replica_port: r.port,
+        replid,
+        delivered,
+        requested: after_update + 1,
     }
 }
 
@@ -112,6 +122,7 @@ fn seed_observe_lets_it_happen_and_says_so(kind: Kind) {
     let p = s.proxy.unwrap();
     let v = wait_for(LONG, "the verdict", || p.last_verdict(s.replica_port));
     assert_eq!(v["verdict"], "force_full", "{v}");
+    assert_eq!(v["reason_code"], "beyond_delivered", "{v}");
     assert_eq!(v["action"], "forwarded", "{v}");
     assert_eq!(v["answer"], "+CONTINUE", "{v}");
     let metrics = p.http_get("/metrics");
@@ -119,6 +130,37 @@ fn seed_observe_lets_it_happen_and_says_so(kind: Kind) {
         metrics.contains("replguard_unsafe_resumes_accepted_total{link=\"main\"} 1"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("replguard_verdicts_total{link=\"main\",verdict=\"force_full\",reason=\"beyond_delivered\",action=\"forwarded\"} 1"),
+        "{metrics}"
+    );
+    // The decision line: a WARN naming the event to alert on, with the beyond_delivered reason
+    // in words and the facts it rests on.
+    let replica = format!("replica=\"127.0.0.1:{}\"", s.replica_port);
+    let requested_replid = format!("requested_replid=\"{}\"", s.replid);
+    let lines = logged(&["guard:", &replica, &requested_replid]);
+    assert_eq!(
+        lines.len(),
+        1,
+        "one decision for the restarted replica: {lines:#?}"
+    );
+    let line = &lines[0];
+    let reason = format!(
+        "reason=\"this link delivered id {} to this replica up to offset {}; it asks to resume at {}, claiming data that never came through the link\"",
+        s.replid, s.delivered, s.requested
+    );
+    for want in [
+        " WARN ",
+        "guard: the master RESUMED a replica whose resume point replguard judged inconsistent (observe mode)",
+        "mode=observe",
+        &format!("requested_offset={}", s.requested),
+        "verdict=\"force_full\"",
+        reason.as_str(),
+        "action=\"forwarded\"",
+        "master_answer=\"+CONTINUE",
+    ] {
+        assert!(line.contains(want), "no {want:?} in {line}");
+    }
 }
 
 /// A master restarted from an RDB older than what a replica already has.

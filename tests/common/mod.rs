@@ -16,7 +16,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Mutex, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -351,18 +351,67 @@ pub fn replica_of(kind: Kind, master_port: u16, extra: &[&str]) -> Server {
 
 static LOGGING: Once = Once::new();
 
-/// Sends replguard's logs to the test output (shown for failing tests).
+/// Every line the in-process replguards of this test binary logged, for tests that check a log
+/// line (all tests of a binary share it: find lines by something unique to the test, such as a
+/// port).
+static CAPTURED: Mutex<String> = Mutex::new(String::new());
+/// Beyond this, the older half of the captured log is dropped.
+const CAPTURE_LIMIT: usize = 64 << 20;
+
+/// A writer into [`CAPTURED`]; the fmt layer writes each event with one `write_all`.
+struct Capture;
+
+impl Write for Capture {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let mut log = CAPTURED.lock().unwrap_or_else(|p| p.into_inner());
+        if log.len() + b.len() > CAPTURE_LIMIT {
+            let mut cut = log.len() / 2;
+            while !log.is_char_boundary(cut) {
+                cut += 1;
+            }
+            log.drain(..cut);
+        }
+        log.push_str(&String::from_utf8_lossy(b));
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends replguard's logs to the test output (shown for failing tests) and to [`logged`].
 pub fn init_logging() {
+    use tracing_subscriber::fmt::writer::{MakeWriterExt, TestWriter};
     LOGGING.call_once(|| {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_env("REPLGUARD_LOG")
                     .unwrap_or_else(|_| "info".into()),
             )
-            .with_test_writer()
+            .with_writer(TestWriter::new().and(|| Capture))
             .with_ansi(false)
             .try_init();
     });
+}
+
+/// The lines logged so far by this binary's in-process replguards that contain every one of
+/// `needles`.
+pub fn logged(needles: &[&str]) -> Vec<String> {
+    CAPTURED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits for a line containing every one of `needles` to be logged; returns the first.
+pub fn wait_logged(limit: Duration, needles: &[&str]) -> String {
+    wait_for(limit, &format!("a log line with {needles:?}"), || {
+        logged(needles).into_iter().next()
+    })
 }
 
 /// An in-process replguard with one link.
