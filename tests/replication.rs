@@ -51,19 +51,65 @@ fn status_agrees(proxy: &Proxy, master: &Server, replica: &Server) {
     );
 }
 
+/// The master's offsets read while replguard's session for the replica listening on
+/// `replica_port` was relaying the payload (state `rdb` just before and just after each read),
+/// until the session streams.
+fn offsets_during_the_payload(proxy: &Proxy, m: &Server, replica_port: u16) -> Vec<u64> {
+    let state = || -> Option<String> {
+        let s = proxy.try_sessions()?.into_iter().find(|s| {
+            s["replica"]
+                .as_str()
+                .is_some_and(|r| r.ends_with(&format!(":{replica_port}")))
+        })?;
+        s["state"].as_str().map(str::to_string)
+    };
+    let mut offsets = Vec::new();
+    wait_for(LONG, "the session to stream", || {
+        let before = state()?;
+        let offset: u64 = m
+            .try_info("replication")?
+            .get("master_repl_offset")?
+            .parse()
+            .ok()?;
+        let after = state()?;
+        if before == "rdb" && after == "rdb" {
+            offsets.push(offset);
+        }
+        (after == "streaming").then_some(())
+    });
+    offsets
+}
+
 /// Scenarios a, b, e and f: a full sync of 100k keys while writes run, then WAIT, the replica's
 /// address on the master, and /status.
 fn full_sync_under_writes(kind: Kind, diskless: bool) {
     let m = master(kind, diskless);
+    // The RDB takes about a second to produce (a 1 us pause before one key in ten), so the
+    // writes surely overlap the sync.
+    assert_eq!(
+        m.client()
+            .text(&["CONFIG", "SET", "rdb-key-save-delay", "-10"]),
+        "OK"
+    );
     let proxy = Proxy::start(kind, m.port, "");
     let writer = Writer::start(m.port, "w", 50, u64::MAX);
+    wait_for(LONG, "the writer's first batch", || {
+        (writer.count.load(std::sync::atomic::Ordering::Relaxed) > 0).then_some(())
+    });
     // The replica dials replguard from 127.0.0.2, so the master can only name it right if
     // replguard passes its address on.
     let r = replica_of(kind, proxy.port, &["--bind-source-addr", "127.0.0.2"]);
+    let during = offsets_during_the_payload(&proxy, &m, r.port);
     wait_link_up(&r, LONG);
     std::thread::sleep(Duration::from_millis(300));
     let written = writer.finish();
     assert!(written > 0);
+    // The master's offset moved while replguard relayed the payload: the replica needed the
+    // stream written during its sync.
+    assert!(
+        during.len() >= 2 && during.last() > during.first(),
+        "no write during the sync: the master's offsets while the payload ran were {during:?}"
+    );
     status_agrees(&proxy, &m, &r);
 
     let s = proxy.session_of(r.port).unwrap();
