@@ -206,3 +206,49 @@ per_server! {
     replica_restart_resumes_partially => replica_restart_resumes;
     replguard_restart_replicas_resume => proxy_restart_resumes;
 }
+
+/// `lag_seconds` is the age of the oldest byte the replica has not acknowledged: it grows while
+/// a stopped replica cannot ACK (counted from the first of two writes, not the last), and is 0
+/// once the replica has acknowledged everything.
+#[test]
+fn lag_seconds_is_the_age_of_the_oldest_unacknowledged_byte() {
+    let kind = Kind::Redis;
+    let m = Server::start(kind, &QUIET);
+    let proxy = Proxy::start(kind, m.port, "");
+    let r = replica_of(kind, proxy.port, &[]);
+    let off = wait_converged(&m, &r, LONG);
+    let acked = |want: u64| {
+        wait_for(LONG, "the replica's ACK of everything", || {
+            let s = proxy.session_of(r.port)?;
+            (s["ack_offset"].as_u64()? == want).then_some(s)
+        })
+    };
+    let s = acked(off);
+    assert_eq!(s["lag_bytes"].as_u64(), Some(0), "{s}");
+    assert_eq!(s["lag_seconds"].as_f64(), Some(0.0), "{s}");
+
+    r.signal("-STOP");
+    let mut mc = m.client();
+    let first_write = std::time::Instant::now();
+    assert_eq!(mc.text(&["SET", "first", "1"]), "OK");
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(mc.text(&["SET", "second", "2"]), "OK");
+    std::thread::sleep(Duration::from_millis(500));
+    let asked = first_write.elapsed().as_secs_f64();
+    let s = proxy.session_of(r.port);
+    let bound = first_write.elapsed().as_secs_f64();
+    r.signal("-CONT");
+    let s = s.expect("the stopped replica's session");
+    assert!(s["lag_bytes"].as_u64().unwrap() > 0, "{s}");
+    let lag = s["lag_seconds"].as_f64().expect("lag_seconds");
+    // Since the first write at most, and not since the second (0.5 s ago).
+    assert!(
+        lag >= asked - 0.25 && lag <= bound + 0.05,
+        "lag_seconds {lag}: the first unacknowledged write was {asked:.2}..{bound:.2} s ago"
+    );
+
+    let end = info_u64(&mut mc, "replication", "master_repl_offset");
+    let s = acked(end);
+    assert_eq!(s["lag_bytes"].as_u64(), Some(0), "{s}");
+    assert_eq!(s["lag_seconds"].as_f64(), Some(0.0), "{s}");
+}

@@ -295,6 +295,17 @@ impl Server {
         self.child.as_ref().expect("running").id()
     }
 
+    /// Sends `sig` (as `kill` names it, e.g. `-STOP`) to the server. A stopped server is still
+    /// killed when dropped.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+
     /// Stops the server cleanly (SHUTDOWN, saving when `save`) and waits for the process.
     pub fn stop(&mut self, save: bool) {
         if let Ok(mut c) = Client::connect(self.port) {
