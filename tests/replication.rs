@@ -252,3 +252,23 @@ fn lag_seconds_is_the_age_of_the_oldest_unacknowledged_byte() {
     assert_eq!(s["lag_bytes"].as_u64(), Some(0), "{s}");
     assert_eq!(s["lag_seconds"].as_f64(), Some(0.0), "{s}");
 }
+
+/// With `announce_replica_ip: false` replguard adds no `REPLCONF ip-address`: the master sees the
+/// connection's address, replguard's, while replguard's own books keep the replica's.
+#[test]
+fn without_announce_replica_ip_the_master_sees_replguards_address() {
+    let kind = Kind::Redis;
+    let m = Server::start(kind, &QUIET);
+    let proxy = Proxy::start(kind, m.port, "    announce_replica_ip: false\n");
+    let r = replica_of(kind, proxy.port, &["--bind-source-addr", "127.0.0.2"]);
+    wait_converged(&m, &r, LONG);
+    let info = m.client().info("replication");
+    assert_eq!(info["connected_slaves"], "1");
+    let slave0 = &info["slave0"];
+    assert!(
+        slave0.starts_with("ip=127.0.0.1,") && slave0.contains(&format!("port={},", r.port)),
+        "master names the replica {slave0}"
+    );
+    let s = proxy.session_of(r.port).expect("a streaming session");
+    assert_eq!(s["replica"], format!("127.0.0.2:{}", r.port), "{s}");
+}
