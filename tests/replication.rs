@@ -272,3 +272,63 @@ fn without_announce_replica_ip_the_master_sees_replguards_address() {
     let s = proxy.session_of(r.port).expect("a streaming session");
     assert_eq!(s["replica"], format!("127.0.0.2:{}", r.port), "{s}");
 }
+
+/// A client that sends inline `SYNC` through replguard gets the RDB payload and then the
+/// command stream, and replguard keeps books on it as a full sync.
+#[test]
+fn inline_sync_gets_the_payload_and_then_the_stream() {
+    use std::io::{Read, Write};
+    let kind = Kind::Redis;
+    let m = Server::start(kind, &["--repl-diskless-sync", "no"]);
+    assert_eq!(m.client().text(&["SET", "before", "sync"]), "OK");
+    let proxy = Proxy::start(kind, m.port, "");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"SYNC\r\n").unwrap();
+
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    let mut more = |got: &mut Vec<u8>| {
+        let n = s.read(&mut buf).expect("more from replguard");
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(got));
+        got.extend_from_slice(&buf[..n]);
+    };
+    // Keepalive newlines while the master saves, then `$<len>\r\n` and the payload.
+    let (len, body_at) = loop {
+        let start = got.iter().position(|b| *b != b'\n');
+        if let Some(i) = start {
+            if let Some(e) = got[i..].windows(2).position(|w| w == b"\r\n") {
+                let head = String::from_utf8_lossy(&got[i..i + e]).into_owned();
+                let len: usize = head
+                    .strip_prefix('$')
+                    .and_then(|l| l.parse().ok())
+                    .unwrap_or_else(|| panic!("SYNC answered {head:?}"));
+                break (len, i + e + 2);
+            }
+        }
+        more(&mut got);
+    };
+    while got.len() < body_at + len {
+        more(&mut got);
+    }
+    assert!(got[body_at..].starts_with(b"REDIS"), "not an RDB payload");
+
+    // The stream follows.
+    assert_eq!(m.client().text(&["SET", "after", "sync"]), "OK");
+    while !got[body_at + len..]
+        .windows(b"$5\r\nafter\r\n".len())
+        .any(|w| w == b"$5\r\nafter\r\n")
+    {
+        more(&mut got);
+    }
+    let st = proxy.status();
+    let session = &st["links"][0]["sessions"][0];
+    assert_eq!(session["state"], "streaming", "{st}");
+    assert_eq!(session["sync"], "full", "{st}");
+    assert_eq!(session["psync_replid"], "?", "{st}");
+    assert_eq!(session["psync_offset"], -1, "{st}");
+    assert_eq!(session["rdb_bytes"].as_u64(), Some(len as u64), "{st}");
+    assert_eq!(session["rdb_diskless"], false, "{st}");
+    assert_eq!(st["links"][0]["full_syncs"], 1, "{st}");
+    assert_eq!(m.client().info("stats")["sync_full"], "1");
+}
