@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -584,4 +584,228 @@ fn a_replica_sending_its_handshake_one_byte_at_a_time_is_served() {
     assert_eq!(s["replica"], "127.0.0.1:7777", "{s}");
     let master_id = m.client().info("replication")["master_replid"].clone();
     assert_eq!(s["replid"], master_id.as_str(), "{s}");
+}
+
+/// A master double for the timeout tests, one thread per connection: replguard's own `INFO`
+/// reads are refused, a replica's handshake commands (RESP or inline) are answered `+OK`, and
+/// `PSYNC`/`SYNC` hands the connection to `on_psync`; the double then keeps it open until
+/// replguard closes it.
+fn scripted_master(on_psync: fn(&mut TcpStream)) -> u16 {
+    use redis_protocol::resp2::{decode::decode, types::OwnedFrame};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // The next command's name (uppercased); a bare newline has none.
+                    let name = loop {
+                        if buf.first() == Some(&b'*') {
+                            match decode(&buf) {
+                                Ok(Some((OwnedFrame::Array(args), n))) => {
+                                    buf.drain(..n);
+                                    break match args.first() {
+                                        Some(OwnedFrame::BulkString(b)) => {
+                                            String::from_utf8_lossy(b).to_uppercase()
+                                        }
+                                        _ => String::new(),
+                                    };
+                                }
+                                Ok(None) => {}
+                                _ => return,
+                            }
+                        } else if let Some(i) = buf.iter().position(|b| *b == b'\n') {
+                            let line: Vec<u8> = buf.drain(..=i).collect();
+                            let line = String::from_utf8_lossy(&line).to_uppercase();
+                            break line.split_whitespace().next().unwrap_or("").to_string();
+                        }
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let answer: &[u8] = match name.as_str() {
+                        "" => continue,
+                        "INFO" => b"-ERR not a real master\r\n",
+                        "PSYNC" | "SYNC" => {
+                            on_psync(&mut s);
+                            while matches!(s.read(&mut chunk), Ok(n) if n > 0) {}
+                            return;
+                        }
+                        _ => b"+OK\r\n",
+                    };
+                    if s.write_all(answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Reads exactly `want.len()` bytes and checks they are `want`.
+fn expect_bytes(s: &mut TcpStream, want: &[u8]) {
+    let mut got = vec![0u8; want.len()];
+    s.read_exact(&mut got)
+        .unwrap_or_else(|e| panic!("{e} reading {want:?}"));
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+}
+
+const FULLRESYNC: &[u8] = b"+FULLRESYNC 0123456789012345678901234567890123456789 0\r\n";
+
+#[test]
+fn a_master_silent_for_handshake_step_ms_ends_the_session_and_keepalives_restart_it() {
+    let limits = "    announce_replica_ip: false\n    timeouts: { handshake_step_ms: 500 }\n";
+    // Newlines every 200 ms for 1.2 s before the reply: longer than a step in all, but never
+    // silent for one.
+    let patient = scripted_master(|s| {
+        for _ in 0..6 {
+            s.write_all(b"\n").unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        s.write_all(FULLRESYNC).unwrap();
+        s.write_all(b"$5\r\nREDIS").unwrap();
+    });
+    let proxy = Proxy::start(Kind::Redis, patient, limits);
+    let mut r = replica_handshake(proxy.port);
+    expect_bytes(&mut r, b"\n\n\n\n\n\n");
+    expect_bytes(&mut r, FULLRESYNC);
+    expect_bytes(&mut r, b"$5\r\nREDIS");
+    wait_for(LONG, "the session to stream", || {
+        let s = proxy.try_sessions()?;
+        (s.len() == 1 && s[0]["state"] == "streaming").then_some(())
+    });
+    drop(r);
+
+    // A master that never answers PSYNC: the session ends one step after it was sent.
+    let silent = scripted_master(|_| {});
+    let proxy = Proxy::start(Kind::Redis, silent, limits);
+    let mut r = replica_handshake(proxy.port);
+    let sent = Instant::now();
+    let peer = format!("peer=127.0.0.1:{}}}", r.local_addr().unwrap().port());
+    r.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(read_to_close(&mut r), b"", "nothing reaches the replica");
+    let waited = sent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(450) && waited < Duration::from_secs(4),
+        "closed after {waited:?}"
+    );
+    let line = wait_logged(
+        LONG,
+        &[
+            &peer,
+            "session ended",
+            "reason=master sent nothing for 500ms while replguard waited for the PSYNC reply",
+        ],
+    );
+    assert!(line.contains(" WARN "), "{line}");
+    assert_eq!(
+        proxy.metric("replguard_session_errors_total", "link=\"main\""),
+        1.0
+    );
+}
+
+#[test]
+fn a_master_silent_for_sync_idle_ms_during_a_full_sync_ends_the_session() {
+    // +FULLRESYNC, newlines every 200 ms for 1 s (a master preparing its RDB), then nothing.
+    let stalling = scripted_master(|s| {
+        s.write_all(FULLRESYNC).unwrap();
+        for _ in 0..5 {
+            std::thread::sleep(Duration::from_millis(200));
+            s.write_all(b"\n").unwrap();
+        }
+    });
+    let proxy = Proxy::start(
+        Kind::Redis,
+        stalling,
+        "    announce_replica_ip: false\n    timeouts: { sync_idle_ms: 500 }\n",
+    );
+    let mut r = replica_handshake(proxy.port);
+    r.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let peer = format!("peer=127.0.0.1:{}}}", r.local_addr().unwrap().port());
+    expect_bytes(&mut r, FULLRESYNC);
+    // Each newline restarts the wait: all of them arrive.
+    expect_bytes(&mut r, b"\n\n\n\n\n");
+    let last = Instant::now();
+    assert_eq!(read_to_close(&mut r), b"");
+    let waited = last.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(4),
+        "closed {waited:?} after the master's last byte"
+    );
+    let line = wait_logged(
+        LONG,
+        &[
+            &peer,
+            "session ended",
+            "reason=master sent nothing for 500ms while replguard waited for the RDB payload",
+        ],
+    );
+    assert!(line.contains("state=\"rdb\""), "{line}");
+}
+
+#[test]
+fn a_master_that_does_not_answer_the_dial_ends_the_session_after_connect_ms() {
+    // A listener with a backlog of 0 whose queue is full: the kernel drops further SYNs, so a
+    // dial to it hangs (loopback, and nothing needs to accept).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let _enter = rt.enter();
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let deaf = sock.listen(0).unwrap();
+    let addr = deaf.local_addr().unwrap();
+    let mut queued = Vec::new();
+    while let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+        queued.push(s);
+        assert!(queued.len() < 8, "the listener's queue never filled");
+    }
+
+    let proxy = Proxy::start(
+        Kind::Redis,
+        addr.port(),
+        "    timeouts: { connect_ms: 300 }\n",
+    );
+    let mut r = raw_connect(proxy.port);
+    r.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let peer = format!("peer=127.0.0.1:{}}}", r.local_addr().unwrap().port());
+    let dialed = Instant::now();
+    assert_eq!(read_to_close(&mut r), b"");
+    let waited = dialed.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
+    wait_logged(
+        LONG,
+        &[
+            &peer,
+            "session ended",
+            &format!("reason=cannot connect to master {addr}: no answer within 300ms"),
+        ],
+    );
+
+    // A refused dial ends the session at once, whatever connect_ms.
+    let nobody = free_port();
+    let proxy = Proxy::start(Kind::Redis, nobody, "    timeouts: { connect_ms: 60000 }\n");
+    let mut r = raw_connect(proxy.port);
+    r.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let peer = format!("peer=127.0.0.1:{}}}", r.local_addr().unwrap().port());
+    let dialed = Instant::now();
+    assert_eq!(read_to_close(&mut r), b"");
+    assert!(dialed.elapsed() < Duration::from_secs(3));
+    wait_logged(
+        LONG,
+        &[
+            &peer,
+            &format!("reason=cannot connect to master 127.0.0.1:{nobody}: Connection refused"),
+        ],
+    );
+    drop(queued);
 }
