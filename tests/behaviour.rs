@@ -809,3 +809,22 @@ fn a_master_that_does_not_answer_the_dial_ends_the_session_after_connect_ms() {
     );
     drop(queued);
 }
+
+#[test]
+fn losing_the_replica_closes_the_master_side() {
+    // No pings from the master: only replguard closing the connection can tell it.
+    let m = Server::start(Kind::Redis, &["--repl-ping-replica-period", "3600"]);
+    let proxy = Proxy::start(Kind::Redis, m.port, "");
+    let r = replica_of(Kind::Redis, proxy.port, &[]);
+    wait_converged(&m, &r, LONG);
+    assert_eq!(m.client().info("replication")["connected_slaves"], "1");
+    drop(r); // SIGKILL: its socket closes, nothing else is said
+    wait_for(
+        Duration::from_secs(5),
+        "the master to lose its replica",
+        || (m.try_info("replication")?.get("connected_slaves")? == "0").then_some(()),
+    );
+    wait_for(Duration::from_secs(5), "the session to end", || {
+        proxy.try_sessions()?.is_empty().then_some(())
+    });
+}
