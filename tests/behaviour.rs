@@ -828,3 +828,79 @@ fn losing_the_replica_closes_the_master_side() {
         proxy.try_sessions()?.is_empty().then_some(())
     });
 }
+
+/// What the admin listener answers to what it does not serve, as it answers today.
+#[test]
+fn the_admin_listener_refuses_what_it_does_not_serve() {
+    let master = free_port();
+    let proxy = Proxy::start(Kind::Redis, master, "");
+    let ask = |req: &[u8]| http_exchange(proxy.admin_port, req).unwrap();
+    let check = |req: &str, status: &str, body: &str| {
+        let (head, got) = ask(format!("{req} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status}\r\n")),
+            "{req}: {head}"
+        );
+        assert!(
+            head.contains(&format!("Content-Length: {}\r\n", body.len())),
+            "{req}: {head}"
+        );
+        assert_eq!(got, body, "{req}");
+    };
+    check("GET /nope", "404 Not Found", "try /status or /metrics\n");
+    check(
+        "GET /status/x",
+        "404 Not Found",
+        "try /status or /metrics\n",
+    );
+    // A POST is routed to the operator actions, so POST /status is "not found" there, not 405.
+    check(
+        "POST /status",
+        "404 Not Found",
+        "POST /links/<name>/master?addr=IP:PORT or /links/<name>/allow-empty-master\n",
+    );
+    check(
+        "PUT /status",
+        "405 Method Not Allowed",
+        "GET or POST only\n",
+    );
+    check(
+        "DELETE /metrics",
+        "405 Method Not Allowed",
+        "GET or POST only\n",
+    );
+    check(
+        "POST /links/nope/allow-empty-master",
+        "404 Not Found",
+        "no link named \"nope\"\n",
+    );
+    check(
+        "POST /links/main/reboot",
+        "404 Not Found",
+        "unknown action \"reboot\"\n",
+    );
+    let (head, body) = ask(b"POST /links/main/master?addr=db:6379 HTTP/1.1\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
+    assert!(body.starts_with("addr: "), "{body}");
+    assert_eq!(
+        proxy.status()["links"][0]["master"],
+        format!("127.0.0.1:{master}"),
+        "a refused re-point changes nothing"
+    );
+
+    // Malformed: a head that never ends within the 8 KiB limit, and one cut short by a close.
+    let (head, body) = ask(&[b'x'; 8 * 1024 + 1]);
+    assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
+    assert_eq!(body, "bad request\n");
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.admin_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /status HTTP/1.1\r\n").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
+    assert!(out.ends_with("\r\n\r\nbad request\n"), "{out}");
+
+    // And it still serves.
+    assert_eq!(proxy.status()["links"][0]["name"], "main");
+}
