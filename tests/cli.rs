@@ -496,3 +496,78 @@ fn alert_rules_use_only_metrics_replguard_exports() {
         ]
     );
 }
+
+/// The ledger record of the replica listening on `port` in the ledger file at `path`.
+fn ledger_record(path: &Path, port: u16) -> Option<serde_json::Value> {
+    let parsed: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    parsed["replicas"]
+        .as_object()?
+        .iter()
+        .find(|(k, _)| k.ends_with(&format!(":{port}")))
+        .map(|(_, v)| v.clone())
+}
+
+/// The guard's last verdict about the replica listening on `port`, from `/status`.
+fn last_verdict(admin: u16, port: u16) -> Option<serde_json::Value> {
+    let st: serde_json::Value = serde_json::from_str(&try_get(admin, "/status")?).ok()?;
+    st["links"][0]["ledger"]["last_verdicts"]
+        .as_object()?
+        .iter()
+        .find(|(k, _)| k.ends_with(&format!(":{port}")))
+        .map(|(_, v)| v.clone())
+}
+
+#[test]
+fn sigint_stops_gracefully_and_the_replica_resumes_when_replguard_is_back() {
+    let m = Server::start(Kind::Redis, &["--repl-ping-replica-period", "3600"]);
+    assert_eq!(m.client().text(&["DEBUG", "POPULATE", "1000"]), "OK");
+    let dir = tempfile::tempdir().unwrap();
+    let bin = BinConfig::new(dir.path(), m.port, Kind::Redis);
+    let mut rg = Replguard::run(&bin.path, &dir.path().join("first.log"), |_| {});
+    let r = replica_of(Kind::Redis, bin.port, &[]);
+    let off = wait_converged(&m, &r, Duration::from_secs(60));
+
+    rg.signal("-INT");
+    let status = rg.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+    let log = rg.log();
+    for want in [
+        "SIGINT received",
+        "session ended",
+        "reason=replguard is shutting down",
+        "stopped",
+    ] {
+        assert!(log.contains(want), "no {want:?} in:\n{log}");
+    }
+    // The replica's record is closed at its exact offset.
+    let rec = ledger_record(&dir.path().join("state/main.ledger.json"), r.port)
+        .expect("the replica is recorded");
+    assert_eq!(rec["open"], false, "{rec}");
+    assert_eq!(rec["offset"].as_u64(), Some(off), "{rec}");
+    wait_for(
+        Duration::from_secs(30),
+        "the replica's link to go down",
+        || (r.try_info("replication")?.get("master_link_status")? == "down").then_some(()),
+    );
+
+    // Back: the replica resumes with its own id and offset.
+    let mut mc = m.client();
+    let full = info_u64(&mut mc, "stats", "sync_full");
+    let partial = info_u64(&mut mc, "stats", "sync_partial_ok");
+    assert_eq!(mc.text(&["SET", "while-stopped", "1"]), "OK");
+    let rg = Replguard::run(&bin.path, &dir.path().join("second.log"), |_| {});
+    wait_converged(&m, &r, Duration::from_secs(60));
+    assert_eq!(
+        info_u64(&mut mc, "stats", "sync_full"),
+        full,
+        "no full sync"
+    );
+    assert_eq!(info_u64(&mut mc, "stats", "sync_partial_ok"), partial + 1);
+    let log = rg.log();
+    assert!(!log.contains("did not stop cleanly"), "{log}");
+    let v = wait_for(Duration::from_secs(20), "the verdict", || {
+        last_verdict(bin.admin, r.port)
+    });
+    assert_eq!(v["verdict"], "pass", "{v}");
+    assert_eq!(v["answer"], "+CONTINUE", "{v}");
+}
