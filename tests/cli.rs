@@ -571,3 +571,47 @@ fn sigint_stops_gracefully_and_the_replica_resumes_when_replguard_is_back() {
     assert_eq!(v["verdict"], "pass", "{v}");
     assert_eq!(v["answer"], "+CONTINUE", "{v}");
 }
+
+#[test]
+fn shutdown_waits_at_most_shutdown_grace_ms() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = free_port();
+    let cfg = dir.path().join("rg.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir: state\nshutdown_grace_ms: 300\nadmin: {{ listen: 127.0.0.1:{admin} }}\nlinks:\n  - {{ name: main, listen: 127.0.0.1:{}, master: 127.0.0.1:{}, flavor: redis, guard: enforce }}\n",
+            free_port(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let mut rg = Replguard::run(&cfg, &dir.path().join("rg.log"), |_| {});
+    status_json(admin);
+    // An admin client that never finishes its request keeps a task busy for 5 s, replguard's
+    // limit for a request: longer than the grace.
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", admin)).unwrap();
+    std::io::Write::write_all(&mut slow, b"GET /status HTTP/1.1\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    let asked = std::time::Instant::now();
+    rg.signal("-INT");
+    let status = rg.wait_exit(Duration::from_secs(10));
+    let took = asked.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(2500),
+        "stopped {took:?} after SIGINT"
+    );
+    let log = rg.log();
+    let warned = log
+        .lines()
+        .find(|l| l.contains("some tasks did not finish within the shutdown grace period"))
+        .unwrap_or_else(|| panic!("no warning about the grace period:\n{log}"));
+    assert!(
+        warned.contains("WARN") && warned.contains("grace=300ms"),
+        "{warned}"
+    );
+    assert!(log.trim_end().ends_with("stopped"), "{log}");
+    drop(slow);
+}
