@@ -615,3 +615,86 @@ fn shutdown_waits_at_most_shutdown_grace_ms() {
     assert!(log.trim_end().ends_with("stopped"), "{log}");
     drop(slow);
 }
+
+/// The file a corrupt ledger was moved to, as the ERROR line about it names it.
+fn moved_ledger(log: &str, ledger: &Path) -> PathBuf {
+    let line = log
+        .lines()
+        .find(|l| l.contains("is not a valid ledger for this link"))
+        .unwrap_or_else(|| panic!("the corrupt ledger is not reported:\n{log}"));
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(
+        line.contains(&format!("{} is not a valid ledger", ledger.display())),
+        "{line}"
+    );
+    assert!(
+        line.contains(" and replguard starts with no knowledge") && line.contains("link=\"main\""),
+        "{line}"
+    );
+    let moved = line
+        .split_once("it was moved to ")
+        .and_then(|(_, rest)| rest.split_once(" and replguard starts"))
+        .map(|(p, _)| PathBuf::from(p))
+        .unwrap_or_else(|| panic!("no destination in {line}"));
+    assert_eq!(moved.parent(), ledger.parent(), "{line}");
+    moved
+}
+
+#[test]
+fn a_corrupt_ledger_is_moved_aside_reported_and_trusted_for_nothing() {
+    let m = Server::start(Kind::Redis, &["--repl-ping-replica-period", "3600"]);
+    assert_eq!(m.client().text(&["DEBUG", "POPULATE", "1000"]), "OK");
+    let dir = tempfile::tempdir().unwrap();
+    let bin = BinConfig::new(dir.path(), m.port, Kind::Redis);
+    let mut rg = Replguard::run(&bin.path, &dir.path().join("first.log"), |_| {});
+    let r = replica_of(Kind::Redis, bin.port, &[]);
+    wait_converged(&m, &r, Duration::from_secs(60));
+    rg.signal("-TERM");
+    assert!(rg.wait_exit(Duration::from_secs(10)).success());
+
+    // Half of a good ledger, which knew the replica: a torn or damaged file.
+    let ledger = dir.path().join("state/main.ledger.json");
+    assert!(ledger_record(&ledger, r.port).is_some());
+    let good = std::fs::read(&ledger).unwrap();
+    let corrupt = good[..good.len() / 2].to_vec();
+    std::fs::write(&ledger, &corrupt).unwrap();
+    let full = info_u64(&mut m.client(), "stats", "sync_full");
+
+    let rg = Replguard::run(&bin.path, &dir.path().join("second.log"), |_| {});
+    status_json(bin.admin);
+    rg.wait_log("ledger loaded");
+    let moved = moved_ledger(&rg.log(), &ledger);
+    assert_eq!(std::fs::read(&moved).unwrap(), corrupt, "moved aside whole");
+
+    // No knowledge, never trust: the replica it fed is a stranger now, and full-syncs.
+    wait_converged(&m, &r, Duration::from_secs(60));
+    let v = wait_for(Duration::from_secs(20), "the verdict", || {
+        last_verdict(bin.admin, r.port)
+    });
+    assert_eq!(v["verdict"], "force_full", "{v}");
+    assert_eq!(v["reason_code"], "unknown_replica", "{v}");
+    assert_eq!(v["action"], "forced_full", "{v}");
+    assert_eq!(info_u64(&mut m.client(), "stats", "sync_full"), full + 1);
+}
+
+#[test]
+#[ignore = "README says a corrupt ledger is moved to <link>.ledger.corrupt-<time>; src/store.rs names it <link>.ledger.refused-<time>"]
+fn a_corrupt_ledger_is_moved_to_the_name_the_readme_gives() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, admin) = idle_config(dir.path(), free_port());
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("main.ledger.json"), "{ not a ledger").unwrap();
+    let rg = Replguard::run(&cfg, &dir.path().join("rg.log"), |_| {});
+    status_json(admin);
+    rg.wait_log("ledger loaded");
+    let moved = moved_ledger(&rg.log(), &state.join("main.ledger.json"));
+    let name = moved.file_name().unwrap().to_string_lossy().into_owned();
+    let time = name
+        .strip_prefix("main.ledger.corrupt-")
+        .unwrap_or_else(|| panic!("moved to {name}"));
+    assert!(
+        !time.is_empty() && time.bytes().all(|b| b.is_ascii_digit()),
+        "{name}"
+    );
+}
