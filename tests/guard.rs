@@ -447,3 +447,76 @@ per_server! {
     empty_master_is_held_until_released => empty_master_holds_the_replica;
     replguard_killed_mid_stream => kill_9_mid_stream;
 }
+
+/// A replica synced directly from the master, then pointed at replguard: the ledger never saw
+/// it. Returns the proxy, the replica, and the master's sync counters before the move.
+fn replica_synced_elsewhere(link_extra: &str) -> (Server, Proxy, Server, String, u64, u64) {
+    let kind = Kind::Redis;
+    let m = Server::start(kind, &QUIET);
+    assert_eq!(m.client().text(&["DEBUG", "POPULATE", "1000"]), "OK");
+    let r = replica_of(kind, m.port, &[]);
+    wait_converged(&m, &r, LONG);
+    let proxy = Proxy::start(kind, m.port, link_extra);
+    let mut mc = m.client();
+    let replid = mc.info("replication")["master_replid"].clone();
+    let full = info_u64(&mut mc, "stats", "sync_full");
+    let partial = info_u64(&mut mc, "stats", "sync_partial_ok");
+    let p = proxy.port.to_string();
+    assert_eq!(r.client().text(&["REPLICAOF", "127.0.0.1", &p]), "OK");
+    assert_eq!(mc.text(&["SET", "after-move", "1"]), "OK");
+    wait_converged(&m, &r, LONG);
+    (m, proxy, r, replid, full, partial)
+}
+
+#[test]
+fn unknown_replica_pass_lets_a_replica_synced_elsewhere_resume() {
+    let (m, proxy, r, replid, full, partial) =
+        replica_synced_elsewhere("    unknown_replica: pass\n");
+    let v = wait_for(LONG, "the verdict", || proxy.last_verdict(r.port));
+    assert_eq!(v["verdict"], "pass", "{v}");
+    assert_eq!(v["action"], "forwarded", "{v}");
+    assert_eq!(v["answer"], "+CONTINUE", "{v}");
+    let mut mc = m.client();
+    assert_eq!(
+        info_u64(&mut mc, "stats", "sync_full"),
+        full,
+        "no full sync"
+    );
+    assert_eq!(info_u64(&mut mc, "stats", "sync_partial_ok"), partial + 1);
+    assert_eq!(proxy.session_of(r.port).unwrap()["sync"], "partial");
+    let replica = format!("replica=\"127.0.0.1:{}\"", r.port);
+    let line = wait_logged(
+        LONG,
+        &[
+            "guard: pass",
+            &replica,
+            &format!("requested_replid=\"{replid}\""),
+        ],
+    );
+    assert!(line.contains("master_answer=\"+CONTINUE"), "{line}");
+}
+
+#[test]
+fn unknown_replica_full_forces_a_replica_synced_elsewhere_to_full_sync() {
+    // The default.
+    let (m, proxy, r, replid, full, _) = replica_synced_elsewhere("");
+    let v = wait_for(LONG, "the verdict", || proxy.last_verdict(r.port));
+    assert_eq!(v["verdict"], "force_full", "{v}");
+    assert_eq!(v["reason_code"], "unknown_replica", "{v}");
+    assert_eq!(v["action"], "forced_full", "{v}");
+    assert_eq!(v["answer"], "+FULLRESYNC", "{v}");
+    assert_eq!(info_u64(&mut m.client(), "stats", "sync_full"), full + 1);
+    let replica = format!("replica=\"127.0.0.1:{}\"", r.port);
+    let line = wait_logged(
+        LONG,
+        &[
+            "guard: force full sync",
+            &replica,
+            &format!("requested_replid=\"{replid}\""),
+        ],
+    );
+    assert!(
+        line.contains("was never served by this link (unknown_replica: full)"),
+        "{line}"
+    );
+}
