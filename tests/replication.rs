@@ -213,9 +213,13 @@ per_server! {
 #[test]
 fn lag_seconds_is_the_age_of_the_oldest_unacknowledged_byte() {
     let kind = Kind::Redis;
-    let m = Server::start(kind, &QUIET);
+    let m = master(kind, false);
     let proxy = Proxy::start(kind, m.port, "");
     let r = replica_of(kind, proxy.port, &[]);
+    wait_converged(&m, &r, LONG);
+    // A write the replica acknowledges: the stream flows (after a diskless sync a master
+    // could still be waiting for an ACK to start it).
+    assert_eq!(m.client().text(&["SET", "flowing", "1"]), "OK");
     let off = wait_converged(&m, &r, LONG);
     let acked = |want: u64| {
         wait_for(LONG, "the replica's ACK of everything", || {
