@@ -21,11 +21,38 @@ fn raw_connect(port: u16) -> TcpStream {
     s
 }
 
-/// Reads until the peer closes; returns what came.
+/// Reads until the peer closes (a reset counts as a close); returns what came. Panics when the
+/// socket's read timeout passes first: the peer never closed.
 fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
     let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    out
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+                ) =>
+            {
+                return out
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!(
+                    "the connection was still open when the read timeout passed, after {:?}",
+                    String::from_utf8_lossy(&out)
+                )
+            }
+            Err(e) => panic!("{e} after {:?}", String::from_utf8_lossy(&out)),
+        }
+    }
 }
 
 #[test]
@@ -221,7 +248,8 @@ fn link_credentials_authenticate_replicas_without_masterauth() {
     assert_eq!(mc.text(&["AUTH", "s3cret"]), "OK");
     assert_eq!(mc.text(&["SET", "k", "v"]), "OK");
     wait_for(LONG, "k on the replica", || {
-        (r.client().cmd(&["GET", "k"]) == Reply::BulkString(b"v".to_vec())).then_some(())
+        let v = r.try_client()?.try_cmd(&["GET", "k"]).ok()?;
+        (v == Reply::BulkString(b"v".to_vec())).then_some(())
     });
     // An ordinary client does not ride on the link's credentials.
     let mut c = Client::connect(proxy.port).unwrap();
@@ -456,7 +484,7 @@ fn a_fullresync_offset_out_of_range_ends_the_session_unwrapped() {
     let mut r = replica_handshake(proxy.port);
     // Either the session ends, or (were the offset taken) it streams with its books.
     let sessions = wait_for(LONG, "the session to end or stream", || {
-        let s = proxy.sessions();
+        let s = proxy.try_sessions()?;
         (s.is_empty() || s.iter().any(|s| s["state"] == "streaming")).then_some(s)
     });
     for s in &sessions {
@@ -513,7 +541,7 @@ fn an_oversized_handshake_command_is_refused() {
     assert_eq!(stats["sync_full"], "0", "{stats:?}");
     wait_for(LONG, "both sessions counted as errors", || {
         proxy
-            .http_get("/metrics")
+            .try_http_get("/metrics")?
             .contains("replguard_session_errors_total{link=\"main\"} 2")
             .then_some(())
     });
@@ -558,7 +586,10 @@ fn a_replica_sending_its_handshake_one_byte_at_a_time_is_served() {
         got.extend_from_slice(&buf[..n]);
     }
     let s = wait_for(LONG, "the session's books", || {
-        proxy.sessions().into_iter().find(|s| s["sync"] == "full")
+        proxy
+            .try_sessions()?
+            .into_iter()
+            .find(|s| s["sync"] == "full")
     });
     assert_eq!(s["replica"], "127.0.0.1:7777", "{s}");
     let master_id = m.client().info("replication")["master_replid"].clone();
@@ -880,4 +911,329 @@ fn metrics_parse_while_a_replica_announces_a_hostile_address() {
         "{text}"
     );
     drop(r);
+}
+
+/// A master double for the timeout tests, one thread per connection: replguard's own `INFO`
+/// reads are refused, a replica's handshake commands (RESP or inline) are answered `+OK`, and
+/// `PSYNC`/`SYNC` hands the connection to `on_psync`; the double then keeps it open until
+/// replguard closes it.
+fn scripted_master(on_psync: fn(&mut TcpStream)) -> u16 {
+    use redis_protocol::resp2::{decode::decode, types::OwnedFrame};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // The next command's name (uppercased); a bare newline has none.
+                    let name = loop {
+                        if buf.first() == Some(&b'*') {
+                            match decode(&buf) {
+                                Ok(Some((OwnedFrame::Array(args), n))) => {
+                                    buf.drain(..n);
+                                    break match args.first() {
+                                        Some(OwnedFrame::BulkString(b)) => {
+                                            String::from_utf8_lossy(b).to_uppercase()
+                                        }
+                                        _ => String::new(),
+                                    };
+                                }
+                                Ok(None) => {}
+                                _ => return,
+                            }
+                        } else if let Some(i) = buf.iter().position(|b| *b == b'\n') {
+                            let line: Vec<u8> = buf.drain(..=i).collect();
+                            let line = String::from_utf8_lossy(&line).to_uppercase();
+                            break line.split_whitespace().next().unwrap_or("").to_string();
+                        }
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let answer: &[u8] = match name.as_str() {
+                        "" => continue,
+                        "INFO" => b"-ERR not a real master\r\n",
+                        "PSYNC" | "SYNC" => {
+                            on_psync(&mut s);
+                            while matches!(s.read(&mut chunk), Ok(n) if n > 0) {}
+                            return;
+                        }
+                        _ => b"+OK\r\n",
+                    };
+                    if s.write_all(answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Reads exactly `want.len()` bytes and checks they are `want`.
+fn expect_bytes(s: &mut TcpStream, want: &[u8]) {
+    let mut got = vec![0u8; want.len()];
+    s.read_exact(&mut got)
+        .unwrap_or_else(|e| panic!("{e} reading {want:?}"));
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+}
+
+const FULLRESYNC: &[u8] = b"+FULLRESYNC 0123456789012345678901234567890123456789 0\r\n";
+
+#[test]
+fn a_master_silent_for_handshake_step_ms_ends_the_session_and_keepalives_restart_it() {
+    let limits = "    announce_replica_ip: false\n    timeouts: { handshake_step_ms: 500 }\n";
+    // Newlines every 200 ms for 1.2 s before the reply: longer than a step in all, but never
+    // silent for one.
+    let patient = scripted_master(|s| {
+        for _ in 0..6 {
+            s.write_all(b"\n").unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        s.write_all(FULLRESYNC).unwrap();
+        s.write_all(b"$5\r\nREDIS").unwrap();
+    });
+    let proxy = Proxy::start(Kind::Redis, patient, limits);
+    let mut r = replica_handshake(proxy.port);
+    expect_bytes(&mut r, b"\n\n\n\n\n\n");
+    expect_bytes(&mut r, FULLRESYNC);
+    expect_bytes(&mut r, b"$5\r\nREDIS");
+    wait_for(LONG, "the session to stream", || {
+        let s = proxy.try_sessions()?;
+        (s.len() == 1 && s[0]["state"] == "streaming").then_some(())
+    });
+    drop(r);
+
+    // A master that never answers PSYNC: the session ends one step after it was sent.
+    let silent = scripted_master(|_| {});
+    let proxy = Proxy::start(Kind::Redis, silent, limits);
+    let mut r = replica_handshake(proxy.port);
+    let sent = Instant::now();
+    let peer = format!("peer=127.0.0.1:{}}}", r.local_addr().unwrap().port());
+    r.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(read_to_close(&mut r), b"", "nothing reaches the replica");
+    let waited = sent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(450) && waited < Duration::from_secs(4),
+        "closed after {waited:?}"
+    );
+    let line = wait_logged(
+        LONG,
+        &[
+            &peer,
+            "session ended",
+            "reason=master sent nothing for 500ms while replguard waited for the PSYNC reply",
+        ],
+    );
+    assert!(line.contains(" WARN "), "{line}");
+    assert_eq!(
+        proxy.metric("replguard_session_errors_total", "link=\"main\""),
+        1.0
+    );
+}
+
+#[test]
+fn a_master_silent_for_sync_idle_ms_during_a_full_sync_ends_the_session() {
+    // +FULLRESYNC, newlines every 200 ms for 1 s (a master preparing its RDB), then nothing.
+    let stalling = scripted_master(|s| {
+        s.write_all(FULLRESYNC).unwrap();
+        for _ in 0..5 {
+            std::thread::sleep(Duration::from_millis(200));
+            s.write_all(b"\n").unwrap();
+        }
+    });
+    let proxy = Proxy::start(
+        Kind::Redis,
+        stalling,
+        "    announce_replica_ip: false\n    timeouts: { sync_idle_ms: 500 }\n",
+    );
+    let mut r = replica_handshake(proxy.port);
+    r.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let peer = format!("peer=127.0.0.1:{}}}", r.local_addr().unwrap().port());
+    expect_bytes(&mut r, FULLRESYNC);
+    // Each newline restarts the wait: all of them arrive.
+    expect_bytes(&mut r, b"\n\n\n\n\n");
+    let last = Instant::now();
+    assert_eq!(read_to_close(&mut r), b"");
+    let waited = last.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(4),
+        "closed {waited:?} after the master's last byte"
+    );
+    let line = wait_logged(
+        LONG,
+        &[
+            &peer,
+            "session ended",
+            "reason=master sent nothing for 500ms while replguard waited for the RDB payload",
+        ],
+    );
+    assert!(line.contains("state=\"rdb\""), "{line}");
+}
+
+#[test]
+fn a_master_that_does_not_answer_the_dial_ends_the_session_after_connect_ms() {
+    // A listener with a backlog of 0 whose queue is full: the kernel drops further SYNs, so a
+    // dial to it hangs (loopback, and nothing needs to accept).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let _enter = rt.enter();
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let deaf = sock.listen(0).unwrap();
+    let addr = deaf.local_addr().unwrap();
+    let mut queued = Vec::new();
+    while let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+        queued.push(s);
+        assert!(queued.len() < 8, "the listener's queue never filled");
+    }
+
+    let proxy = Proxy::start(
+        Kind::Redis,
+        addr.port(),
+        "    timeouts: { connect_ms: 300 }\n",
+    );
+    let mut r = raw_connect(proxy.port);
+    r.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let peer = format!("peer=127.0.0.1:{}}}", r.local_addr().unwrap().port());
+    let dialed = Instant::now();
+    assert_eq!(read_to_close(&mut r), b"");
+    let waited = dialed.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
+    wait_logged(
+        LONG,
+        &[
+            &peer,
+            "session ended",
+            &format!("reason=cannot connect to master {addr}: no answer within 300 ms"),
+        ],
+    );
+
+    // A refused dial ends the session at once, whatever connect_ms.
+    let nobody = free_port();
+    let proxy = Proxy::start(Kind::Redis, nobody, "    timeouts: { connect_ms: 60000 }\n");
+    let mut r = raw_connect(proxy.port);
+    r.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let peer = format!("peer=127.0.0.1:{}}}", r.local_addr().unwrap().port());
+    let dialed = Instant::now();
+    assert_eq!(read_to_close(&mut r), b"");
+    assert!(dialed.elapsed() < Duration::from_secs(3));
+    wait_logged(
+        LONG,
+        &[
+            &peer,
+            &format!("reason=cannot connect to master 127.0.0.1:{nobody}: Connection refused"),
+        ],
+    );
+    drop(queued);
+}
+
+#[test]
+fn losing_the_replica_closes_the_master_side() {
+    // No pings from the master: only replguard closing the connection can tell it.
+    let m = Server::start(Kind::Redis, &["--repl-ping-replica-period", "3600"]);
+    let proxy = Proxy::start(Kind::Redis, m.port, "");
+    let r = replica_of(Kind::Redis, proxy.port, &[]);
+    wait_converged(&m, &r, LONG);
+    assert_eq!(m.client().info("replication")["connected_slaves"], "1");
+    drop(r); // SIGKILL: its socket closes, nothing else is said
+    wait_for(
+        Duration::from_secs(5),
+        "the master to lose its replica",
+        || (m.try_info("replication")?.get("connected_slaves")? == "0").then_some(()),
+    );
+    wait_for(Duration::from_secs(5), "the session to end", || {
+        proxy.try_sessions()?.is_empty().then_some(())
+    });
+}
+
+/// What the admin listener answers to what it does not serve, as it answers today.
+#[test]
+fn the_admin_listener_refuses_what_it_does_not_serve() {
+    let master = free_port();
+    let proxy = Proxy::start(Kind::Redis, master, "");
+    let ask = |req: &[u8]| http_exchange(proxy.admin_port, req).unwrap();
+    let check = |req: &str, status: &str, body: &str| {
+        let (head, got) = ask(format!("{req} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status}\r\n")),
+            "{req}: {head}"
+        );
+        assert!(
+            head.to_ascii_lowercase()
+                .contains(&format!("content-length: {}\r\n", body.len())),
+            "{req}: {head}"
+        );
+        assert_eq!(got, body, "{req}");
+    };
+    check("GET /nope", "404 Not Found", "try /status or /metrics\n");
+    check(
+        "GET /status/x",
+        "404 Not Found",
+        "try /status or /metrics\n",
+    );
+    // A POST is routed to the operator actions, so POST /status is "not found" there, not 405.
+    check(
+        "POST /status",
+        "404 Not Found",
+        "POST /links/<name>/master?addr=IP:PORT or /links/<name>/allow-empty-master\n",
+    );
+    check(
+        "PUT /status",
+        "405 Method Not Allowed",
+        "GET or POST only\n",
+    );
+    check(
+        "DELETE /metrics",
+        "405 Method Not Allowed",
+        "GET or POST only\n",
+    );
+    check(
+        "POST /links/nope/allow-empty-master",
+        "404 Not Found",
+        "no link named \"nope\"\n",
+    );
+    check(
+        "POST /links/main/reboot",
+        "404 Not Found",
+        "unknown action \"reboot\"\n",
+    );
+    let (head, body) = ask(b"POST /links/main/master?addr=db:6379 HTTP/1.1\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
+    assert!(body.starts_with("addr: "), "{body}");
+    assert_eq!(
+        proxy.status()["links"][0]["master"],
+        format!("127.0.0.1:{master}"),
+        "a refused re-point changes nothing"
+    );
+
+    // Malformed: a head that never ends within the 8 KiB limit, and one cut short by a close
+    // (closed without an answer, or answered 400; never served).
+    let (head, _) = ask(&[b'x'; 8 * 1024 + 1]);
+    assert!(
+        head.starts_with("HTTP/1.1 431 ") || head.starts_with("HTTP/1.1 400 "),
+        "{head}"
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.admin_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /status HTTP/1.1\r\n").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(
+        out.is_empty() || out.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{out}"
+    );
+
+    // And it still serves.
+    assert_eq!(proxy.status()["links"][0]["name"], "main");
 }

@@ -6,71 +6,11 @@ mod common;
 use common::*;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 fn replguard() -> Command {
     Command::new(env!("CARGO_BIN_EXE_replguard"))
-}
-
-/// A `replguard run` process with its stderr in a file; killed and reaped when dropped, also
-/// when the test fails.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    /// Starts `replguard run --config <config>`; `setup` adjusts the command (env, cwd).
-    fn run(config: &Path, log: &Path, setup: impl FnOnce(&mut Command)) -> Proc {
-        let mut cmd = replguard();
-        cmd.args(["run", "--config"])
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(log).unwrap()));
-        setup(&mut cmd);
-        Proc {
-            child: cmd.spawn().unwrap(),
-            log: log.to_path_buf(),
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits for the log to contain `what`.
-    fn wait_log(&self, what: &str) {
-        wait_for(
-            Duration::from_secs(20),
-            &format!("{what:?} in the log"),
-            || self.log().contains(what).then_some(()),
-        );
-    }
-
-    /// Waits for the process to exit on its own.
-    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        wait_for(limit, "replguard to exit", || {
-            self.child.try_wait().unwrap()
-        })
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig}");
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// `GET path` on the admin listener on `port`: the body of a 200 answer, None otherwise.
@@ -221,7 +161,7 @@ fn run_relays_and_stops_gracefully_on_sigterm() {
     assert_eq!(m.client().text(&["DEBUG", "POPULATE", "1000"]), "OK");
     let dir = tempfile::tempdir().unwrap();
     let bin = BinConfig::new(dir.path(), m.port, Kind::Redis);
-    let mut rg = Proc::run(&bin.path, &dir.path().join("rg.log"), |_| {});
+    let mut rg = Replguard::run(&bin.path, &dir.path().join("rg.log"), |_| {});
     let r = replica_of(Kind::Redis, bin.port, &[]);
     wait_converged(&m, &r, Duration::from_secs(60));
     assert!(dir.path().join("state").is_dir());
@@ -238,7 +178,7 @@ fn run_relays_and_stops_gracefully_on_sigterm() {
     wait_for(
         Duration::from_secs(30),
         "the replica's link to go down",
-        || (r.client().info("replication")["master_link_status"] == "down").then_some(()),
+        || (r.try_info("replication")?.get("master_link_status")? == "down").then_some(()),
     );
 }
 
@@ -249,7 +189,7 @@ fn sighup_repoints_a_link_and_keeps_running_on_a_bad_file() {
     let dir = tempfile::tempdir().unwrap();
     let bin = BinConfig::new(dir.path(), m1.port, Kind::Redis);
     let (port, admin, cfg) = (bin.port, bin.admin, &bin.path);
-    let rg = Proc::run(cfg, &dir.path().join("rg.log"), |_| {});
+    let rg = Replguard::run(cfg, &dir.path().join("rg.log"), |_| {});
     let master_of = || -> Option<String> {
         let st: serde_json::Value = serde_json::from_str(&try_get(admin, "/status")?).ok()?;
         st["links"][0]["master"].as_str().map(str::to_string)
@@ -309,7 +249,7 @@ fn relative_paths_are_taken_from_the_config_files_folder() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let _rg = Proc::run(&cfg, &elsewhere.path().join("rg.log"), |c| {
+    let _rg = Replguard::run(&cfg, &elsewhere.path().join("rg.log"), |c| {
         c.current_dir(elsewhere.path());
     });
     let st = status_json(admin);
@@ -349,7 +289,7 @@ fn a_bad_log_filter_is_reported_and_logging_falls_back_to_info() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let (cfg, admin) = idle_config(dir.path(), free_port());
-        let rg = Proc::run(&cfg, &dir.path().join("rg.log"), |c| {
+        let rg = Replguard::run(&cfg, &dir.path().join("rg.log"), |c| {
             c.env("REPLGUARD_LOG", value);
         });
         // INFO lines: the fallback level.
@@ -371,7 +311,7 @@ fn a_bind_failure_is_printed_even_with_logging_off() {
     let port = taken.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
     let (cfg, _) = idle_config(dir.path(), port);
-    let mut rg = Proc::run(&cfg, &dir.path().join("rg.log"), |c| {
+    let mut rg = Replguard::run(&cfg, &dir.path().join("rg.log"), |c| {
         c.env("REPLGUARD_LOG", "off");
     });
     let status = rg.wait_exit(Duration::from_secs(20));
@@ -410,11 +350,11 @@ fn status_prints_one_line_per_session_and_exits_0() {
     let m = Server::start(Kind::Redis, &[]);
     let dir = tempfile::tempdir().unwrap();
     let bin = BinConfig::new(dir.path(), m.port, Kind::Redis);
-    let _rg = Proc::run(&bin.path, &dir.path().join("rg.log"), |_| {});
+    let _rg = Replguard::run(&bin.path, &dir.path().join("rg.log"), |_| {});
     let r = replica_of(Kind::Redis, bin.port, &[]);
     wait_converged(&m, &r, Duration::from_secs(60));
     wait_for(Duration::from_secs(20), "the replica's first ACK", || {
-        let st = status_json(bin.admin);
+        let st: serde_json::Value = serde_json::from_str(&try_get(bin.admin, "/status")?).ok()?;
         st["links"][0]["sessions"][0]["ack_offset"]
             .is_u64()
             .then_some(())
@@ -555,5 +495,206 @@ fn alert_rules_use_only_metrics_replguard_exports() {
             "ReplguardReplicaLagging",
             "ReplguardLedgerSaveFailing"
         ]
+    );
+}
+
+/// The ledger record of the replica listening on `port` in the ledger file at `path`.
+fn ledger_record(path: &Path, port: u16) -> Option<serde_json::Value> {
+    let parsed: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    parsed["replicas"]
+        .as_object()?
+        .iter()
+        .find(|(k, _)| k.ends_with(&format!(":{port}")))
+        .map(|(_, v)| v.clone())
+}
+
+/// The guard's last verdict about the replica listening on `port`, from `/status`.
+fn last_verdict(admin: u16, port: u16) -> Option<serde_json::Value> {
+    let st: serde_json::Value = serde_json::from_str(&try_get(admin, "/status")?).ok()?;
+    st["links"][0]["ledger"]["last_verdicts"]
+        .as_object()?
+        .iter()
+        .find(|(k, _)| k.ends_with(&format!(":{port}")))
+        .map(|(_, v)| v.clone())
+}
+
+#[test]
+fn sigint_stops_gracefully_and_the_replica_resumes_when_replguard_is_back() {
+    let m = Server::start(Kind::Redis, &["--repl-ping-replica-period", "3600"]);
+    assert_eq!(m.client().text(&["DEBUG", "POPULATE", "1000"]), "OK");
+    let dir = tempfile::tempdir().unwrap();
+    let bin = BinConfig::new(dir.path(), m.port, Kind::Redis);
+    let mut rg = Replguard::run(&bin.path, &dir.path().join("first.log"), |_| {});
+    let r = replica_of(Kind::Redis, bin.port, &[]);
+    let off = wait_converged(&m, &r, Duration::from_secs(60));
+
+    rg.signal("-INT");
+    let status = rg.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+    let log = rg.log();
+    for want in [
+        "SIGINT received",
+        "session ended",
+        "reason=replguard is shutting down",
+        "stopped",
+    ] {
+        assert!(log.contains(want), "no {want:?} in:\n{log}");
+    }
+    // The replica's record is closed at its exact offset.
+    let rec = ledger_record(&dir.path().join("state/main.ledger.json"), r.port)
+        .expect("the replica is recorded");
+    assert_eq!(rec["open"], false, "{rec}");
+    assert_eq!(rec["offset"].as_u64(), Some(off), "{rec}");
+    wait_for(
+        Duration::from_secs(30),
+        "the replica's link to go down",
+        || (r.try_info("replication")?.get("master_link_status")? == "down").then_some(()),
+    );
+
+    // Back: the replica resumes with its own id and offset.
+    let mut mc = m.client();
+    let full = info_u64(&mut mc, "stats", "sync_full");
+    let partial = info_u64(&mut mc, "stats", "sync_partial_ok");
+    assert_eq!(mc.text(&["SET", "while-stopped", "1"]), "OK");
+    let rg = Replguard::run(&bin.path, &dir.path().join("second.log"), |_| {});
+    wait_converged(&m, &r, Duration::from_secs(60));
+    assert_eq!(
+        info_u64(&mut mc, "stats", "sync_full"),
+        full,
+        "no full sync"
+    );
+    assert_eq!(info_u64(&mut mc, "stats", "sync_partial_ok"), partial + 1);
+    let log = rg.log();
+    assert!(!log.contains("did not stop cleanly"), "{log}");
+    let v = wait_for(Duration::from_secs(20), "the verdict", || {
+        last_verdict(bin.admin, r.port)
+    });
+    assert_eq!(v["verdict"], "pass", "{v}");
+    assert_eq!(v["answer"], "+CONTINUE", "{v}");
+}
+
+#[test]
+fn shutdown_waits_at_most_shutdown_grace_ms() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = free_port();
+    let cfg = dir.path().join("rg.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir: state\nshutdown_grace_ms: 300\nadmin: {{ listen: 127.0.0.1:{admin} }}\nlinks:\n  - {{ name: main, listen: 127.0.0.1:{}, master: 127.0.0.1:{}, flavor: redis, guard: enforce }}\n",
+            free_port(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let mut rg = Replguard::run(&cfg, &dir.path().join("rg.log"), |_| {});
+    status_json(admin);
+    // An admin client that never finishes its request keeps a task busy for 5 s, replguard's
+    // limit for a request: longer than the grace.
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", admin)).unwrap();
+    std::io::Write::write_all(&mut slow, b"GET /status HTTP/1.1\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    let asked = std::time::Instant::now();
+    rg.signal("-INT");
+    let status = rg.wait_exit(Duration::from_secs(10));
+    let took = asked.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(2500),
+        "stopped {took:?} after SIGINT"
+    );
+    let log = rg.log();
+    let warned = log
+        .lines()
+        .find(|l| l.contains("some tasks did not finish within the shutdown grace period"))
+        .unwrap_or_else(|| panic!("no warning about the grace period:\n{log}"));
+    assert!(
+        warned.contains("WARN") && warned.contains("grace_ms=300"),
+        "{warned}"
+    );
+    assert!(log.trim_end().ends_with("stopped"), "{log}");
+    drop(slow);
+}
+
+/// The file a corrupt ledger was moved to, as the ERROR line about it names it.
+fn moved_ledger(log: &str, ledger: &Path) -> PathBuf {
+    let line = log
+        .lines()
+        .find(|l| l.contains("is not a valid ledger for this link"))
+        .unwrap_or_else(|| panic!("the corrupt ledger is not reported:\n{log}"));
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(
+        line.contains(&format!("{} is not a valid ledger", ledger.display())),
+        "{line}"
+    );
+    assert!(
+        line.contains(" and replguard starts with no knowledge") && line.contains("link=\"main\""),
+        "{line}"
+    );
+    let moved = line
+        .split_once("it was moved to ")
+        .and_then(|(_, rest)| rest.split_once(" and replguard starts"))
+        .map(|(p, _)| PathBuf::from(p))
+        .unwrap_or_else(|| panic!("no destination in {line}"));
+    assert_eq!(moved.parent(), ledger.parent(), "{line}");
+    moved
+}
+
+#[test]
+fn a_corrupt_ledger_is_moved_aside_reported_and_trusted_for_nothing() {
+    let m = Server::start(Kind::Redis, &["--repl-ping-replica-period", "3600"]);
+    assert_eq!(m.client().text(&["DEBUG", "POPULATE", "1000"]), "OK");
+    let dir = tempfile::tempdir().unwrap();
+    let bin = BinConfig::new(dir.path(), m.port, Kind::Redis);
+    let mut rg = Replguard::run(&bin.path, &dir.path().join("first.log"), |_| {});
+    let r = replica_of(Kind::Redis, bin.port, &[]);
+    wait_converged(&m, &r, Duration::from_secs(60));
+    rg.signal("-TERM");
+    assert!(rg.wait_exit(Duration::from_secs(10)).success());
+
+    // Half of a good ledger, which knew the replica: a torn or damaged file.
+    let ledger = dir.path().join("state/main.ledger.json");
+    assert!(ledger_record(&ledger, r.port).is_some());
+    let good = std::fs::read(&ledger).unwrap();
+    let corrupt = good[..good.len() / 2].to_vec();
+    std::fs::write(&ledger, &corrupt).unwrap();
+    let full = info_u64(&mut m.client(), "stats", "sync_full");
+
+    let rg = Replguard::run(&bin.path, &dir.path().join("second.log"), |_| {});
+    status_json(bin.admin);
+    rg.wait_log("ledger loaded");
+    let moved = moved_ledger(&rg.log(), &ledger);
+    assert_eq!(std::fs::read(&moved).unwrap(), corrupt, "moved aside whole");
+
+    // No knowledge, never trust: the replica it fed is a stranger now, and full-syncs.
+    wait_converged(&m, &r, Duration::from_secs(60));
+    let v = wait_for(Duration::from_secs(20), "the verdict", || {
+        last_verdict(bin.admin, r.port)
+    });
+    assert_eq!(v["verdict"], "force_full", "{v}");
+    assert_eq!(v["reason_code"], "unknown_replica", "{v}");
+    assert_eq!(v["action"], "forced_full", "{v}");
+    assert_eq!(info_u64(&mut m.client(), "stats", "sync_full"), full + 1);
+}
+
+#[test]
+fn a_corrupt_ledger_is_moved_to_the_name_the_readme_gives() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, admin) = idle_config(dir.path(), free_port());
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("main.ledger.json"), "{ not a ledger").unwrap();
+    let rg = Replguard::run(&cfg, &dir.path().join("rg.log"), |_| {});
+    status_json(admin);
+    rg.wait_log("ledger loaded");
+    let moved = moved_ledger(&rg.log(), &state.join("main.ledger.json"));
+    let name = moved.file_name().unwrap().to_string_lossy().into_owned();
+    let time = name
+        .strip_prefix("main.ledger.corrupt-")
+        .unwrap_or_else(|| panic!("moved to {name}"));
+    assert!(
+        !time.is_empty() && time.bytes().all(|b| b.is_ascii_digit()),
+        "{name}"
     );
 }

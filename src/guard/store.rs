@@ -79,7 +79,7 @@ pub fn load(path: &Path, id: &Identity) -> Result<Option<LedgerData>, LoadError>
     match parsed {
         Ok(d) => Ok(Some(d)),
         Err(err) => {
-            let moved = path.with_extension(format!("refused-{}", now_unix()));
+            let moved = path.with_extension(format!("corrupt-{}", now_unix()));
             let _ = std::fs::rename(path, &moved);
             Err(LoadError::Refused {
                 path: path.into(),

@@ -16,7 +16,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Mutex, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -91,7 +91,9 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Polls `f` until it returns `Some`, or panics with `what` after `limit`.
+/// Polls `f` until it returns `Some`, or panics with `what` after `limit`. `f` answers `None`
+/// for "not yet", and also when a read it makes fails (a slow INFO, a refused connection): the
+/// wait goes on until its deadline, so helpers used in `f` are the fallible `try_*` ones.
 pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
     loop {
@@ -114,10 +116,19 @@ pub struct Client {
     buf: Vec<u8>,
 }
 
+/// How long a polling helper's client waits for one reply before the poll counts as failed.
+const POLL_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Client {
     pub fn connect(port: u16) -> std::io::Result<Client> {
+        Self::connect_within(port, Duration::from_secs(30))
+    }
+
+    /// A client whose reads give up after `read_timeout`.
+    pub fn connect_within(port: u16, read_timeout: Duration) -> std::io::Result<Client> {
         let sock = TcpStream::connect(("127.0.0.1", port))?;
-        sock.set_read_timeout(Some(Duration::from_secs(30)))?;
+        sock.set_read_timeout(Some(read_timeout))?;
+        sock.set_write_timeout(Some(read_timeout))?;
         sock.set_nodelay(true)?;
         Ok(Client {
             sock,
@@ -137,7 +148,9 @@ impl Client {
 
     pub fn try_read(&mut self) -> std::io::Result<Reply> {
         loop {
-            if let Some((f, n)) = decode(&self.buf).expect("valid RESP from server") {
+            let decoded = decode(&self.buf)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            if let Some((f, n)) = decoded {
                 self.buf.drain(..n);
                 return Ok(f);
             }
@@ -153,6 +166,21 @@ impl Client {
     pub fn cmd(&mut self, args: &[&str]) -> Reply {
         self.send(args);
         self.read()
+    }
+
+    /// `cmd` for polling: a failed write or read is an error, not a panic.
+    pub fn try_cmd(&mut self, args: &[&str]) -> std::io::Result<Reply> {
+        self.sock
+            .write_all(&replguard::wire::resp::encode_command(args))?;
+        self.try_read()
+    }
+
+    /// `info` for polling: `None` when the server could not be read.
+    pub fn try_info(&mut self, section: &str) -> Option<HashMap<String, String>> {
+        match self.try_cmd(&["INFO", section]).ok()? {
+            OwnedFrame::BulkString(b) => Some(parse_info(&String::from_utf8_lossy(&b))),
+            _ => None,
+        }
     }
 
     /// A command whose reply is a (bulk or simple) string.
@@ -252,9 +280,30 @@ impl Server {
         Client::connect(self.port).expect("connect to server")
     }
 
+    /// A client for polling: `None` when the server does not accept; its reads time out sooner.
+    pub fn try_client(&self) -> Option<Client> {
+        Client::connect_within(self.port, POLL_READ_TIMEOUT).ok()
+    }
+
+    /// INFO `section` for polling: `None` when the server could not be read.
+    pub fn try_info(&self, section: &str) -> Option<HashMap<String, String>> {
+        self.try_client()?.try_info(section)
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends `sig` (as `kill` names it, e.g. `-STOP`) to the server. A stopped server is still
+    /// killed when dropped.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
     }
 
     /// Stops the server cleanly (SHUTDOWN, saving when `save`) and waits for the process.
@@ -313,18 +362,67 @@ pub fn replica_of(kind: Kind, master_port: u16, extra: &[&str]) -> Server {
 
 static LOGGING: Once = Once::new();
 
-/// Sends replguard's logs to the test output (shown for failing tests).
+/// Every line the in-process replguards of this test binary logged, for tests that check a log
+/// line (all tests of a binary share it: find lines by something unique to the test, such as a
+/// port).
+static CAPTURED: Mutex<String> = Mutex::new(String::new());
+/// Beyond this, the older half of the captured log is dropped.
+const CAPTURE_LIMIT: usize = 64 << 20;
+
+/// A writer into [`CAPTURED`]; the fmt layer writes each event with one `write_all`.
+struct Capture;
+
+impl Write for Capture {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let mut log = CAPTURED.lock().unwrap_or_else(|p| p.into_inner());
+        if log.len() + b.len() > CAPTURE_LIMIT {
+            let mut cut = log.len() / 2;
+            while !log.is_char_boundary(cut) {
+                cut += 1;
+            }
+            log.drain(..cut);
+        }
+        log.push_str(&String::from_utf8_lossy(b));
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends replguard's logs to the test output (shown for failing tests) and to [`logged`].
 pub fn init_logging() {
+    use tracing_subscriber::fmt::writer::{MakeWriterExt, TestWriter};
     LOGGING.call_once(|| {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_env("REPLGUARD_LOG")
                     .unwrap_or_else(|_| "info".into()),
             )
-            .with_test_writer()
+            .with_writer(TestWriter::new().and(|| Capture))
             .with_ansi(false)
             .try_init();
     });
+}
+
+/// The lines logged so far by this binary's in-process replguards that contain every one of
+/// `needles`.
+pub fn logged(needles: &[&str]) -> Vec<String> {
+    CAPTURED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits for a line containing every one of `needles` to be logged; returns the first.
+pub fn wait_logged(limit: Duration, needles: &[&str]) -> String {
+    wait_for(limit, &format!("a log line with {needles:?}"), || {
+        logged(needles).into_iter().next()
+    })
 }
 
 /// An in-process replguard with one link.
@@ -413,9 +511,20 @@ impl Proxy {
         serde_json::from_str(&self.http_get("/status")).expect("status is JSON")
     }
 
-    /// The guard's last verdict for the replica listening on `port`.
+    /// `/status` for polling: `None` when it could not be read.
+    pub fn try_status(&self) -> Option<serde_json::Value> {
+        serde_json::from_str(&try_http(self.admin_port, "GET", "/status")?).ok()
+    }
+
+    /// `GET path` for polling: the body of a 200 answer, `None` otherwise.
+    pub fn try_http_get(&self, path: &str) -> Option<String> {
+        try_http(self.admin_port, "GET", path)
+    }
+
+    /// The guard's last verdict for the replica listening on `port`; `None` while there is
+    /// none, or when `/status` could not be read (so it can be polled).
     pub fn last_verdict(&self, port: u16) -> Option<serde_json::Value> {
-        let st = self.status();
+        let st = self.try_status()?;
         let last = st["links"][0]["ledger"]["last_verdicts"]
             .as_object()?
             .clone();
@@ -427,15 +536,34 @@ impl Proxy {
 
 /// One HTTP request to the admin listener on `port`; the body of a 200 answer.
 pub fn http(port: u16, method: &str, path: &str) -> String {
-    {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        let (head, body) = out.split_once("\r\n\r\n").expect("HTTP response");
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}\n{body}");
-        body.to_string()
-    }
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (head, body) = http_exchange(port, request.as_bytes()).expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}\n{body}");
+    body
+}
+
+/// [`http`] for polling: the body of a 200 answer, `None` for anything else.
+pub fn try_http(port: u16, method: &str, path: &str) -> Option<String> {
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (head, body) = http_exchange(port, request.as_bytes()).ok()?;
+    head.starts_with("HTTP/1.1 200").then_some(body)
+}
+
+/// Sends `request` as it is to the admin listener on `port` and reads the answer to its close:
+/// (the head, without the blank line, and the body).
+pub fn http_exchange(port: u16, request: &[u8]) -> std::io::Result<(String, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(request)?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let (head, body) = out.split_once("\r\n\r\n").ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not an HTTP response: {out:?}"),
+        )
+    })?;
+    Ok((head.to_string(), body.to_string()))
 }
 
 impl Proxy {
@@ -445,6 +573,13 @@ impl Proxy {
             .as_array()
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// [`Proxy::sessions`] for polling: `None` when `/status` could not be read.
+    pub fn try_sessions(&self) -> Option<Vec<serde_json::Value>> {
+        self.try_status()?["links"][0]["sessions"]
+            .as_array()
+            .cloned()
     }
 
     /// The sum of a metric's samples whose labels contain `labels`.
@@ -465,8 +600,9 @@ impl Proxy {
     }
 
     /// The streaming session whose replica listens on `replica_port`.
+    /// `None` also when `/status` could not be read, so it can be polled.
     pub fn session_of(&self, replica_port: u16) -> Option<serde_json::Value> {
-        self.sessions().into_iter().find(|s| {
+        self.try_sessions()?.into_iter().find(|s| {
             s["replica"]
                 .as_str()
                 .is_some_and(|r| r.ends_with(&format!(":{replica_port}")))
@@ -484,23 +620,34 @@ impl Drop for Proxy {
 /// Waits until the replica reports its link to the master up.
 pub fn wait_link_up(replica: &Server, limit: Duration) {
     wait_for(limit, "the replica's link to come up", || {
-        let info = replica.client().info("replication");
+        let info = replica.try_info("replication")?;
         (info.get("master_link_status").map(String::as_str) == Some("up")).then_some(())
     });
+}
+
+/// The master's offset when the replica's link is up and it has reached it.
+fn caught_up(master: &Server, replica: &Server) -> Option<u64> {
+    let mo: u64 = master
+        .try_info("replication")?
+        .get("master_repl_offset")?
+        .parse()
+        .ok()?;
+    let ri = replica.try_info("replication")?;
+    let ro: u64 = ri.get("slave_repl_offset")?.parse().ok()?;
+    (ri.get("master_link_status").map(String::as_str) == Some("up") && ro == mo).then_some(mo)
 }
 
 /// Waits until the replica has applied everything the master produced, then checks the data is
 /// equal. Returns the final offset.
 pub fn wait_converged(master: &Server, replica: &Server, limit: Duration) -> u64 {
-    let mut m = master.client();
-    let mut r = replica.client();
     let off = wait_for(limit, "the replica to reach the master's offset", || {
-        let mo: u64 = m.info("replication")["master_repl_offset"].parse().ok()?;
-        let ri = r.info("replication");
-        let ro: u64 = ri.get("slave_repl_offset")?.parse().ok()?;
-        (ri.get("master_link_status").map(String::as_str) == Some("up") && ro == mo).then_some(mo)
+        caught_up(master, replica)
     });
-    assert_eq!(m.digest(), r.digest(), "master and replica data differ");
+    assert_eq!(
+        master.client().digest(),
+        replica.client().digest(),
+        "master and replica data differ"
+    );
     off
 }
 
@@ -572,13 +719,8 @@ impl Drop for Writer {
 
 /// Waits until the replica's offset equals the master's, without comparing data.
 pub fn wait_offsets(master: &Server, replica: &Server, limit: Duration) -> u64 {
-    let mut m = master.client();
-    let mut r = replica.client();
     wait_for(limit, "the replica to reach the master's offset", || {
-        let mo: u64 = m.info("replication")["master_repl_offset"].parse().ok()?;
-        let ri = r.info("replication");
-        let ro: u64 = ri.get("slave_repl_offset")?.parse().ok()?;
-        (ri.get("master_link_status").map(String::as_str) == Some("up") && ro == mo).then_some(mo)
+        caught_up(master, replica)
     })
 }
 
@@ -690,5 +832,83 @@ impl BinConfig {
             ),
         )
         .unwrap();
+    }
+}
+
+/// A `replguard run` process (the real binary) with its stderr in a file; killed and reaped when
+/// dropped, also when the test fails.
+pub struct Replguard {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Replguard {
+    /// Starts `replguard run --config <config>` logging at info; `setup` adjusts the command
+    /// (env, cwd).
+    pub fn run(config: &Path, log: &Path, setup: impl FnOnce(&mut Command)) -> Replguard {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_replguard"));
+        cmd.args(["run", "--config"])
+            .arg(config)
+            .env("REPLGUARD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(log).unwrap()));
+        setup(&mut cmd);
+        Replguard {
+            child: cmd.spawn().unwrap(),
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the log to contain `what`.
+    pub fn wait_log(&self, what: &str) {
+        wait_for(
+            Duration::from_secs(20),
+            &format!("{what:?} in the log"),
+            || self.log().contains(what).then_some(()),
+        );
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for the process to exit on its own.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        wait_for(limit, "replguard to exit", || {
+            self.child.try_wait().ok().flatten()
+        })
+    }
+
+    /// Sends `sig` (as `kill` names it, e.g. `-TERM`).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+
+    /// SIGKILL, and waits for the process to be gone.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Replguard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
