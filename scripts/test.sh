@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: installs the real servers, then unit, property, real-server scenario and
-# CLI tests, the load test (its figures printed), and the benchmarks at a small size. The tests
+# The whole test suite: installs the real servers, then unit and property tests (debug and
+# release), real-server scenario and CLI tests, the load test (its figures printed), and the
+# benchmarks at a small size. The tests
 # named real_kvrocks_* run against the real Kvrocks server at $KVROCKS_BIN; unless it is set, it
 # comes from ../shared/kvrocks/install.sh when that exists (KVROCKS_BIN= skips them).
 set -euo pipefail
@@ -19,11 +20,13 @@ else
   echo "real-Kvrocks tests skipped: KVROCKS_BIN is not set"
   SKIP_REAL=(--skip real_kvrocks_)
 fi
-LOAD=sustained_writes_with_a_replica_restart
+LOAD=load::sustained_writes_with_a_replica_restart
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
-cargo test --release -- --skip "$LOAD" "${SKIP_REAL[@]}" 2>&1 | tee "$results"
-cargo test --release --test load -- --exact "$LOAD" --nocapture 2>&1 \
+# Unit and property tests in a debug build too: integer-overflow checks and debug assertions on.
+cargo test --lib 2>&1 | tee "$results"
+cargo test --release -- --skip "$LOAD" "${SKIP_REAL[@]}" 2>&1 | tee -a "$results"
+cargo test --release --test it -- --exact "$LOAD" --nocapture 2>&1 \
   | grep -E '^load:|test result|panicked|FAILED|assert' | tee -a "$results"
 cargo bench --bench relay -- --quick --noplot 2>/dev/null | grep -E '^relay/|thrpt:'
 REPLGUARD_E2E_WRITES=${REPLGUARD_E2E_WRITES:-1000} REPLGUARD_E2E_SYNC_ROUNDS=${REPLGUARD_E2E_SYNC_ROUNDS:-2} \

@@ -1,6 +1,6 @@
 //! A Kvrocks 2.7.0 **test double**: a master and a replica that speak Kvrocks replication as a
 //! real 2.7.0 does on the wire. It is not Kvrocks (Kvrocks cannot be installed where these tests
-//! run); `tests/kvrocks.rs` checks its bytes against recordings of a real 2.7.0 master and
+//! run); `tests/it/kvrocks.rs` checks its bytes against recordings of a real 2.7.0 master and
 //! replica (`tests/data/kvrocks-wire/`).
 //!
 //! What it reproduces:

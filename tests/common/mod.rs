@@ -91,6 +91,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Distinct free TCP ports on 127.0.0.1: all held at once while they are picked, so two calls
+/// cannot hand out the same port.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
+}
+
 /// Polls `f` until it returns `Some`, or panics with `what` after `limit`. `f` answers `None`
 /// for "not yet", and also when a read it makes fails (a slow INFO, a refused connection): the
 /// wait goes on until its deadline, so helpers used in `f` are the fallible `try_*` ones.
@@ -454,8 +463,7 @@ impl Proxy {
     fn start_flavor(flavor: &str, master_port: u16, guard: &str, link_extra: &str) -> Proxy {
         init_logging();
         let state_dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let admin_port = free_port();
+        let [port, admin_port] = free_ports();
         let yaml = format!(
             "state_dir: {}\nadmin:\n  listen: 127.0.0.1:{admin_port}\nlinks:\n  - name: main\n    listen: 127.0.0.1:{port}\n    master: 127.0.0.1:{master_port}\n    flavor: {flavor}\n    guard: {guard}\n    lineage_poll_ms: 200\n{link_extra}",
             state_dir.path().display(),
@@ -809,10 +817,11 @@ pub struct BinConfig {
 
 impl BinConfig {
     pub fn new(dir: &Path, master: u16, kind: Kind) -> BinConfig {
+        let [port, admin] = free_ports();
         let c = BinConfig {
             path: dir.join("rg.yaml"),
-            port: free_port(),
-            admin: free_port(),
+            port,
+            admin,
         };
         c.write(master, kind);
         c

@@ -4,9 +4,7 @@
 //! admin listener (its routes, its bounds, and /metrics read by a reference Prometheus parser
 //! while a replica announces a hostile address).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -305,7 +303,7 @@ struct Binary {
 impl Binary {
     fn start(links: &[(&str, u16)]) -> Binary {
         let dir = tempfile::tempdir().unwrap();
-        let admin = free_port();
+        let [admin] = free_ports();
         let ports: Vec<u16> = links.iter().map(|_| free_port()).collect();
         let mut yaml = format!(
             "state_dir: {}/state\nadmin: {{ listen: 127.0.0.1:{admin} }}\nlinks:\n",

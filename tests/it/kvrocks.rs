@@ -8,12 +8,10 @@
 //! 3. Scenarios through replguard: the lost-update bug (apache/kvrocks#2214) in enforce and
 //!    observe modes, rsid on and off on both sides, apache/kvrocks#462, and a stream gap.
 
-mod common;
-
-use common::kvrocks_double::{
+use crate::common::kvrocks_double::{
     log_records, KvrocksMasterDouble, KvrocksReplicaDouble, MasterCfg, ReplicaCfg,
 };
-use common::{wait_for, Proxy};
+use crate::common::{wait_for, Proxy};
 use replguard::kvrocks::checkpoint::CheckpointScan;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -730,7 +728,7 @@ fn clients_reach_the_master_through_a_kvrocks_link() {
         ..ReplicaCfg::new(dir.path().join("replica"))
     };
     let mut r = KvrocksReplicaDouble::start(cfg, Some(p.link_addr()));
-    let mut c = common::Client::connect(p.port).unwrap();
+    let mut c = crate::common::Client::connect(p.port).unwrap();
     assert_eq!(c.text(&["SET", "from-client", "1"]), "OK");
     assert_eq!(c.text(&["GET", "from-client"]), "1");
     synced(&m, &r);

@@ -2,12 +2,10 @@
 //! replguard: replicas killed with `kill -9` under a steady writer and restarted, for each
 //! combination of `use-rsid-psync` that matters, in cluster mode (apache/kvrocks#2214).
 
-mod common;
-
-use common::kvrocks_real::{
+use crate::common::kvrocks_real::{
     cluster, kvrocks_bin, settle, slaveof, wrong_keys, KeyWriter, Kvrocks, NodeCfg,
 };
-use common::Proxy;
+use crate::common::Proxy;
 use std::path::Path;
 use std::time::Duration;
 
@@ -66,7 +64,7 @@ fn crash_cycles(
     writer.pause();
     // The first marker only once the replica streams: in the seed setup its first PSYNC skips
     // the master's first batch, which must not be the marker.
-    common::wait_for(limit, "the replica to attach", || {
+    crate::common::wait_for(limit, "the replica to attach", || {
         (master.info("replication")["connected_slaves"] == "1").then_some(())
     });
     settle(&master, &replica, "marker0", limit);
@@ -219,7 +217,7 @@ fn real_kvrocks_rsid_off_both_sides_killed_replica_resumes_without_full_sync() {
 /// The value of `key` on `node`, or `None`.
 fn get(node: &Kvrocks, key: &str) -> Option<String> {
     match node.client().cmd(&["GET", key]) {
-        common::Reply::BulkString(b) => Some(String::from_utf8(b).unwrap()),
+        crate::common::Reply::BulkString(b) => Some(String::from_utf8(b).unwrap()),
         _ => None,
     }
 }

@@ -2,9 +2,7 @@
 //! under writes, partial resyncs after a replica restart and after a replguard restart, WAIT,
 //! the replica's real address on the master, and /status agreeing with both servers.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::time::Duration;
 
 const KEYS: &str = "100000";

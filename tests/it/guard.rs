@@ -3,9 +3,7 @@
 //! restarted from an older RDB, failover to a promoted replica, a master restarted empty, and
 //! replguard killed with -9 mid-stream.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(60);

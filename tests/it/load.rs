@@ -2,9 +2,7 @@
 //! replguard for about 30 s (`REPLGUARD_LOAD_SECS`), one replica restarted midway. It ends with
 //! equal data everywhere and prints the write rate and the lag replguard saw.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::time::{Duration, Instant};
 
 #[test]

@@ -1,0 +1,14 @@
+//! The integration tests, one binary over one `tests/common`: real Redis 7.0, Valkey 8.1 and
+//! Kvrocks 2.7.0 processes on free loopback ports with temporary directories, the replguard
+//! binary and in-process proxies, and the Kvrocks test double.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod behaviour;
+mod cli;
+mod guard;
+mod kvrocks;
+mod kvrocks_real;
+mod load;
+mod replication;
