@@ -113,6 +113,17 @@ impl fmt::Display for Flavor {
     }
 }
 
+/// What to do with replicas the ledger has never seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownReplica {
+    /// Let the master decide, as without replguard.
+    Pass,
+    /// Force a full sync: replguard cannot vouch for a history it did not deliver.
+    #[default]
+    Full,
+}
+
 /// What the lineage guard does with a verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -161,7 +172,7 @@ pub struct LinkConfig {
     pub timeouts: TimeoutsConfig,
     /// What the guard does with replicas its ledger has never seen.
     #[serde(default)]
-    pub unknown_replica: crate::guard::verdict::UnknownReplica,
+    pub unknown_replica: UnknownReplica,
     /// Let replicas sync from a master that came back empty with a new lineage.
     #[serde(default)]
     pub allow_empty_master: bool,
@@ -957,10 +968,7 @@ links:
         assert!(l.announce_replica_ip);
         assert_eq!(l.timeouts.connect_ms, DEFAULT_CONNECT_TIMEOUT_MS);
         assert_eq!(c.shutdown_grace_ms, DEFAULT_SHUTDOWN_GRACE_MS);
-        assert_eq!(
-            l.unknown_replica,
-            crate::guard::verdict::UnknownReplica::Full
-        );
+        assert_eq!(l.unknown_replica, UnknownReplica::Full);
         assert!(!l.allow_empty_master);
         assert_eq!(l.lineage_poll_ms, DEFAULT_LINEAGE_POLL_MS);
     }
@@ -1255,7 +1263,7 @@ links:
                     password_file: Some("f".into()),
                 }),
                 timeouts: TimeoutsConfig::default(),
-                unknown_replica: crate::guard::verdict::UnknownReplica::Pass,
+                unknown_replica: UnknownReplica::Pass,
                 allow_empty_master: true,
                 lineage_poll_ms: 1,
             }],
@@ -1300,7 +1308,6 @@ links:
         let guards =
             [GuardMode::Enforce, GuardMode::Observe].map(|g| serde_yaml::to_value(g).unwrap());
         assert_eq!(names(guards.to_vec()), choices("guard"));
-        use crate::guard::verdict::UnknownReplica;
         let policies =
             [UnknownReplica::Full, UnknownReplica::Pass].map(|u| serde_yaml::to_value(u).unwrap());
         assert_eq!(names(policies.to_vec()), choices("unknown_replica"));

@@ -11,20 +11,10 @@
 //! has, without looking at what the replica holds. replguard checks the request against the
 //! sequence it delivered up to (see [`judge`] for the rules).
 
+pub use crate::config::UnknownReplica;
 use crate::guard::ledger::{KvRecord, LedgerData, ReplicaRecord};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::fmt;
-
-/// What to do with replicas the ledger has never seen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum UnknownReplica {
-    /// Let the master decide, as without replguard.
-    Pass,
-    /// Force a full sync: replguard cannot vouch for a history it did not deliver.
-    #[default]
-    Full,
-}
 
 /// The request being judged, as the replica sent it.
 #[derive(Debug, Clone, PartialEq, Eq)]
