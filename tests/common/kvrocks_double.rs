@@ -471,6 +471,16 @@ fn serve_master_conn(sh: &MasterShared, conn: TcpStream) {
                         kv: st.kv.clone(),
                     };
                     st.checkpoint = Some((snap, std::time::Instant::now()));
+                } else if let Some((snap, _)) = &st.checkpoint {
+                    // 2.7.0 reuses a checkpoint only while its sequence is inside the WAL
+                    // (`InWALBoundary`): one made while the master was empty (sequence 0) is
+                    // refused, with the 2.7.0 wording and no CRLF, until the cron drops it.
+                    let first = st.wal.first().map(|(seq, _)| *seq);
+                    if first.is_none_or(|f| snap.latest < f) {
+                        let _ = w.write_all(b"-ERR can't create db checkpoint");
+                        let _ = w.shutdown(Shutdown::Both);
+                        return;
+                    }
                 }
                 if let Some((_, used)) = st.checkpoint.as_mut() {
                     *used = std::time::Instant::now();
