@@ -310,7 +310,10 @@ async fn finish(link: &LinkCtx, s: SessionSnapshot, end: Result<(), SessionEnd>)
             )
         };
     }
-    if routine {
+    if matches!(end, Err(SessionEnd::Held)) {
+        // Its hold is in the guard's decision line, logged once a minute while it lasts.
+        report!(debug);
+    } else if routine {
         report!(info);
     } else {
         report!(warn);

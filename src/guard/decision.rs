@@ -6,7 +6,7 @@ use super::verdict::Verdict;
 use super::{Decision, Guard};
 use crate::config::GuardMode;
 use std::sync::atomic::Ordering::Relaxed;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// One guard decision, logged once the master's answer is known.
 pub struct DecisionCtx<'a> {
@@ -59,7 +59,19 @@ impl DecisionCtx<'_> {
                 "guard: the master RESUMED a replica whose resume point replguard judged inconsistent (observe mode): data may be missing on it"
             ),
             Verdict::ForceFull(_) => line!(warn, "guard: force full sync"),
-            Verdict::Hold(_) => line!(warn, "guard: hold"),
+            // A held replica retries every second: its hold is logged once, then once a
+            // minute with the number of retries in between.
+            Verdict::Hold(_) => match guard.hold_log_due(self.replica) {
+                Some(0) => line!(warn, "guard: hold"),
+                Some(retries) => {
+                    line!(warn, "guard: hold");
+                    info!(
+                        replica = self.replica,
+                        retries, "guard: the replica was held that many more times since the last hold line"
+                    );
+                }
+                None => debug!(replica = self.replica, "guard: hold (again)"),
+            },
         }
         guard.record(
             self.replica,

@@ -19,6 +19,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Least time between two log lines about one held replica.
+const HOLD_LOG_EVERY: Duration = Duration::from_secs(60);
 use tracing::{error, info, warn};
 
 /// One decision, kept per replica for /status.
@@ -73,6 +77,8 @@ struct State {
     /// The session whose sync the master accepted last, per replica: only it writes the
     /// replica's books, so a previous session that ends late never overwrites them.
     owners: HashMap<String, u64>,
+    /// Held replicas: when their hold was last logged, and the holds since.
+    holds_logged: HashMap<String, (Instant, u64)>,
 }
 
 impl State {
@@ -319,12 +325,37 @@ impl Guard {
     /// Counts a decision and keeps it as the replica's last.
     pub fn record(&self, replica: &str, verdict: &Verdict, d: Decision) {
         let code = verdict.reason().map_or("none", |r| r.code());
-        *self
-            .state()
-            .counts
-            .entry((verdict.name(), code, d.action))
-            .or_default() += 1;
+        {
+            let mut st = self.state();
+            *st.counts
+                .entry((verdict.name(), code, d.action))
+                .or_default() += 1;
+            if !matches!(verdict, Verdict::Hold(_)) {
+                st.holds_logged.remove(replica);
+            }
+        }
         self.last.insert(replica.to_string(), d);
+    }
+
+    /// Whether a hold of `replica` is logged now: the first of a run, then one a minute.
+    /// `Some(n)`: log it, `n` holds having gone unlogged since the last line.
+    pub fn hold_log_due(&self, replica: &str) -> Option<u64> {
+        let mut st = self.state();
+        let now = Instant::now();
+        match st.holds_logged.get_mut(replica) {
+            Some((at, unlogged)) if now.duration_since(*at) < HOLD_LOG_EVERY => {
+                *unlogged += 1;
+                None
+            }
+            Some((at, unlogged)) => {
+                *at = now;
+                Some(std::mem::take(unlogged))
+            }
+            None => {
+                st.holds_logged.insert(replica.to_string(), (now, 0));
+                Some(0)
+            }
+        }
     }
 
     /// Folds in the master's own view; detects a brand-new empty lineage.

@@ -261,6 +261,15 @@ fn empty_master_holds_the_replica(kind: Kind) {
         1000,
         "the replica kept its data"
     );
+    // It retried about once a second and was held each time; the hold was logged once.
+    let holds = proxy.metric("replguard_holds_total", "");
+    assert!(holds >= 2.0, "holds {holds}");
+    let who = format!("replica=\"127.0.0.1:{}\"", r.port);
+    assert_eq!(
+        crate::common::logged(&["guard: hold mode=", &who]).len(),
+        1,
+        "{holds} holds"
+    );
     let st = proxy.status();
     assert!(st["links"][0]["ledger"]["empty_master"].is_string(), "{st}");
 
