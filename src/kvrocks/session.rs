@@ -134,8 +134,7 @@ async fn psync(
             .kv_started(&replica, stats.id, req.replid.as_deref(), req.seq);
         stats.begin_kvrocks(req.replid.as_deref(), req.seq, &ids);
         link.counters.partial_syncs.fetch_add(1, Relaxed);
-        let mut scanner = WalScanner::new(req.seq);
-        scanner.last_replid = req.replid.as_deref().and_then(ReplId::parse);
+        let scanner = WalScanner::new(req.seq);
         return Ok(Some((scanner, ids)));
     }
     if line.starts_with('-') {

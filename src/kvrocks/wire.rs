@@ -286,7 +286,6 @@ pub struct WalScanner {
     bulk_start: Option<usize>,
     /// The sequence the next batch should start at.
     pub next_seq: u64,
-    pub last_replid: Option<ReplId>,
     pub batches: u64,
     pub pings: u64,
     /// Stream bytes seen, headers and heartbeats included.
@@ -304,7 +303,6 @@ impl WalScanner {
             read: None,
             bulk_start: None,
             next_seq: seq,
-            last_replid: None,
             batches: 0,
             pings: 0,
             bytes: 0,
@@ -425,7 +423,6 @@ impl WalScanner {
         };
         let batch = Batch { seq, count, replid };
         self.batches += 1;
-        self.last_replid = batch.replid;
         let expected = self.next_seq;
         self.next_seq = self.next_seq.max(batch.next());
         out.push(if seq > expected {
