@@ -17,7 +17,7 @@
 //! | [`conn`] | one connection, no flavour: how a session ends, timed peer reads, the shared handshake steps (`AUTH`, `PING`, `REPLCONF`), the relay pump, the plain pipe, session books |
 //! | [`redis`] | Redis / Valkey: handshake and PSYNC, the RDB and stream observers, INFO lineage |
 //! | [`kvrocks`] | Kvrocks: handshake and PSYNC, the WAL-batch observer, `_fetch_meta` / `_fetch_file`, the checkpoint reader |
-//! | [`guard`] | a link's ledger at runtime; [`guard::verdict`] (pure, property-tested), [`guard::route`], [`guard::decision`] (the log line), [`guard::ledger`] (data), [`guard::store`] (the file's one writer) |
+//! | [`guard`] | a link's ledger at runtime; [`guard::verdict`] (pure, property-tested; one facts type and rule set per flavour), [`guard::route`], [`guard::decision`] (the log line), [`guard::ledger`] (data), [`guard::store`] (the file's one writer) |
 //! | [`wire`] | pure codecs: bounded, resumable RESP handshake framing |
 //! | [`ops`] | the admin listener (`/status`, `/metrics`, mutating routes) and `replguard status` |
 //!

@@ -12,7 +12,7 @@ pub mod verdict;
 
 use crate::guard::ledger::{KvGap, KvIdRange, KvRecord, LedgerData, MasterView, ReplicaRecord};
 use crate::guard::store::{Identity, Store};
-use crate::guard::verdict::{judge, Facts, Request, UnknownReplica, Verdict};
+use crate::guard::verdict::{kvrocks, psync2, UnknownReplica, Verdict};
 use dashmap::DashMap;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -193,18 +193,15 @@ impl Guard {
         let uncertain = st.uncertain.contains(replica);
         let empty = st.empty_master.clone();
         let rec = data.replicas.get(replica);
-        let facts = Facts {
+        let facts = psync2::Facts {
             ledger: data,
             replica: rec,
             unclean_stop: uncertain,
             empty_master: empty.as_deref(),
             allow_empty_master: self.allow_empty.load(Relaxed),
             unknown_replica: self.policy,
-            kv_replica: None,
-            kv_full_sync_seen: false,
-            kv_checkpoint_seq: None,
         };
-        let v = judge(&facts, &Request::Psync2 { replid, offset });
+        let v = psync2::judge(&facts, replid, offset);
         (v, describe(data, rec, replid, uncertain, empty.as_deref()))
     }
 
@@ -222,18 +219,15 @@ impl Guard {
         let rec = data.kvrocks.replicas.get(replica);
         let full_sync = st.kv_full_sync(replica, ip);
         let seen = full_sync.is_some();
-        let facts = Facts {
-            ledger: data,
-            replica: None,
+        let facts = kvrocks::Facts {
+            books: &data.kvrocks,
+            replica: rec,
             unclean_stop: uncertain,
-            empty_master: None,
-            allow_empty_master: true,
             unknown_replica: self.policy,
-            kv_replica: rec,
-            kv_full_sync_seen: seen,
-            kv_checkpoint_seq: full_sync.flatten(),
+            full_sync_seen: seen,
+            checkpoint_seq: full_sync.flatten(),
         };
-        let v = judge(&facts, &Request::Kvrocks { replid, seq });
+        let v = kvrocks::judge(&facts, replid, seq);
         (v, describe_kvrocks(data, rec, uncertain, full_sync))
     }
 
