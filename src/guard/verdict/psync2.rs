@@ -88,22 +88,38 @@ pub fn judge(facts: &Facts<'_>, replid: &str, offset: i64) -> Verdict {
             delivered: rec.replid.clone(),
         });
     }
-    if requested > rec.offset + 1 {
+    let delivered = shared_delivery(facts.ledger, rec, id);
+    if requested > delivered + 1 {
         return full(if facts.unclean_stop && rec.open {
             Reason::UncleanStop {
                 replid,
-                recorded: rec.offset,
+                recorded: delivered,
                 requested,
             }
         } else {
             Reason::BeyondDelivered {
                 replid,
-                delivered: rec.offset,
+                delivered,
                 requested,
             }
         });
     }
     Verdict::Pass
+}
+
+/// How much of what the record says was delivered lies on `id`'s history: all of it when `id`
+/// is the record's id or an earlier one, else up to the first switch on the way from the
+/// record's id to `id` (the bytes after a switch belong to the history that was left).
+fn shared_delivery(ledger: &LedgerData, rec: &ReplicaRecord, id: &str) -> u64 {
+    let chain = ledger.chain(&rec.replid);
+    let Some(pos) = chain.iter().position(|e| e.replid == id) else {
+        return rec.offset;
+    };
+    chain[..pos]
+        .iter()
+        .filter_map(|e| e.superseded.as_ref())
+        .map(|sw| sw.at.saturating_sub(1))
+        .fold(rec.offset, u64::min)
 }
 
 #[cfg(test)]
@@ -187,6 +203,31 @@ mod tests {
     }
 
     #[test]
+    fn a_record_vouches_for_a_later_id_only_up_to_the_switch() {
+        // Delivered A up to 100; the master then restarted from a snapshot at 50 and serves B.
+        let mut l = LedgerData::new();
+        l.deliver(R, A, 100, false);
+        l.observe_master(&MasterView {
+            replid: B.into(),
+            replid2: A.into(),
+            second_offset: 51,
+            offset: 90,
+            empty: false,
+        });
+        // A replica that holds B's history to 50 came by it honestly through the link.
+        assert_eq!(judge(&facts(&l), B, 51), Verdict::Pass);
+        // Past 50 the link delivered A's abandoned bytes, not B's.
+        assert_eq!(
+            judge(&facts(&l), B, 80),
+            Verdict::ForceFull(Reason::BeyondDelivered {
+                replid: B.into(),
+                delivered: 50,
+                requested: 80
+            })
+        );
+    }
+
+    #[test]
     fn empty_master_holds_known_replicas_until_allowed() {
         let mut l = LedgerData::new();
         l.deliver(R, A, 100, false);
@@ -214,30 +255,71 @@ mod tests {
     // each replica's true data as a list of tokens. A resume (id, o) is safe exactly when the
     // replica's data equals the first o-1 tokens of the master's current history: the master
     // then streams from o and the replica ends identical. The ledger learns only what
-    // replguard would see; the verdict must never pass an unsafe resume, and must pass an
-    // honest replica's resume when nothing happened that it cannot vouch for.
+    // replguard would see; the verdict must never pass an unsafe resume it could have told
+    // apart, and must pass an honest replica's resume when nothing happened that it cannot
+    // vouch for.
+    //
+    // Besides failovers and master restarts, the model has: sessions still streaming when
+    // replguard is killed (their books lag and stay open: an unclean stop), a master that comes
+    // back empty, replicas synced straight from the master or from another server (the ledger
+    // never sees it), and both `unknown_replica` policies and `allow_empty_master` settings.
 
     #[derive(Debug, Clone)]
     enum Op {
         Write(u8),
         Deliver(usize),
+        /// A session that streams and whose books the keeper wrote `lag` bytes behind.
+        Stream(usize, u8),
+        /// replguard is killed: streaming sessions' books stay open and behind.
+        UncleanStop,
+        /// replguard stops cleanly: each streaming session writes its exact books.
+        CleanStop,
         Promote,
         RestartFrom(prop::sample::Index),
         RestartSameId(prop::sample::Index),
+        /// The master restarts with no data (a new id, nothing before it).
+        Wipe,
+        /// A replica syncs straight from the master, around replguard.
+        SyncElsewhere(usize),
+        /// A replica syncs from another server altogether.
+        SyncForeign(usize, u8),
         Lie(usize, u8),
         Resume(usize),
+        FullSync(usize),
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             4 => (1u8..5).prop_map(Op::Write),
             3 => (0usize..2).prop_map(Op::Deliver),
+            2 => ((0usize..2), (0u8..4)).prop_map(|(r, l)| Op::Stream(r, l)),
+            1 => Just(Op::UncleanStop),
+            1 => Just(Op::CleanStop),
             1 => Just(Op::Promote),
             1 => any::<prop::sample::Index>().prop_map(Op::RestartFrom),
             1 => any::<prop::sample::Index>().prop_map(Op::RestartSameId),
+            1 => Just(Op::Wipe),
+            1 => (0usize..2).prop_map(Op::SyncElsewhere),
+            1 => ((0usize..2), (1u8..4)).prop_map(|(r, n)| Op::SyncForeign(r, n)),
             1 => ((0usize..2), (1u8..4)).prop_map(|(r, d)| Op::Lie(r, d)),
-            2 => (0usize..2).prop_map(Op::Resume),
+            3 => (0usize..2).prop_map(Op::Resume),
+            1 => (0usize..2).prop_map(Op::FullSync),
         ]
+    }
+
+    /// What the model knows of one replica.
+    #[derive(Debug, Clone, Default)]
+    struct Replica {
+        data: Vec<u64>,
+        /// The (id, offset) it will claim.
+        replid: String,
+        offset: u64,
+        /// Everything it holds came through replguard.
+        vouched: bool,
+        /// A session streaming to it whose exact books are not written yet: the offset.
+        streaming: Option<u64>,
+        /// Its books were left open by an unclean stop.
+        uncertain: bool,
     }
 
     struct Model {
@@ -247,9 +329,12 @@ mod tests {
         replid: String,
         /// (replid2, second_offset)
         prev: Option<(String, u64)>,
-        /// Each replica: its data, and the (id, offset) it will claim.
-        replicas: Vec<(Vec<u64>, String, u64)>,
+        /// The master came back empty and nothing was written since.
+        empty: bool,
+        replicas: Vec<Replica>,
         ledger: LedgerData,
+        policy: UnknownReplica,
+        allow_empty: bool,
     }
 
     fn id(n: u64) -> String {
@@ -257,15 +342,18 @@ mod tests {
     }
 
     impl Model {
-        fn new() -> Self {
+        fn new(policy: UnknownReplica, allow_empty: bool) -> Self {
             let mut m = Model {
                 next_token: 1,
                 next_id: 2,
                 history: vec![],
                 replid: id(1),
                 prev: None,
-                replicas: vec![(vec![], String::new(), 0), (vec![], String::new(), 0)],
+                empty: false,
+                replicas: vec![Replica::default(), Replica::default()],
                 ledger: LedgerData::new(),
+                policy,
+                allow_empty,
             };
             m.observe();
             m
@@ -280,11 +368,11 @@ mod tests {
                 replid2,
                 second_offset: second as i64,
                 offset: self.history.len() as u64,
-                empty: false,
+                empty: self.empty,
             });
         }
         fn safe(&self, r: usize, o: u64) -> bool {
-            let data = &self.replicas[r].0;
+            let data = &self.replicas[r].data;
             o >= 1 && data.len() as u64 == o - 1 && self.history.starts_with(data)
         }
         /// Whether the master itself would accept (PSYNC2 rule, backlog unlimited).
@@ -293,6 +381,50 @@ mod tests {
                 rid == self.replid || self.prev.as_ref().is_some_and(|(p, s)| p == rid && o <= *s);
             id_ok && o <= self.history.len() as u64 + 1
         }
+        fn judge(&self, r: usize, rid: &str, o: i64) -> Verdict {
+            let f = Facts {
+                ledger: &self.ledger,
+                replica: self.ledger.replicas.get(&Self::identity(r)),
+                unclean_stop: self.replicas[r].uncertain,
+                empty_master: self.empty.then_some(self.replid.as_str()),
+                allow_empty_master: self.allow_empty,
+                unknown_replica: self.policy,
+            };
+            judge(&f, rid, o)
+        }
+        /// A sync through replguard: the replica ends equal to the master, its books exact.
+        fn deliver(&mut self, r: usize, open: Option<u64>) {
+            let off = self.history.len() as u64;
+            let recorded = open.map_or(off, |lag| off.saturating_sub(lag));
+            self.replicas[r] = Replica {
+                data: self.history.clone(),
+                replid: self.replid.clone(),
+                offset: off,
+                vouched: true,
+                streaming: open.map(|_| off),
+                uncertain: false,
+            };
+            let rid = self.replid.clone();
+            self.ledger
+                .deliver(&Self::identity(r), &rid, recorded, open.is_some());
+        }
+        /// A streaming session ends: its exact books are written.
+        fn end_session(&mut self, r: usize) {
+            if let Some(off) = self.replicas[r].streaming.take() {
+                let rid = self.replicas[r].replid.clone();
+                self.ledger.deliver(&Self::identity(r), &rid, off, false);
+            }
+        }
+        /// The master's connections close (it stops, or replguard stops cleanly).
+        fn end_sessions(&mut self) {
+            for r in 0..self.replicas.len() {
+                self.end_session(r);
+            }
+        }
+        fn new_id(&mut self) -> String {
+            self.next_id += 1;
+            id(self.next_id - 1)
+        }
         fn apply(&mut self, op: &Op) -> Result<(), TestCaseError> {
             match op {
                 Op::Write(n) => {
@@ -300,91 +432,178 @@ mod tests {
                         self.history.push(self.next_token);
                         self.next_token += 1;
                     }
+                    self.empty = false;
                     self.observe();
                 }
                 Op::Deliver(r) => {
-                    // A full or partial sync through replguard: the replica ends equal.
-                    self.replicas[*r] = (
-                        self.history.clone(),
-                        self.replid.clone(),
-                        self.history.len() as u64,
-                    );
-                    let off = self.history.len() as u64;
-                    self.ledger
-                        .deliver(&Self::identity(*r), &self.replid.clone(), off, false);
+                    self.end_session(*r);
+                    self.deliver(*r, None);
                 }
+                Op::Stream(r, lag) => {
+                    self.end_session(*r);
+                    self.deliver(*r, Some(u64::from(*lag)));
+                }
+                Op::UncleanStop => {
+                    for rep in &mut self.replicas {
+                        if rep.streaming.take().is_some() {
+                            rep.uncertain = true;
+                        }
+                    }
+                }
+                Op::CleanStop => self.end_sessions(),
                 Op::Promote => {
+                    // The old master's connections close with it.
+                    self.end_sessions();
                     // Failover to a replica holding the same history.
                     self.prev = Some((self.replid.clone(), self.history.len() as u64 + 1));
-                    self.replid = id(self.next_id);
-                    self.next_id += 1;
+                    self.replid = self.new_id();
                     self.observe();
                 }
                 Op::RestartFrom(i) => {
                     // Master restarted from an older snapshot (Redis 7: new id, replid2 = old).
+                    self.end_sessions();
                     let keep = i.index(self.history.len() + 1);
                     self.history.truncate(keep);
                     self.prev = Some((self.replid.clone(), keep as u64 + 1));
-                    self.replid = id(self.next_id);
-                    self.next_id += 1;
+                    self.replid = self.new_id();
                     self.observe();
                 }
                 Op::RestartSameId(i) => {
                     // A master back at an earlier point of the same id (no replid2 to tell).
+                    self.end_sessions();
                     let keep = i.index(self.history.len() + 1);
                     self.history.truncate(keep);
                     self.observe();
                 }
+                Op::Wipe => {
+                    self.end_sessions();
+                    self.history.clear();
+                    self.prev = None;
+                    self.replid = self.new_id();
+                    self.empty = true;
+                    self.observe();
+                }
+                Op::SyncElsewhere(r) => {
+                    let rep = &mut self.replicas[*r];
+                    rep.data = self.history.clone();
+                    rep.replid = self.replid.clone();
+                    rep.offset = self.history.len() as u64;
+                    rep.vouched = false;
+                }
+                Op::SyncForeign(r, n) => {
+                    let foreign = self.new_id();
+                    let rep = &mut self.replicas[*r];
+                    rep.data = (0..u64::from(*n)).map(|k| 2_000_000 + k).collect();
+                    rep.replid = foreign;
+                    rep.offset = u64::from(*n);
+                    rep.vouched = false;
+                }
                 Op::Lie(r, d) => {
                     // The replica's own position moves without data (the #2214 shape).
-                    self.replicas[*r].2 += u64::from(*d);
-                    self.replicas[*r]
-                        .0
-                        .extend((0..*d).map(|k| 1_000_000 + u64::from(k)));
+                    let rep = &mut self.replicas[*r];
+                    rep.offset += u64::from(*d);
+                    rep.data.extend((0..*d).map(|k| 1_000_000 + u64::from(k)));
+                    rep.vouched = false;
                 }
-                Op::Resume(r) => {
-                    let (_, rid, off) = self.replicas[*r].clone();
-                    if rid.is_empty() {
-                        return Ok(());
-                    }
-                    let o = off + 1;
-                    let f = Facts {
-                        ledger: &self.ledger,
-                        replica: self.ledger.replicas.get(&Self::identity(*r)),
-                        unclean_stop: false,
-                        empty_master: None,
-                        allow_empty_master: false,
-                        unknown_replica: UnknownReplica::Full,
-                    };
-                    let v = judge(&f, &rid, o as i64);
-                    let safe = self.safe(*r, o);
-                    if v == Verdict::Pass && self.master_accepts(&rid, o) {
-                        prop_assert!(
-                            safe,
-                            "passed an unsafe resume {rid}:{o}: {:?}",
-                            self.replicas[*r]
-                        );
-                    }
-                    if safe && self.master_accepts(&rid, o) {
-                        // Nothing happened that replguard cannot vouch for: it must not get
-                        // in the way.
-                        prop_assert_eq!(v, Verdict::Pass);
-                    }
-                }
+                Op::Resume(r) => self.resume(*r)?,
+                Op::FullSync(r) => self.full_sync(*r)?,
+            }
+            Ok(())
+        }
+        /// A replica reconnects and asks to resume where it is.
+        fn resume(&mut self, r: usize) -> Result<(), TestCaseError> {
+            // Its previous session ends first; replguard writes those books before it judges.
+            self.end_session(r);
+            let rep = self.replicas[r].clone();
+            if rep.replid.is_empty() {
+                return Ok(());
+            }
+            let o = rep.offset + 1;
+            let v = self.judge(r, &rep.replid, o as i64);
+            let safe = self.safe(r, o);
+            let accepts = self.master_accepts(&rep.replid, o);
+            let rec = self.ledger.replicas.get(&Self::identity(r));
+            if v == Verdict::Pass && accepts && !safe {
+                // Only the operator's `unknown_replica: pass` may let through a replica the
+                // link cannot vouch for.
+                let unvouchable =
+                    rec.is_none_or(|rec| !self.ledger.same_lineage(&rec.replid, &rep.replid));
+                prop_assert!(
+                    self.policy == UnknownReplica::Pass && unvouchable,
+                    "passed an unsafe resume {}:{o}: {:?}",
+                    rep.replid,
+                    rep.data
+                );
+            }
+            let behind = rec.filter(|rec| {
+                rep.uncertain
+                    && o > rec.offset + 1
+                    && self.ledger.same_lineage(&rec.replid, &rep.replid)
+            });
+            if let Some(rec) = behind {
+                // Books left behind by an unclean stop vouch for nothing past them, and the
+                // log says why rather than blaming the replica.
+                let code = v.reason().map(|x| x.code());
+                prop_assert!(
+                    v != Verdict::Pass && code != Some("beyond_delivered"),
+                    "books at {} after an unclean stop, asked {}: {:?}",
+                    rec.offset,
+                    o,
+                    v
+                );
+            }
+            // What this link delivered before the master came back empty would be wiped.
+            let filled = rep.vouched && !rep.data.is_empty() && rec.is_some();
+            if self.empty && !self.allow_empty && filled {
+                prop_assert_eq!(
+                    v.name(),
+                    "hold",
+                    "an empty master would wipe {:?}",
+                    rep.data
+                );
+            }
+            if safe && accepts && rep.vouched && !rep.uncertain {
+                // Nothing happened that replguard cannot vouch for: it must not get in the way.
+                prop_assert_eq!(v, Verdict::Pass);
+            }
+            Ok(())
+        }
+        /// A replica asks for a full sync (`PSYNC ? -1`).
+        fn full_sync(&mut self, r: usize) -> Result<(), TestCaseError> {
+            self.end_session(r);
+            let v = self.judge(r, "?", -1);
+            let rep = &self.replicas[r];
+            let filled = rep.vouched && !rep.data.is_empty();
+            let wipes = self.empty && filled;
+            if wipes && !self.allow_empty {
+                // The data this link put there would be replaced by nothing.
+                prop_assert_eq!(v.name(), "hold");
+            } else if !self.empty || self.allow_empty {
+                prop_assert_eq!(&v, &Verdict::Pass);
+            }
+            if v == Verdict::Pass {
+                self.deliver(r, None);
             }
             Ok(())
         }
     }
 
+    fn policy() -> impl Strategy<Value = UnknownReplica> {
+        prop_oneof![Just(UnknownReplica::Full), Just(UnknownReplica::Pass)]
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
+        #![proptest_config(ProptestConfig::with_cases(2048))]
         #[test]
-        fn verdict_never_passes_an_unsafe_resume(ops in prop::collection::vec(op(), 1..40)) {
-            let mut m = Model::new();
+        fn verdict_never_passes_an_unsafe_resume(
+            policy in policy(),
+            allow_empty in any::<bool>(),
+            ops in prop::collection::vec(op(), 1..50)
+        ) {
+            let mut m = Model::new(policy, allow_empty);
             for o in &ops {
                 m.apply(o)?;
             }
         }
-
     }
 }
