@@ -334,7 +334,9 @@ mod tests {
         Write(u8),
         Unlogged,
         MasterRestart,
-        Attach(u8),
+        /// A PSYNC, then up to this many batches; whether a full sync it is told to run
+        /// completes (a replica may crash or be stopped before its `_fetch_file`s are done).
+        Attach(u8, bool),
         Apply(u8),
         Crash,
         Restart,
@@ -347,7 +349,7 @@ mod tests {
             4 => (1u8..4).prop_map(KvOp::Write),
             1 => Just(KvOp::Unlogged),
             1 => Just(KvOp::MasterRestart),
-            4 => (0u8..6).prop_map(KvOp::Attach),
+            4 => ((0u8..6), prop::bool::weighted(0.8)).prop_map(|(n, c)| KvOp::Attach(n, c)),
             3 => (0u8..6).prop_map(KvOp::Apply),
             2 => Just(KvOp::Crash),
             1 => Just(KvOp::Restart),
@@ -550,7 +552,7 @@ mod tests {
             seq == latest + 1 || (seq >= 1 && seq <= latest && self.master[seq as usize - 1].logged)
         }
 
-        fn attach(&mut self, stream: u8) -> Result<(), TestCaseError> {
+        fn attach(&mut self, stream: u8, completes: bool) -> Result<(), TestCaseError> {
             // A new connection: what the old one delivered and the replica did not apply is gone.
             self.pending.clear();
             let (replid, seq) = self.request();
@@ -597,13 +599,24 @@ mod tests {
             if safe && accepts && clean {
                 prop_assert_eq!(&v, &Verdict::Pass, "blocked an honest resume at {}", seq);
             }
+            if rec
+                .as_ref()
+                .is_some_and(|r| r.full_sync_pending && !self.full_sync_seen)
+            {
+                // Told to full-sync and no full sync since: nothing it asks can be vouched for.
+                prop_assert!(v != Verdict::Pass, "passed {seq} before the owed full sync");
+            }
             if v != Verdict::Pass || !accepts {
-                // Refused by replguard or by the master: the replica owes a full sync and runs it;
-                // its next PSYNC starts new books.
+                // Refused by replguard or by the master: the replica owes a full sync and runs
+                // it, or stops before it completes; its next PSYNC after a complete one starts
+                // new books.
                 self.ledger
                     .kvrocks
                     .update(R, |r| r.full_sync_pending = true);
-                self.full_sync();
+                self.full_sync_seen = false;
+                if completes {
+                    self.full_sync();
+                }
                 return Ok(());
             }
             self.full_sync_seen = false;
@@ -652,7 +665,7 @@ mod tests {
                     key: false,
                 }),
                 KvOp::MasterRestart => self.master_start(),
-                KvOp::Attach(n) => self.attach(*n)?,
+                KvOp::Attach(n, completes) => self.attach(*n, *completes)?,
                 KvOp::Apply(n) => self.apply_pending(*n as usize),
                 KvOp::Crash => {
                     self.pending.clear();
