@@ -13,7 +13,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -92,6 +92,82 @@ pub struct Config {
 pub struct AdminConfig {
     /// Address of the listener, `host:port`.
     pub listen: String,
+    /// Path of a file holding the bearer token the mutating routes require (surrounding
+    /// whitespace ignored). Without a token they are refused.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Name of an environment variable holding that token, instead of `token_file`.
+    #[serde(default)]
+    pub token_env: Option<String>,
+}
+
+/// Shortest admin token that is not warned about.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+/// The admin bearer token, resolved from its reference and kept out of Debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+impl AdminConfig {
+    /// Reads the token `token_file` or `token_env` refers to; `None` when neither is set. The
+    /// error names the field it concerns.
+    pub fn token(&self) -> Result<Option<AdminToken>, ConfigProblem> {
+        let problem = |field: &str, message: String| ConfigProblem {
+            path: format!("admin.{field}"),
+            message,
+        };
+        let (field, raw) = match (&self.token_file, &self.token_env) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => {
+                return Err(problem(
+                    "token_env",
+                    "give either token_file or token_env, not both".into(),
+                ))
+            }
+            (Some(path), None) => (
+                "token_file",
+                std::fs::read_to_string(path).map_err(|e| {
+                    problem(
+                        "token_file",
+                        format!("cannot read token file {}: {e}", path.display()),
+                    )
+                })?,
+            ),
+            (None, Some(var)) => (
+                "token_env",
+                std::env::var(var).map_err(|_| {
+                    problem(
+                        "token_env",
+                        format!("environment variable {var} is not set or not UTF-8"),
+                    )
+                })?,
+            ),
+        };
+        let token = raw.trim();
+        if token.is_empty() {
+            return Err(problem(field, "the token it refers to is empty".into()));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(problem(
+                field,
+                "the token must be printable ASCII without spaces (it is sent in an HTTP header)"
+                    .into(),
+            ));
+        }
+        Ok(Some(AdminToken(token.to_string())))
+    }
 }
 
 /// The server family behind a link.
@@ -392,10 +468,13 @@ impl Config {
         }
     }
 
-    /// Takes relative `state_dir` and `auth.password_file` from `base_dir`.
+    /// Takes relative `state_dir`, `admin.token_file` and `auth.password_file` from `base_dir`.
     fn resolve_paths(&mut self, base_dir: Option<&Path>) {
         let Some(base) = base_dir else { return };
         self.state_dir = resolve_path(base, &self.state_dir);
+        if let Some(f) = self.admin.token_file.as_mut() {
+            *f = resolve_path(base, f);
+        }
         for link in &mut self.links {
             if let Some(f) = link.auth.as_mut().and_then(|a| a.password_file.as_mut()) {
                 *f = resolve_path(base, f);
@@ -417,12 +496,14 @@ impl Config {
             );
         }
 
-        let mut listens: HashMap<SocketAddr, String> = HashMap::new();
+        // Every address replguard binds, with its path, in document order.
+        let mut binds: Vec<(String, SocketAddr)> = Vec::new();
         match parse_addr(&self.admin.listen) {
-            Ok(a) => {
-                listens.insert(a, "admin.listen".into());
-            }
+            Ok(a) => binds.push(("admin.listen".into(), a)),
             Err(m) => push("admin.listen".into(), m),
+        }
+        if let Err(p) = self.admin.token() {
+            push(p.path, p.message);
         }
 
         if self.links.is_empty() {
@@ -451,25 +532,24 @@ impl Config {
                     format!("{:?} is already the name of links[{first}]", link.name),
                 );
             }
-            let listen = parse_addr(&link.listen);
-            match &listen {
+            match parse_addr(&link.listen) {
                 Ok(a) => {
-                    if let Some(other) = listens.insert(*a, p("listen")) {
-                        push(p("listen"), format!("{a} is already used by {other}"));
+                    if let Some((other, b)) = binds.iter().find(|(_, b)| binds_overlap(a, *b)) {
+                        let why = if *b == a {
+                            format!("{a} is already used by {other}")
+                        } else {
+                            format!(
+                                "{a} overlaps {other} ({b}): a wildcard address takes its port on every local address of its family, so only one of them can be bound"
+                            )
+                        };
+                        push(p("listen"), why);
                     }
+                    binds.push((p("listen"), a));
                 }
-                Err(m) => push(p("listen"), m.clone()),
+                Err(m) => push(p("listen"), m),
             }
-            match parse_addr(&link.master) {
-                Ok(m) => {
-                    if listen.as_ref().is_ok_and(|l| *l == m) {
-                        push(
-                            p("master"),
-                            "is the link's own listen address; replguard would dial itself".into(),
-                        );
-                    }
-                }
-                Err(m) => push(p("master"), m),
+            if let Err(m) = parse_addr(&link.master) {
+                push(p("master"), m);
             }
             if link.lineage_poll_ms == 0 {
                 push(p("lineage_poll_ms"), "must be greater than 0".into());
@@ -504,6 +584,132 @@ impl Config {
                 }
                 if let Err(m) = auth.resolve() {
                     push(p("auth"), m);
+                }
+            }
+        }
+        for (path, message) in self.self_dials() {
+            push(path, message);
+        }
+        out
+    }
+
+    /// Masters that are one of replguard's own listeners (wildcards included): the link's own
+    /// listen address, the admin listener, or another link's, which may close a cycle of links.
+    fn self_dials(&self) -> Vec<(String, String)> {
+        let listens: Vec<Option<SocketAddr>> = self
+            .links
+            .iter()
+            .map(|l| parse_addr(&l.listen).ok())
+            .collect();
+        let admin = parse_addr(&self.admin.listen).ok();
+        let masters: Vec<Option<SocketAddr>> = self
+            .links
+            .iter()
+            .map(|l| parse_addr(&l.master).ok())
+            .collect();
+        // The link whose listener each link's master reaches, preferring its own.
+        let next: Vec<Option<usize>> = masters
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let m = (*m)?;
+                let hits = |j: &usize| listens[*j].is_some_and(|l| reaches(m, l));
+                std::iter::once(i).chain(0..self.links.len()).find(hits)
+            })
+            .collect();
+        let mut out = Vec::new();
+        for (i, m) in masters.iter().enumerate() {
+            let Some(m) = *m else { continue };
+            let path = format!("links[{i}].master");
+            match next[i] {
+                Some(j) if j == i => out.push((
+                    path,
+                    "is the link's own listen address; replguard would dial itself".into(),
+                )),
+                Some(j) => {
+                    let name = |k: usize| self.links[k].name.as_str();
+                    let mut chain = vec![i, j];
+                    let mut at = j;
+                    while let Some(k) = next[at] {
+                        if chain.contains(&k) {
+                            chain.push(k);
+                            break;
+                        }
+                        chain.push(k);
+                        at = k;
+                    }
+                    let listen = listens[j].map(|l| l.to_string()).unwrap_or_default();
+                    let message = if chain.last() == Some(&i) {
+                        let names: Vec<&str> = chain.iter().map(|&k| name(k)).collect();
+                        format!(
+                            "{m} is links[{j}].listen ({listen}, link {}): the links form a cycle {}; replicas would be passed round it and never reach a master",
+                            name(j),
+                            names.join(" -> ")
+                        )
+                    } else {
+                        format!(
+                            "{m} is links[{j}].listen ({listen}, link {}): replguard would dial itself; point it at the real master",
+                            name(j)
+                        )
+                    };
+                    out.push((path, message));
+                }
+                None => {
+                    if let Some(a) = admin.filter(|a| reaches(m, *a)) {
+                        out.push((
+                            path,
+                            format!("{m} is admin.listen ({a}): replguard would dial its own admin listener"),
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// What is allowed but probably not meant, each with its YAML path: `check` prints these and
+    /// `run` logs them at WARN.
+    pub fn warnings(&self) -> Vec<ConfigProblem> {
+        let mut out = Vec::new();
+        let token = self.admin.token().ok().flatten();
+        if let Ok(a) = parse_addr(&self.admin.listen) {
+            if !a.ip().is_loopback() && token.is_none() {
+                out.push(ConfigProblem {
+                    path: "admin.listen".into(),
+                    message: format!(
+                        "{a} is reachable from other hosts and no admin token is set (admin.token_file or admin.token_env): anyone who reaches it reads /status and /metrics, and the mutating routes stay refused"
+                    ),
+                });
+            }
+        }
+        if let Some(t) = &token {
+            if t.0.len() < MIN_ADMIN_TOKEN_LEN {
+                let field = if self.admin.token_file.is_some() {
+                    "token_file"
+                } else {
+                    "token_env"
+                };
+                out.push(ConfigProblem {
+                    path: format!("admin.{field}"),
+                    message: format!(
+                        "the token is {} characters long: use at least {MIN_ADMIN_TOKEN_LEN} random ones",
+                        t.0.len()
+                    ),
+                });
+            }
+        }
+        if let Some(f) = &self.admin.token_file {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(f) {
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o004 != 0 {
+                    out.push(ConfigProblem {
+                        path: "admin.token_file".into(),
+                        message: format!(
+                            "{} is readable by every user of this host (mode {mode:o}): chmod 600 it",
+                            f.display()
+                        ),
+                    });
                 }
             }
         }
@@ -559,7 +765,15 @@ const SCHEMA: &[Field] = &[
     field("links", Required, Ty::List(&Ty::Map(LINK_FIELDS))),
     field("shutdown_grace_ms", Defaulted, Ty::Count),
 ];
-const ADMIN_FIELDS: &[Field] = &[field("listen", Required, Ty::Text(ADDRESS))];
+const ADMIN_FIELDS: &[Field] = &[
+    field("listen", Required, Ty::Text(ADDRESS)),
+    field("token_file", Optional, Ty::Text("a file path")),
+    field(
+        "token_env",
+        Optional,
+        Ty::Text("an environment variable name"),
+    ),
+];
 const LINK_FIELDS: &[Field] = &[
     field("name", Required, Ty::Text("a name")),
     field("listen", Required, Ty::Text(ADDRESS)),
@@ -927,6 +1141,45 @@ fn yaml_path(p: &str) -> String {
     }
 }
 
+/// Whether two listeners cannot both be bound: the same port on the same address, or on
+/// addresses a wildcard covers (`0.0.0.0` every IPv4 one; `[::]` every one, as Linux binds it
+/// dual-stack by default). Port 0 asks for a free port and never collides.
+pub fn binds_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    let (x, y) = (a.ip().to_canonical(), b.ip().to_canonical());
+    let covers = |w: IpAddr, o: IpAddr| w.is_unspecified() && (w.is_ipv6() || o.is_ipv4());
+    x == y || covers(x, y) || covers(y, x)
+}
+
+/// Whether a connection to `target` arrives at a listener bound to `bound`: the same address,
+/// a wildcard listener and an address of this host (loopback, `0.0.0.0`/`[::]`, or one bound
+/// to a local interface), or an unspecified target (which the kernel dials on loopback) and a
+/// loopback listener.
+pub fn reaches(target: SocketAddr, bound: SocketAddr) -> bool {
+    if target.port() != bound.port() || bound.port() == 0 {
+        return false;
+    }
+    let (t, b) = (target.ip().to_canonical(), bound.ip().to_canonical());
+    if t == b {
+        return true;
+    }
+    let same_family = t.is_ipv4() == b.is_ipv4();
+    if b.is_unspecified() {
+        return (b.is_ipv6() || t.is_ipv4()) && is_this_host(t);
+    }
+    t.is_unspecified() && b.is_loopback() && same_family
+}
+
+/// Whether `ip` is an address of this host: loopback, unspecified, or one a socket can be bound
+/// to (the kernel accepts only its own addresses).
+fn is_this_host(ip: IpAddr) -> bool {
+    ip.is_loopback()
+        || ip.is_unspecified()
+        || std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
 /// Parses `host:port` where host is an IP address; names are refused so that the address a
 /// link listens on or dials is exactly what the operator reads in the file.
 pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
@@ -1034,6 +1287,177 @@ links:
         for (got, w) in p.iter().zip(want) {
             assert!(got.starts_with(w), "{got:?} should start with {w:?}");
         }
+    }
+
+    #[test]
+    fn overlapping_listeners_self_dials_and_cycles_are_all_listed() {
+        let y = r#"
+state_dir: ./state
+admin:
+  listen: 0.0.0.0:9121
+links:
+  - { name: a, listen: "127.0.0.1:7001", master: "127.0.0.1:7002", flavor: redis, guard: enforce }
+  - { name: b, listen: "0.0.0.0:7002", master: "127.0.0.1:7001", flavor: redis, guard: enforce }
+  - { name: c, listen: "127.0.0.1:7002", master: "127.0.0.2:9121", flavor: redis, guard: enforce }
+  - { name: d, listen: "[::]:7004", master: "127.0.0.1:7004", flavor: redis, guard: enforce }
+  - { name: e, listen: "0.0.0.0:7004", master: "[::1]:7004", flavor: redis, guard: enforce }
+  - { name: f, listen: "127.0.0.1:9121", master: "10.255.255.1:7001", flavor: redis, guard: enforce }
+  - { name: g, listen: "127.0.0.1:7007", master: "0.0.0.0:7008", flavor: redis, guard: enforce }
+  - { name: h, listen: "127.0.0.1:7008", master: "127.0.0.1:7009", flavor: redis, guard: enforce }
+  - { name: i, listen: "127.0.0.1:7009", master: "127.0.0.1:7007", flavor: redis, guard: enforce }
+"#;
+        assert_eq!(
+            problems(y),
+            [
+                "links[0].master: 127.0.0.1:7002 is links[1].listen (0.0.0.0:7002, link b): the links form a cycle a -> b -> a; replicas would be passed round it and never reach a master",
+                "links[1].master: 127.0.0.1:7001 is links[0].listen (127.0.0.1:7001, link a): the links form a cycle b -> a -> b; replicas would be passed round it and never reach a master",
+                "links[2].listen: 127.0.0.1:7002 overlaps links[1].listen (0.0.0.0:7002): a wildcard address takes its port on every local address of its family, so only one of them can be bound",
+                "links[2].master: 127.0.0.2:9121 is admin.listen (0.0.0.0:9121): replguard would dial its own admin listener",
+                "links[3].master: is the link's own listen address; replguard would dial itself",
+                "links[4].listen: 0.0.0.0:7004 overlaps links[3].listen ([::]:7004): a wildcard address takes its port on every local address of its family, so only one of them can be bound",
+                "links[4].master: [::1]:7004 is links[3].listen ([::]:7004, link d): replguard would dial itself; point it at the real master",
+                "links[5].listen: 127.0.0.1:9121 overlaps admin.listen (0.0.0.0:9121): a wildcard address takes its port on every local address of its family, so only one of them can be bound",
+                "links[6].master: 0.0.0.0:7008 is links[7].listen (127.0.0.1:7008, link h): the links form a cycle g -> h -> i -> g; replicas would be passed round it and never reach a master",
+                "links[7].master: 127.0.0.1:7009 is links[8].listen (127.0.0.1:7009, link i): the links form a cycle h -> i -> g -> h; replicas would be passed round it and never reach a master",
+                "links[8].master: 127.0.0.1:7007 is links[6].listen (127.0.0.1:7007, link g): the links form a cycle i -> g -> h -> i; replicas would be passed round it and never reach a master",
+            ]
+        );
+    }
+
+    #[test]
+    fn which_addresses_overlap_and_reach() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        for (x, y, overlap) in [
+            ("0.0.0.0:1", "127.0.0.1:1", true),
+            ("[::]:1", "127.0.0.1:1", true),
+            ("[::]:1", "0.0.0.0:1", true),
+            ("[::]:1", "[::1]:1", true),
+            ("0.0.0.0:1", "[::1]:1", false),
+            ("127.0.0.1:1", "[::1]:1", false),
+            ("127.0.0.1:1", "127.0.0.2:1", false),
+            ("[::ffff:127.0.0.1]:1", "127.0.0.1:1", true),
+            ("0.0.0.0:1", "0.0.0.0:2", false),
+            ("0.0.0.0:0", "127.0.0.1:0", false),
+        ] {
+            assert_eq!(binds_overlap(a(x), a(y)), overlap, "{x} {y}");
+            assert_eq!(binds_overlap(a(y), a(x)), overlap, "{y} {x}");
+        }
+        for (target, bound, hit) in [
+            ("127.0.0.1:1", "127.0.0.1:1", true),
+            ("127.0.0.1:1", "0.0.0.0:1", true),
+            ("127.0.0.5:1", "0.0.0.0:1", true),
+            ("127.0.0.1:1", "[::]:1", true),
+            ("[::1]:1", "[::]:1", true),
+            ("[::1]:1", "0.0.0.0:1", false),
+            ("0.0.0.0:1", "127.0.0.1:1", true),
+            ("0.0.0.0:1", "0.0.0.0:1", true),
+            ("[::]:1", "[::1]:1", true),
+            ("0.0.0.0:1", "[::1]:1", false),
+            // A host that is not this one (TEST-NET-3), on the wildcard's port.
+            ("203.0.113.9:1", "0.0.0.0:1", false),
+            ("127.0.0.1:2", "0.0.0.0:1", false),
+            ("127.0.0.1:1", "127.0.0.2:1", false),
+        ] {
+            assert_eq!(reaches(a(target), a(bound)), hit, "{target} -> {bound}");
+        }
+    }
+
+    #[test]
+    fn the_admin_token_comes_from_one_reference() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("token");
+        std::fs::write(&f, "  0123456789abcdef-token \n").unwrap();
+        let with = |extra: &str| {
+            GOOD.replace(
+                "  listen: 127.0.0.1:9121",
+                &format!("  listen: 127.0.0.1:9121\n{extra}"),
+            )
+        };
+        let c =
+            Config::from_yaml_in(&with("  token_file: token"), "t.yaml", Some(dir.path())).unwrap();
+        assert_eq!(c.admin.token_file.as_deref(), Some(f.as_path()));
+        let t = c.admin.token().unwrap().unwrap();
+        assert_eq!(t.as_bytes(), b"0123456789abcdef-token");
+        assert!(!format!("{t:?}").contains("0123"));
+        assert!(Config::from_yaml(GOOD, "t.yaml")
+            .unwrap()
+            .admin
+            .token()
+            .unwrap()
+            .is_none());
+
+        let bad = |extra: &str, contents: &str| {
+            std::fs::write(&f, contents).unwrap();
+            match Config::from_yaml_in(&with(extra), "t.yaml", Some(dir.path())) {
+                Ok(_) => vec![],
+                Err(e) => e.problems.iter().map(|p| p.to_string()).collect(),
+            }
+        };
+        assert_eq!(
+            bad("  token_file: token\n  token_env: X", "t"),
+            ["admin.token_env: give either token_file or token_env, not both"]
+        );
+        assert_eq!(
+            bad("  token_file: token", " \n\n"),
+            ["admin.token_file: the token it refers to is empty"]
+        );
+        assert_eq!(
+            bad("  token_file: token", "two words"),
+            ["admin.token_file: the token must be printable ASCII without spaces (it is sent in an HTTP header)"]
+        );
+        assert_eq!(
+            bad("  token_env: REPLGUARD_TEST_SURELY_UNSET_VAR", "t"),
+            ["admin.token_env: environment variable REPLGUARD_TEST_SURELY_UNSET_VAR is not set or not UTF-8"]
+        );
+        let p = bad("  token_file: nothing-here", "t");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with(&format!(
+                "admin.token_file: cannot read token file {}",
+                dir.path().join("nothing-here").display()
+            )),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn what_is_allowed_but_unsafe_is_a_warning() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("token");
+        std::fs::write(&f, "short\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let warnings = |listen: &str, token: &str| -> Vec<String> {
+            let y = GOOD.replace(
+                "  listen: 127.0.0.1:9121",
+                &format!("  listen: {listen}\n{token}"),
+            );
+            Config::from_yaml_in(&y, "t.yaml", Some(dir.path()))
+                .unwrap()
+                .warnings()
+                .iter()
+                .map(|w| w.to_string())
+                .collect()
+        };
+        assert!(warnings("127.0.0.1:9121", "").is_empty());
+        assert!(warnings("'[::1]:9121'", "").is_empty());
+        assert_eq!(
+            warnings("0.0.0.0:9121", ""),
+            ["admin.listen: 0.0.0.0:9121 is reachable from other hosts and no admin token is set (admin.token_file or admin.token_env): anyone who reaches it reads /status and /metrics, and the mutating routes stay refused"]
+        );
+        assert_eq!(
+            warnings("0.0.0.0:9121", "  token_file: token"),
+            [
+                "admin.token_file: the token is 5 characters long: use at least 16 random ones".to_string(),
+                format!(
+                    "admin.token_file: {} is readable by every user of this host (mode 644): chmod 600 it",
+                    f.display()
+                ),
+            ]
+        );
+        std::fs::write(&f, "0123456789abcdef\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(warnings("0.0.0.0:9121", "  token_file: token").is_empty());
     }
 
     #[test]
@@ -1248,6 +1672,8 @@ links:
             state_dir: "s".into(),
             admin: AdminConfig {
                 listen: "127.0.0.1:1".into(),
+                token_file: Some("t".into()),
+                token_env: Some("T".into()),
             },
             links: vec![LinkConfig {
                 name: "n".into(),

@@ -96,6 +96,9 @@ fn main() -> ExitCode {
                     c.links.len(),
                     if c.links.len() == 1 { "" } else { "s" }
                 );
+                for w in c.warnings() {
+                    eprintln!("warning: {w}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -112,6 +115,9 @@ fn main() -> ExitCode {
                 }
             };
             init_logging();
+            for w in cfg.warnings() {
+                tracing::warn!(path = %w.path, "configuration: {}", w.message);
+            }
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {

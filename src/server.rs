@@ -82,13 +82,25 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ));
         tracker.spawn(link::keep(link.clone(), cancel.clone()));
     }
+    let token = config.admin.token().map_err(|p| anyhow::anyhow!("{p}"))?;
+    let mut own_addrs = vec![("admin listener".to_string(), admin_addr)];
+    own_addrs.extend(
+        links
+            .iter()
+            .zip(&link_addrs)
+            .map(|(l, a)| (format!("listener of link {}", l.cfg.name), *a)),
+    );
+    info!(listen = %admin_addr, max_connections = admin::MAX_CONNECTIONS,
+          actions = if token.is_some() { "POST with the admin token" } else { "refused: no admin token configured" },
+          "admin ready (GET /status, GET /metrics)");
     let state = Arc::new(AdminState {
         links: links.clone(),
         started: Instant::now(),
         cancel: cancel.clone(),
+        token,
+        own_addrs,
+        refusals: Default::default(),
     });
-    info!(listen = %admin_addr, max_connections = admin::MAX_CONNECTIONS,
-          "admin ready (GET /status, GET /metrics)");
     tracker.spawn(admin::serve(
         state,
         admin_listener,

@@ -438,34 +438,52 @@ impl Guard {
         self.state().counts.iter().map(|(k, v)| (*k, *v)).collect()
     }
 
-    /// The guard's part of /status.
-    pub fn status(&self) -> serde_json::Value {
+    /// What the guard knows now, for the `/status` document (shaped by [`crate::ops::status`]).
+    pub fn snapshot(&self) -> GuardSnapshot {
         let (data, empty_master) = {
             let st = self.state();
             (st.data.clone(), st.empty_master.clone())
         };
-        let mut last: Vec<_> = self
+        let last_verdicts = self
             .last
             .iter()
             .map(|e| (e.key().clone(), e.value().clone()))
             .collect();
-        last.sort_by(|a, b| a.0.cmp(&b.0));
-        serde_json::json!({
-            "unknown_replica": self.policy,
-            "allow_empty_master": self.allow_empty.load(Relaxed),
-            "empty_master": empty_master,
-            "unsafe_resumes_accepted": self.unsafe_accepted.load(Relaxed),
-            "holds": self.holds.load(Relaxed),
-            "lineage": data.epochs,
-            "replicas": data.replicas,
-            "kvrocks": data.kvrocks,
-            "kvrocks_stream_gaps": self.kv_gaps.load(Relaxed),
-            "last_verdicts": last.into_iter().collect::<BTreeMap<_, _>>(),
-            "ledger_file": self.store.path().display().to_string(),
-            "ledger_save_failures": self.store.failures.load(Relaxed),
-            "ledger_last_save_error": self.store.last_error(),
-        })
+        GuardSnapshot {
+            unknown_replica: self.policy,
+            allow_empty_master: self.allow_empty.load(Relaxed),
+            empty_master,
+            unsafe_resumes_accepted: self.unsafe_accepted.load(Relaxed),
+            holds: self.holds.load(Relaxed),
+            data,
+            kvrocks_stream_gaps: self.kv_gaps.load(Relaxed),
+            last_verdicts,
+            ledger_file: self.store.path().to_path_buf(),
+            ledger_save_failures: self.store.failures.load(Relaxed),
+            ledger_last_save_error: self.store.last_error(),
+        }
     }
+}
+
+/// A guard's state at one moment, as plain data.
+#[derive(Debug, Clone)]
+pub struct GuardSnapshot {
+    /// The policy for replicas the ledger has never seen.
+    pub unknown_replica: UnknownReplica,
+    /// Whether replicas may sync from an empty master now (configuration or operator).
+    pub allow_empty_master: bool,
+    /// The master's id while it shows a brand-new empty lineage.
+    pub empty_master: Option<String>,
+    pub unsafe_resumes_accepted: u64,
+    pub holds: u64,
+    /// The ledger: lineage, replica records, Kvrocks books.
+    pub data: LedgerData,
+    pub kvrocks_stream_gaps: u64,
+    /// Each replica's last decision, by replica.
+    pub last_verdicts: BTreeMap<String, Decision>,
+    pub ledger_file: std::path::PathBuf,
+    pub ledger_save_failures: u64,
+    pub ledger_last_save_error: Option<String>,
 }
 
 /// The Kvrocks facts a verdict used, in one line.

@@ -6,24 +6,34 @@
 //! once; connections beyond that wait in the listen backlog. `/metrics` is built at scrape time
 //! from the link counters, the guard's counts and the session snapshots, and encoded by the
 //! `prometheus` crate, which escapes label values (a replica's announced address is one).
+//!
+//! Reading is open; acting is not. Every `POST` is checked before it is routed:
+//! 1. no token configured (`admin.token_file` / `admin.token_env`): 403, saying how to set one;
+//! 2. no `Authorization: Bearer <token>`, or another token: 401 (compared in constant time);
+//! 3. a re-point to one of replguard's own listeners (wildcards included): 400.
+//!
+//! Every refusal, here or by the HTTP layer (a slow or oversized head, an oversized body, a
+//! request past its time), is a clear answer where HTTP still allows one, one log line and a
+//! count in `replguard_admin_refusals_total{reason}`.
 
+use crate::config::{reaches, AdminToken};
 use crate::conn::stats::SessionSnapshot;
 use crate::link::LinkCtx;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Extension, Router};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricType};
 use prometheus::{Encoder as _, Registry, TextEncoder};
-use serde::Serialize;
 use std::collections::HashMap;
 use std::io::Write as _;
-use std::sync::atomic::Ordering::Relaxed;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
@@ -32,13 +42,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 /// Largest request head accepted (hyper's read buffer; a larger head is answered 431).
 const MAX_HEAD: usize = 8 * 1024;
 /// Largest request body accepted (the endpoints read none; a larger one is answered 413).
 const MAX_BODY: usize = 8 * 1024;
-/// Time a client gets to send its request head.
+/// Time a client gets to send its whole request head, from the connection's start: a client
+/// that trickles it byte by byte is cut here.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a request may take once its head is in (answered 408 past it). A re-point reads the
 /// new master's INFO within the link's handshake step (10 s by default), possibly after a
@@ -56,66 +67,175 @@ pub struct AdminState {
     pub started: Instant,
     /// The process-wide token, parent of re-pointed links' session tokens.
     pub cancel: CancellationToken,
+    /// The bearer token `POST` requests must carry; without one they are refused.
+    pub token: Option<AdminToken>,
+    /// replguard's own listeners as bound (each link's and the admin one), with what they are:
+    /// never a re-point target.
+    pub own_addrs: Vec<(String, SocketAddr)>,
+    /// Refusals since start, by [`Refusal`].
+    pub refusals: Refusals,
 }
 
-#[derive(Serialize)]
-struct Status<'a> {
-    version: &'static str,
-    uptime_seconds: f64,
-    links: Vec<LinkStatus<'a>>,
+/// Why the admin listener refused a request or a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A `POST` while no token is configured (403).
+    TokenNotConfigured,
+    /// A `POST` without an `Authorization: Bearer` token (401).
+    TokenMissing,
+    /// A `POST` with another token (401).
+    TokenWrong,
+    /// A re-point to one of replguard's own listeners (400).
+    OwnAddress,
+    /// A re-point without a usable `addr` (400).
+    BadAddress,
+    /// No such path, link or action (404).
+    NotFound,
+    /// A method other than GET, HEAD and POST (405).
+    MethodNotAllowed,
+    /// A declared body over the limit (413).
+    BodyTooLarge,
+    /// A request that took longer than its time (408).
+    RequestTimeout,
+    /// A request head not complete within its time: the connection is closed.
+    HeadTimeout,
+    /// A request head over the limit (431).
+    HeadTooLarge,
+    /// Not HTTP/1.1 (400, or closed).
+    Malformed,
+    /// A connection still open at its deadline: closed.
+    ConnectionDeadline,
 }
 
-#[derive(Serialize)]
-struct LinkStatus<'a> {
-    name: &'a str,
-    listen: &'a str,
-    master: String,
-    flavor: crate::config::Flavor,
-    guard: crate::config::GuardMode,
-    max_sessions: usize,
-    sessions_active: usize,
-    sessions_total: u64,
-    sessions_refused: u64,
-    full_syncs: u64,
-    partial_syncs: u64,
-    psync_rejected: u64,
-    sessions: Vec<SessionSnapshot>,
-    ledger: serde_json::Value,
+impl Refusal {
+    pub const ALL: [Refusal; 13] = [
+        Refusal::TokenNotConfigured,
+        Refusal::TokenMissing,
+        Refusal::TokenWrong,
+        Refusal::OwnAddress,
+        Refusal::BadAddress,
+        Refusal::NotFound,
+        Refusal::MethodNotAllowed,
+        Refusal::BodyTooLarge,
+        Refusal::RequestTimeout,
+        Refusal::HeadTimeout,
+        Refusal::HeadTooLarge,
+        Refusal::Malformed,
+        Refusal::ConnectionDeadline,
+    ];
+
+    /// The `reason` label and log field.
+    pub fn code(self) -> &'static str {
+        match self {
+            Refusal::TokenNotConfigured => "token_not_configured",
+            Refusal::TokenMissing => "token_missing",
+            Refusal::TokenWrong => "token_wrong",
+            Refusal::OwnAddress => "own_address",
+            Refusal::BadAddress => "bad_address",
+            Refusal::NotFound => "not_found",
+            Refusal::MethodNotAllowed => "method_not_allowed",
+            Refusal::BodyTooLarge => "body_too_large",
+            Refusal::RequestTimeout => "request_timeout",
+            Refusal::HeadTimeout => "head_timeout",
+            Refusal::HeadTooLarge => "head_too_large",
+            Refusal::Malformed => "malformed",
+            Refusal::ConnectionDeadline => "connection_deadline",
+        }
+    }
 }
+
+/// Refusal counts, one per [`Refusal`] in the order of [`Refusal::ALL`].
+#[derive(Default)]
+pub struct Refusals([AtomicU64; Refusal::ALL.len()]);
+
+impl Refusals {
+    fn index(r: Refusal) -> usize {
+        Refusal::ALL
+            .iter()
+            .position(|x| *x == r)
+            .expect("every refusal is in ALL")
+    }
+
+    pub fn get(&self, r: Refusal) -> u64 {
+        self.0[Self::index(r)].load(Relaxed)
+    }
+
+    fn add(&self, r: Refusal) {
+        self.0[Self::index(r)].fetch_add(1, Relaxed);
+    }
+}
+
+/// The peer of an admin connection, handed to the handlers for their log lines.
+#[derive(Debug, Clone, Copy)]
+struct Peer(SocketAddr);
 
 impl AdminState {
+    /// Counts a refusal and logs it: attempts to act without the right token, or to point a
+    /// link at replguard itself, at WARN; the rest at INFO.
+    fn refused(&self, r: Refusal, peer: Option<SocketAddr>, detail: &str) {
+        self.refusals.add(r);
+        let peer = peer.map_or_else(|| "-".to_string(), |p| p.to_string());
+        match r {
+            Refusal::TokenMissing | Refusal::TokenWrong | Refusal::OwnAddress => {
+                warn!(%peer, reason_code = r.code(), "admin request refused: {detail}")
+            }
+            _ => info!(%peer, reason_code = r.code(), "admin request refused: {detail}"),
+        }
+    }
+
+    /// Refuses with `code` and `body`: counted, logged, answered.
+    fn refuse(
+        &self,
+        r: Refusal,
+        peer: Option<SocketAddr>,
+        code: StatusCode,
+        body: String,
+    ) -> Response {
+        self.refused(r, peer, body.trim_end());
+        text(code, body)
+    }
+
+    /// The refusal's answer when a `POST` may not act; `None` when it may.
+    fn unauthorized(&self, headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<Response> {
+        let Some(token) = &self.token else {
+            return Some(self.refuse(
+                Refusal::TokenNotConfigured,
+                peer,
+                StatusCode::FORBIDDEN,
+                "the admin actions are disabled: no admin token is configured. Set admin.token_file (a file holding the token) or admin.token_env (an environment variable holding it) in the configuration, restart replguard, and send the token as \"Authorization: Bearer <token>\"\n".into(),
+            ));
+        };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes())
+            .and_then(|v| {
+                let (scheme, rest) = v.split_at(v.iter().position(|b| *b == b' ')?);
+                scheme
+                    .eq_ignore_ascii_case(b"bearer")
+                    .then(|| rest.trim_ascii())
+            });
+        let refusal = match given {
+            None => Refusal::TokenMissing,
+            Some(t) if same_secret(t, token.as_bytes()) => return None,
+            Some(_) => Refusal::TokenWrong,
+        };
+        let body = match refusal {
+            Refusal::TokenMissing => {
+                "this action needs \"Authorization: Bearer <token>\" with the admin token\n"
+            }
+            _ => "the admin token given is not the configured one\n",
+        };
+        let mut res = self.refuse(refusal, peer, StatusCode::UNAUTHORIZED, body.into());
+        res.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"replguard admin\""),
+        );
+        Some(res)
+    }
+
     /// The `/status` document.
     pub fn status_json(&self) -> String {
-        let links = self
-            .links
-            .iter()
-            .map(|l| {
-                let c = &l.counters;
-                let sessions = l.snapshots();
-                LinkStatus {
-                    name: &l.cfg.name,
-                    listen: &l.cfg.listen,
-                    master: l.master().to_string(),
-                    flavor: l.cfg.flavor,
-                    guard: l.cfg.guard,
-                    max_sessions: l.cfg.max_sessions,
-                    sessions_active: sessions.len(),
-                    sessions_total: c.sessions_total.load(Relaxed),
-                    sessions_refused: c.sessions_refused.load(Relaxed),
-                    full_syncs: c.full_syncs.load(Relaxed),
-                    partial_syncs: c.partial_syncs.load(Relaxed),
-                    psync_rejected: c.psync_rejected.load(Relaxed),
-                    sessions,
-                    ledger: l.guard.status(),
-                }
-            })
-            .collect();
-        let status = Status {
-            version: env!("CARGO_PKG_VERSION"),
-            uptime_seconds: self.started.elapsed().as_secs_f64(),
-            links,
-        };
-        serde_json::to_string_pretty(&status).expect("status serializes")
+        crate::ops::status::document(&self.links, self.started)
     }
 
     /// The `/metrics` document.
@@ -124,7 +244,7 @@ impl AdminState {
     /// has no series at the moment: the encoder takes no family without samples, so those two
     /// lines are written here (from the constant name and help, never from a label value).
     pub fn metrics_text(&self) -> Result<String, prometheus::Error> {
-        let scrape = Scrape::of(&self.links)?;
+        let scrape = Scrape::of(&self.links, &self.refusals)?;
         let order: Vec<(String, String, MetricType)> = scrape
             .families
             .iter()
@@ -161,6 +281,7 @@ impl AdminState {
 const LINK: &[&str] = &["link"];
 const VERDICT: &[&str] = &["link", "verdict", "reason", "action"];
 const SESSION: &[&str] = &["link", "session", "replica"];
+const REFUSAL: &[&str] = &["reason"];
 
 /// One metric family of a scrape: its descriptor (name, HELP, label names) and its samples,
 /// each with its label values in the descriptor's order.
@@ -245,7 +366,7 @@ impl Collector for Scrape {
 }
 
 impl Scrape {
-    fn of(links: &[Arc<LinkCtx>]) -> prometheus::Result<Self> {
+    fn of(links: &[Arc<LinkCtx>], refusals: &Refusals) -> prometheus::Result<Self> {
         use MetricType::{COUNTER, GAUGE};
         let snaps: Vec<(&LinkCtx, Vec<SessionSnapshot>)> =
             links.iter().map(|l| (&**l, l.snapshots())).collect();
@@ -455,6 +576,16 @@ impl Scrape {
                 SESSION,
                 per_session(|s| Some(s.rdb_bytes as f64)),
             )?,
+            Family::new(
+                "replguard_admin_refusals_total",
+                COUNTER,
+                "Admin requests and connections refused, by reason.",
+                REFUSAL,
+                Refusal::ALL
+                    .iter()
+                    .map(|r| (vec![r.code().to_string()], refusals.get(*r) as f64))
+                    .collect(),
+            )?,
         ];
         Ok(Scrape { families })
     }
@@ -474,11 +605,51 @@ pub fn router(state: Arc<AdminState>) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             HANDLER_TIMEOUT,
         ))
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            layer_refusals,
+        ))
         .with_state(state)
+}
+
+/// Counts and logs the refusals the HTTP layers answer on their own (the handlers count theirs).
+async fn layer_refusals(
+    State(state): State<Arc<AdminState>>,
+    peer: Option<Extension<Peer>>,
+    res: Response,
+) -> Response {
+    let peer = peer.map(|Extension(Peer(p))| p);
+    match res.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => state.refused(
+            Refusal::BodyTooLarge,
+            peer,
+            &format!("request body over {MAX_BODY} bytes"),
+        ),
+        StatusCode::REQUEST_TIMEOUT => state.refused(
+            Refusal::RequestTimeout,
+            peer,
+            &format!("request not done within {HANDLER_TIMEOUT:?}"),
+        ),
+        _ => {}
+    }
+    res
 }
 
 fn text(code: StatusCode, body: String) -> Response {
     (code, [(header::CONTENT_TYPE, "text/plain")], body).into_response()
+}
+
+/// Whether `given` is `secret`, looking at every byte whatever they hold, so the time taken
+/// says nothing about how much of a guess was right.
+fn same_secret(given: &[u8], secret: &[u8]) -> bool {
+    let n = given.len().max(secret.len());
+    let mut diff = u8::from(given.len() != secret.len());
+    for i in 0..n {
+        let a = given.get(i).copied().unwrap_or(0);
+        let b = secret.get(i).copied().unwrap_or(0);
+        diff |= std::hint::black_box(a ^ b);
+    }
+    diff == 0
 }
 
 async fn status(State(state): State<Arc<AdminState>>) -> Response {
@@ -498,41 +669,81 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
 
 async fn link_route(
     State(state): State<Arc<AdminState>>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
     Path((name, action)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    link_action(&state, &name, &action, query.as_deref().unwrap_or("")).await
+    let peer = peer.map(|Extension(Peer(p))| p);
+    if let Some(refused) = state.unauthorized(&headers, peer) {
+        return refused;
+    }
+    link_action(&state, peer, &name, &action, query.as_deref().unwrap_or("")).await
 }
 
 /// Paths and methods the routes do not take: `POST` to a path that is not a link action is 404
-/// with the usage, any other `GET` is 404, any other method 405.
-async fn other(State(state): State<Arc<AdminState>>, method: Method, uri: Uri) -> Response {
+/// with the usage (once authorized, like every `POST`), any other `GET` is 404, any other
+/// method 405.
+async fn other(
+    State(state): State<Arc<AdminState>>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    method: Method,
+    uri: Uri,
+) -> Response {
+    let peer = peer.map(|Extension(Peer(p))| p);
     match method {
         Method::POST => {
+            if let Some(refused) = state.unauthorized(&headers, peer) {
+                return refused;
+            }
             let parts: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
             match parts.as_slice() {
                 ["links", name, action] => {
-                    link_action(&state, name, action, uri.query().unwrap_or("")).await
+                    link_action(&state, peer, name, action, uri.query().unwrap_or("")).await
                 }
-                _ => text(
+                _ => state.refuse(
+                    Refusal::NotFound,
+                    peer,
                     StatusCode::NOT_FOUND,
                     "POST /links/<name>/master?addr=IP:PORT or /links/<name>/allow-empty-master\n"
                         .into(),
                 ),
             }
         }
-        Method::GET => text(StatusCode::NOT_FOUND, "try /status or /metrics\n".into()),
-        _ => text(StatusCode::METHOD_NOT_ALLOWED, "GET or POST only\n".into()),
+        Method::GET => state.refuse(
+            Refusal::NotFound,
+            peer,
+            StatusCode::NOT_FOUND,
+            "try /status or /metrics\n".into(),
+        ),
+        _ => state.refuse(
+            Refusal::MethodNotAllowed,
+            peer,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "GET or POST only\n".into(),
+        ),
     }
 }
 
-/// Operator actions:
+/// Operator actions, once authorized:
 /// - `POST /links/<name>/master?addr=IP:PORT` re-points the link (failover following);
 /// - `POST /links/<name>/allow-empty-master` releases replicas held by the empty-master
 ///   protection.
-async fn link_action(state: &AdminState, name: &str, action: &str, query: &str) -> Response {
+async fn link_action(
+    state: &AdminState,
+    peer: Option<SocketAddr>,
+    name: &str,
+    action: &str,
+    query: &str,
+) -> Response {
     let Some(link) = state.links.iter().find(|l| l.cfg.name == name) else {
-        return text(StatusCode::NOT_FOUND, format!("no link named {name:?}\n"));
+        return state.refuse(
+            Refusal::NotFound,
+            peer,
+            StatusCode::NOT_FOUND,
+            format!("no link named {name:?}\n"),
+        );
     };
     match action {
         "master" => {
@@ -540,13 +751,30 @@ async fn link_action(state: &AdminState, name: &str, action: &str, query: &str) 
                 .split('&')
                 .find_map(|kv| kv.strip_prefix("addr="))
                 .unwrap_or("");
-            match crate::config::parse_addr(addr) {
-                Ok(a) => {
-                    link.repoint(a, &state.cancel).await;
-                    text(StatusCode::OK, format!("link {name} now dials {a}\n"))
+            let a = match crate::config::parse_addr(addr) {
+                Ok(a) => a,
+                Err(m) => {
+                    return state.refuse(
+                        Refusal::BadAddress,
+                        peer,
+                        StatusCode::BAD_REQUEST,
+                        format!("addr: {m}\n"),
+                    )
                 }
-                Err(m) => text(StatusCode::BAD_REQUEST, format!("addr: {m}\n")),
+            };
+            if let Some((what, own)) = state.own_addrs.iter().find(|(_, own)| reaches(a, *own)) {
+                return state.refuse(
+                    Refusal::OwnAddress,
+                    peer,
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "addr: {a} is replguard's own {what} ({own}); link {name} would dial itself. Give the real master's address\n"
+                    ),
+                );
             }
+            info!(link = %name, master = %a, peer = %peer.map_or_else(|| "-".to_string(), |p| p.to_string()), "operator re-pointed the link");
+            link.repoint(a, &state.cancel).await;
+            text(StatusCode::OK, format!("link {name} now dials {a}\n"))
         }
         "allow-empty-master" => {
             let held = link.guard.allow_empty_master();
@@ -558,7 +786,9 @@ async fn link_action(state: &AdminState, name: &str, action: &str, query: &str) 
                 ),
             )
         }
-        _ => text(
+        _ => state.refuse(
+            Refusal::NotFound,
+            peer,
             StatusCode::NOT_FOUND,
             format!("unknown action {action:?}\n"),
         ),
@@ -573,33 +803,41 @@ pub async fn serve(
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let app = router(state);
+    let app = router(state.clone());
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let slot = tokio::select! {
             _ = cancel.cancelled() => return,
             s = slots.clone().acquire_owned() => s.expect("the semaphore is never closed"),
         };
-        let sock = tokio::select! {
+        let (sock, peer) = tokio::select! {
             _ = cancel.cancelled() => return,
             r = listener.accept() => match r {
-                Ok((s, _)) => s,
+                Ok(s) => s,
                 Err(_) => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
         };
-        let (app, cancel) = (app.clone(), cancel.clone());
+        let app = app.clone().layer(Extension(Peer(peer)));
+        let (state, cancel) = (state.clone(), cancel.clone());
         tracker.spawn(async move {
-            connection(sock, app, cancel).await;
+            connection(sock, peer, app, &state, cancel).await;
             drop(slot);
         });
     }
 }
 
-/// One admin connection: one request, then close.
-async fn connection(sock: TcpStream, app: Router, cancel: CancellationToken) {
+/// One admin connection: one request, then close; cut when its head is not in within
+/// [`HEAD_TIMEOUT`], and at [`CONNECTION_DEADLINE`] whatever it is doing.
+async fn connection(
+    sock: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    state: &AdminState,
+    cancel: CancellationToken,
+) {
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT)
@@ -617,13 +855,28 @@ async fn connection(sock: TcpStream, app: Router, cancel: CancellationToken) {
         }
     })
     .await;
-    match served {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => debug!(error = %e, "admin request failed"),
-        Err(_) => {
-            debug!(deadline = ?CONNECTION_DEADLINE, "admin connection closed at its deadline")
+    let refusal = match served {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) if e.is_timeout() => (
+            Refusal::HeadTimeout,
+            format!("request head not complete within {HEAD_TIMEOUT:?}: connection closed"),
+        ),
+        Ok(Err(e)) if e.is_parse_too_large() => (
+            Refusal::HeadTooLarge,
+            format!("request head over {MAX_HEAD} bytes"),
+        ),
+        Ok(Err(e)) if e.is_parse() => (Refusal::Malformed, format!("not HTTP/1.1: {e}")),
+        Ok(Err(e)) => {
+            // The peer went away, or wrote nothing: its own business.
+            debug!(%peer, error = %e, "admin request failed");
+            return;
         }
-    }
+        Err(_) => (
+            Refusal::ConnectionDeadline,
+            format!("connection still open after {CONNECTION_DEADLINE:?}: closed"),
+        ),
+    };
+    state.refused(refusal.0, Some(peer), &refusal.1);
 }
 
 #[cfg(test)]
@@ -650,6 +903,9 @@ mod tests {
             links: vec![Arc::new(link)],
             started: Instant::now(),
             cancel,
+            token: None,
+            own_addrs: Vec::new(),
+            refusals: Refusals::default(),
         }
     }
 
@@ -660,6 +916,22 @@ mod tests {
         s.begin_full(Some("abc"), Some(100));
         s.set_rdb_bytes(42);
         state.links[0].sessions.insert(id, Arc::new(s));
+    }
+
+    #[test]
+    fn a_secret_matches_only_itself() {
+        assert!(same_secret(b"0123456789abcdef", b"0123456789abcdef"));
+        for other in [
+            &b""[..],
+            b"0123456789abcde",
+            b"0123456789abcdef0",
+            b"0123456789abcdeF",
+            b"1123456789abcdef",
+            b"0123456789abcdef\0",
+        ] {
+            assert!(!same_secret(other, b"0123456789abcdef"), "{other:?}");
+        }
+        assert!(same_secret(b"", b""));
     }
 
     #[test]
@@ -713,7 +985,7 @@ mod tests {
             text.contains("# TYPE replguard_verdicts_total counter\n"),
             "{text}"
         );
-        assert_eq!(text.matches("# TYPE ").count(), 24, "{text}");
-        assert_eq!(text.matches("# HELP ").count(), 24, "{text}");
+        assert_eq!(text.matches("# TYPE ").count(), 25, "{text}");
+        assert_eq!(text.matches("# HELP ").count(), 25, "{text}");
     }
 }

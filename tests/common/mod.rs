@@ -434,6 +434,9 @@ pub fn wait_logged(limit: Duration, needles: &[&str]) -> String {
     })
 }
 
+/// The admin token of the in-process replguards ([`Proxy`]).
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
 /// An in-process replguard with one link.
 pub struct Proxy {
     pub port: u16,
@@ -464,9 +467,12 @@ impl Proxy {
         init_logging();
         let state_dir = tempfile::tempdir().unwrap();
         let [port, admin_port] = free_ports();
+        let token_file = state_dir.path().join("admin.token");
+        std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).unwrap();
         let yaml = format!(
-            "state_dir: {}\nadmin:\n  listen: 127.0.0.1:{admin_port}\nlinks:\n  - name: main\n    listen: 127.0.0.1:{port}\n    master: 127.0.0.1:{master_port}\n    flavor: {flavor}\n    guard: {guard}\n    lineage_poll_ms: 200\n{link_extra}",
+            "state_dir: {}\nadmin:\n  listen: 127.0.0.1:{admin_port}\n  token_file: {}\nlinks:\n  - name: main\n    listen: 127.0.0.1:{port}\n    master: 127.0.0.1:{master_port}\n    flavor: {flavor}\n    guard: {guard}\n    lineage_poll_ms: 200\n{link_extra}",
             state_dir.path().display(),
+            token_file.display(),
         );
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -510,9 +516,15 @@ impl Proxy {
         http(self.admin_port, "GET", path)
     }
 
-    /// POST to a path on the admin listener; returns the body.
+    /// POST to a path on the admin listener with the admin token; returns the body.
     pub fn http_post(&self, path: &str) -> String {
-        http(self.admin_port, "POST", path)
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\r\n"
+        );
+        let (head, body) =
+            http_exchange(self.admin_port, request.as_bytes()).expect("an HTTP response");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}\n{body}");
+        body
     }
 
     pub fn status(&self) -> serde_json::Value {

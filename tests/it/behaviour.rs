@@ -614,10 +614,16 @@ fn admin_raw(port: u16, request: &[u8]) -> std::io::Result<(u16, String, String)
     Ok((code, head.to_string(), body.to_string()))
 }
 
+/// One request; a POST carries the admin token.
 fn admin(port: u16, method: &str, path: &str) -> (u16, String, String) {
+    let auth = if method == "POST" {
+        format!("Authorization: Bearer {ADMIN_TOKEN}\r\n")
+    } else {
+        String::new()
+    };
     admin_raw(
         port,
-        format!("{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+        format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\n").as_bytes(),
     )
     .unwrap()
 }
@@ -1161,7 +1167,10 @@ fn the_admin_listener_refuses_what_it_does_not_serve() {
     let proxy = Proxy::start(Kind::Redis, master, "");
     let ask = |req: &[u8]| http_exchange(proxy.admin_port, req).unwrap();
     let check = |req: &str, status: &str, body: &str| {
-        let (head, got) = ask(format!("{req} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+        let (head, got) = ask(format!(
+            "{req} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\r\n"
+        )
+        .as_bytes());
         assert!(
             head.starts_with(&format!("HTTP/1.1 {status}\r\n")),
             "{req}: {head}"
@@ -1205,7 +1214,10 @@ fn the_admin_listener_refuses_what_it_does_not_serve() {
         "404 Not Found",
         "unknown action \"reboot\"\n",
     );
-    let (head, body) = ask(b"POST /links/main/master?addr=db:6379 HTTP/1.1\r\n\r\n");
+    let (head, body) = ask(
+        format!("POST /links/main/master?addr=db:6379 HTTP/1.1\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\r\n")
+            .as_bytes(),
+    );
     assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
     assert!(body.starts_with("addr: "), "{body}");
     assert_eq!(

@@ -154,6 +154,94 @@ links:
 }
 
 #[test]
+fn check_lists_every_overlap_self_dial_and_cycle_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("loops.yaml");
+    std::fs::write(
+        &f,
+        "state_dir: ./s
+admin: { listen: '0.0.0.0:9121' }
+links:
+  - { name: a, listen: '0.0.0.0:7001', master: '127.0.0.1:7001', flavor: redis, guard: enforce }
+  - { name: b, listen: '127.0.0.1:7002', master: '127.0.0.1:7003', flavor: redis, guard: enforce }
+  - { name: c, listen: '[::]:7003', master: '127.0.0.1:7002', flavor: redis, guard: enforce }
+  - { name: d, listen: '127.0.0.1:7003', master: '127.0.0.1:9121', flavor: redis, guard: enforce }
+  - { name: e, listen: '127.0.0.1:7002', master: '10.0.0.9:6379', flavor: redis, guard: enforce }
+",
+    )
+    .unwrap();
+    let (code, out, err) = check(&f);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        err.starts_with(&format!("{}: 6 problems\n", f.display())),
+        "{err}"
+    );
+    assert_eq!(
+        listed(&err),
+        [
+            "links[0].master: is the link's own listen address; replguard would dial itself",
+            "links[1].master: 127.0.0.1:7003 is links[2].listen ([::]:7003, link c): the links form a cycle b -> c -> b; replicas would be passed round it and never reach a master",
+            "links[2].master: 127.0.0.1:7002 is links[1].listen (127.0.0.1:7002, link b): the links form a cycle c -> b -> c; replicas would be passed round it and never reach a master",
+            "links[3].listen: 127.0.0.1:7003 overlaps links[2].listen ([::]:7003): a wildcard address takes its port on every local address of its family, so only one of them can be bound",
+            "links[3].master: 127.0.0.1:9121 is admin.listen (0.0.0.0:9121): replguard would dial its own admin listener",
+            "links[4].listen: 127.0.0.1:7002 is already used by links[1].listen",
+        ]
+    );
+}
+
+#[test]
+fn a_non_loopback_admin_without_a_token_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = free_port();
+    let f = dir.path().join("open.yaml");
+    let yaml = |token: &str| {
+        format!(
+            "state_dir: state\nadmin:\n  listen: 0.0.0.0:{admin}\n{token}links:\n  - {{ name: main, listen: 127.0.0.1:{}, master: 127.0.0.1:{}, flavor: redis, guard: enforce }}\n",
+            free_port(),
+            free_port()
+        )
+    };
+    std::fs::write(&f, yaml("")).unwrap();
+    let warning = format!(
+        "admin.listen: 0.0.0.0:{admin} is reachable from other hosts and no admin token is set"
+    );
+    let (code, out, err) = check(&f);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out, format!("{}: valid (1 link)\n", f.display()));
+    assert!(err.starts_with(&format!("warning: {warning}")), "{err}");
+
+    let rg = Replguard::run(&f, &dir.path().join("rg.log"), |_| {});
+    rg.wait_log("admin ready");
+    let log = rg.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("reachable from other hosts"))
+        .unwrap_or_else(|| panic!("no warning in:\n{log}"));
+    assert!(
+        line.contains("WARN") && line.contains("admin.listen"),
+        "{line}"
+    );
+    drop(rg);
+
+    // With a token (in a file only its owner reads), nothing to say.
+    let token = dir.path().join("admin.token");
+    std::fs::write(&token, "0123456789abcdef0123\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(&f, yaml("  token_file: admin.token\n")).unwrap();
+    let (code, out, err) = check(&f);
+    assert_eq!((code, err.as_str()), (Some(0), ""), "{out}");
+    // A token file every user can read is worth a word.
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, err) = check(&f);
+    assert_eq!(code, Some(0));
+    assert!(
+        err.contains("warning: admin.token_file: ") && err.contains("chmod 600"),
+        "{err}"
+    );
+}
+
+#[test]
 fn run_relays_and_stops_gracefully_on_sigterm() {
     let m = Server::start(Kind::Redis, &["--repl-diskless-sync", "no"]);
     assert_eq!(m.client().text(&["DEBUG", "POPULATE", "1000"]), "OK");
