@@ -19,7 +19,7 @@
 //! | [`kvrocks`] | Kvrocks: handshake and PSYNC, the WAL-batch observer, `_fetch_meta` / `_fetch_file`, the checkpoint reader |
 //! | [`guard`] | a link's ledger at runtime; [`guard::verdict`] (pure, property-tested; one facts type and rule set per flavour), [`guard::route`], [`guard::decision`] (the log line), [`guard::ledger`] (data), [`guard::store`] (the file's one writer) |
 //! | [`wire`] | pure codecs: bounded, resumable RESP handshake framing |
-//! | [`ops`] | the admin listener (`/status`, `/metrics`, mutating routes) and `replguard status` |
+//! | [`ops`] | the admin listener (`/status` shaped by [`ops::status`], `/metrics`, token-guarded mutating routes) and `replguard status` |
 //!
 //! # A replica's bytes
 //!
