@@ -33,15 +33,15 @@ use crate::wire::resp::{encode_command, parse_offset, Command, CommandParser, Pr
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
+use crate::conn::Stream;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 /// Runs a Redis or Valkey session on an established pair of connections.
 pub(crate) async fn run(
     link: &LinkCtx,
-    mut r: Peer<TcpStream>,
-    mut m: Peer<TcpStream>,
+    mut r: Peer<Stream>,
+    mut m: Peer<Stream>,
     stats: &SessionStats,
 ) -> Result<()> {
     let t = &link.cfg.timeouts;
@@ -269,8 +269,8 @@ where
 /// Relays both directions until one side ends.
 async fn relay(
     link: &LinkCtx,
-    r: Peer<TcpStream>,
-    m: Peer<TcpStream>,
+    r: Peer<Stream>,
+    m: Peer<Stream>,
     stats: &SessionStats,
     down: Downstream,
 ) -> Result<()> {
