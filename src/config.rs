@@ -442,7 +442,10 @@ impl Config {
             }
             if let Some(t) = link.master_tls.as_mut() {
                 t.ca_file = resolve_path(base, &t.ca_file);
-                for f in [t.cert_file.as_mut(), t.key_file.as_mut()].into_iter().flatten() {
+                for f in [t.cert_file.as_mut(), t.key_file.as_mut()]
+                    .into_iter()
+                    .flatten()
+                {
                     *f = resolve_path(base, f);
                 }
             }
@@ -635,7 +638,11 @@ const MASTER_TLS_FIELDS: &[Field] = &[
     field("ca_file", Required, Ty::Text("a PEM file path")),
     field("cert_file", Optional, Ty::Text("a PEM file path")),
     field("key_file", Optional, Ty::Text("a PEM file path")),
-    field("server_name", Optional, Ty::Text("a DNS name or IP address")),
+    field(
+        "server_name",
+        Optional,
+        Ty::Text("a DNS name or IP address"),
+    ),
 ];
 const AUTH_FIELDS: &[Field] = &[
     field("user", Optional, Ty::Text("a user name")),

@@ -91,6 +91,16 @@ impl LinkCtx {
         };
         let tls = LinkTls::load(cfg.tls.as_ref(), cfg.master_tls.as_ref(), master)
             .map_err(|e| anyhow::anyhow!("link {}: {e}", cfg.name))?;
+        if cfg
+            .master_tls
+            .as_ref()
+            .is_some_and(|t| t.cert_file.is_some())
+            && cfg.tls.as_ref().is_none_or(|t| t.client_ca_file.is_none())
+        {
+            warn!(link = %cfg.name,
+                  "master_tls presents replguard's client certificate for every replica session, \
+                   and the link port asks replicas for none: set tls.client_ca_file");
+        }
         let guard = Guard::open(
             state_dir,
             &cfg.name,
@@ -143,10 +153,12 @@ impl LinkCtx {
         let limit = self.cfg.timeouts.connect();
         let tls = self.tls();
         let dial = async {
-            let tcp = TcpStream::connect(addr).await.map_err(|e| SessionEnd::Connect {
-                addr,
-                reason: e.to_string(),
-            })?;
+            let tcp = TcpStream::connect(addr)
+                .await
+                .map_err(|e| SessionEnd::Connect {
+                    addr,
+                    reason: e.to_string(),
+                })?;
             let _ = tcp.set_nodelay(true);
             tls.connect(tcp).await.map_err(|e| {
                 self.counters.tls_failures.fetch_add(1, Relaxed);
@@ -156,14 +168,12 @@ impl LinkCtx {
                 }
             })
         };
-        timeout(limit, dial)
-            .await
-            .unwrap_or_else(|_| {
-                Err(SessionEnd::Connect {
-                    addr,
-                    reason: format!("no answer within {} ms", limit.as_millis()),
-                })
+        timeout(limit, dial).await.unwrap_or_else(|_| {
+            Err(SessionEnd::Connect {
+                addr,
+                reason: format!("no answer within {} ms", limit.as_millis()),
             })
+        })
     }
 
     /// The token the next session is cancelled by.

@@ -2,10 +2,10 @@
 
 use super::pump::{pump, Plain};
 use super::stats::{LinkCounters, SessionState, SessionStats};
+use super::Stream;
 use super::{Peer, Result, Side};
 use bytes::BytesMut;
 use std::sync::atomic::Ordering::Relaxed;
-use super::Stream;
 
 /// Read size of the plain pipe, each way.
 const PIPE_BUF: usize = 16 * 1024;

@@ -128,9 +128,7 @@ impl LinkTls {
         master_addr: SocketAddr,
     ) -> Result<LinkTls, TlsError> {
         let server = listen.map(server_config).transpose()?;
-        let client = master
-            .map(|m| client_config(m, master_addr))
-            .transpose()?;
+        let client = master.map(|m| client_config(m, master_addr)).transpose()?;
         Ok(LinkTls { server, client })
     }
 

@@ -6,10 +6,10 @@ pub mod session;
 pub mod wire;
 
 use crate::conn::stats::{SessionSnapshot, SessionStats};
+use crate::conn::Stream;
 use crate::conn::{Peer, SessionEnd};
 use crate::link::{BoxFuture, Flavour, LinkCtx};
 use std::time::Duration;
-use crate::conn::Stream;
 
 /// The Kvrocks flavour of a link.
 pub struct Kvrocks;

@@ -20,6 +20,7 @@ use crate::conn::handshake::{exchange, next_command, replconf, replication_comma
 use crate::conn::passthrough::passthrough;
 use crate::conn::pump::{pump, AtEof, Observer, Plain, Step, DOWN_BUF, UP_BUF};
 use crate::conn::stats::{SessionState, SessionStats};
+use crate::conn::Stream;
 use crate::conn::{Peer, Result, SessionEnd, Side};
 use crate::guard::decision::DecisionCtx;
 use crate::guard::ledger::{self, KvGap, KvIdRange};
@@ -31,7 +32,6 @@ use crate::link::LinkCtx;
 use bytes::BytesMut;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
-use crate::conn::Stream;
 use tracing::{error, info, warn};
 
 /// Runs a Kvrocks session on an established pair of connections.

@@ -7,10 +7,10 @@ pub mod stream;
 pub mod watch;
 
 use crate::conn::stats::{SessionSnapshot, SessionStats};
+use crate::conn::Stream;
 use crate::conn::{Peer, SessionEnd};
 use crate::link::{BoxFuture, Flavour, LinkCtx};
 use std::time::Duration;
-use crate::conn::Stream;
 use tracing::debug;
 
 /// The Redis / Valkey flavour of a link.

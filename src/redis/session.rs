@@ -22,6 +22,7 @@ use crate::conn::handshake::{exchange, next_command, replconf, replication_comma
 use crate::conn::passthrough::passthrough;
 use crate::conn::pump::{pump, Gate, Observer, Step, DOWN_BUF, UP_BUF};
 use crate::conn::stats::{SessionState, SessionStats};
+use crate::conn::Stream;
 use crate::conn::{Peer, Result, SessionEnd, Side};
 use crate::guard::decision::DecisionCtx;
 use crate::guard::route::{self, Route};
@@ -33,7 +34,6 @@ use crate::wire::resp::{encode_command, parse_offset, Command, CommandParser, Pr
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use crate::conn::Stream;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 

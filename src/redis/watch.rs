@@ -2,14 +2,14 @@
 //! short-lived connection of replguard's own, with the link's credentials.
 
 use crate::config::Credentials;
+use crate::conn::tls::LinkTls;
+use crate::conn::Stream;
 use crate::guard::ledger::MasterView;
 use crate::wire::resp::{encode_command, reply_len};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use crate::conn::tls::LinkTls;
-use crate::conn::Stream;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
