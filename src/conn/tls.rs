@@ -64,7 +64,7 @@ impl Stream {
 }
 
 macro_rules! delegate_read {
-    ($t:ty, $($v:ident),+) => {
+    ($t:ty) => {
         impl AsyncRead for $t {
             fn poll_read(
                 self: Pin<&mut Self>,
@@ -72,11 +72,22 @@ macro_rules! delegate_read {
                 buf: &mut ReadBuf<'_>,
             ) -> Poll<io::Result<()>> {
                 match self.get_mut() {
-                    $(Self::$v(s) => Pin::new(s).poll_read(cx, buf),)+
+                    Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+                    Self::Tls(s) => tls_eof(Pin::new(s).poll_read(cx, buf)),
                 }
             }
         }
     };
+}
+
+/// A TLS peer that closes its TCP connection without a close_notify (Redis and Valkey do not
+/// send one when a replica goes away) has closed the connection: RESP framing, not TLS, tells
+/// whether it closed inside a frame.
+fn tls_eof(p: Poll<io::Result<()>>) -> Poll<io::Result<()>> {
+    match p {
+        Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Poll::Ready(Ok(())),
+        other => other,
+    }
 }
 
 macro_rules! delegate_write {
@@ -108,9 +119,9 @@ macro_rules! delegate_write {
     };
 }
 
-delegate_read!(Stream, Tcp, Tls);
+delegate_read!(Stream);
 delegate_write!(Stream, Tcp, Tls);
-delegate_read!(ReadHalf, Tcp, Tls);
+delegate_read!(ReadHalf);
 delegate_write!(WriteHalf, Tcp, Tls);
 
 /// A link's TLS material, loaded: what the link port accepts and how the master is dialled.
