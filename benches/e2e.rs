@@ -144,8 +144,8 @@ fn latency(master: &Server, writes: usize, paths: &mut Paths) -> Vec<Vec<f64>> {
     out
 }
 
-fn full_sync_once(target: u16) -> f64 {
-    let r = Server::start(Kind::Redis, &[]);
+fn full_sync_once(target: u16, replica_args: &[&str]) -> f64 {
+    let r = Server::start(Kind::Redis, replica_args);
     let mut rc = r.client();
     let port = target.to_string();
     let start = Instant::now();
@@ -242,15 +242,21 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let m = Server::start(
-        Kind::Redis,
-        &[
-            "--repl-diskless-sync",
-            "yes",
-            "--repl-diskless-sync-delay",
-            "0",
-        ],
-    );
+    let certs = common::tls::Certs::new();
+    let tls_port = free_port().to_string();
+    let mut master_args = vec![
+        "--repl-diskless-sync",
+        "yes",
+        "--repl-diskless-sync-delay",
+        "0",
+        "--tls-port",
+        tls_port.as_str(),
+        "--tls-auth-clients",
+        "no",
+    ];
+    let server_tls = certs.redis_args("server");
+    master_args.extend(server_tls.iter().map(String::as_str));
+    let m = Server::start(Kind::Redis, &master_args);
     let proxy = Proxy::start(Kind::Redis, m.port, "");
     let relay = plain_relay(&rt, m.port);
 
@@ -314,8 +320,8 @@ fn main() {
     let mut direct = Vec::new();
     let mut via = Vec::new();
     for _ in 0..rounds {
-        direct.push(full_sync_once(m.port));
-        via.push(full_sync_once(proxy.port));
+        direct.push(full_sync_once(m.port, &[]));
+        via.push(full_sync_once(proxy.port, &[]));
     }
     let med = |v: &mut Vec<f64>| {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -334,6 +340,32 @@ fn main() {
         p / d,
         rdb / 1e6
     );
+
+    // The same full sync over TLS: direct to the master's tls-port, through a link with TLS on
+    // both sides, and through the plain link again, alternating.
+    let tls_link = format!(
+        "    tls: {{ cert_file: {}, key_file: {} }}\n    master_tls: {{ ca_file: {} }}\n",
+        certs.path("server.crt").display(),
+        certs.path("server.key").display(),
+        certs.path("ca.crt").display(),
+    );
+    let tls_proxy = Proxy::start(Kind::Redis, tls_port.parse().unwrap(), &tls_link);
+    let mut replica_tls = vec!["--tls-replication", "yes"];
+    let client_tls = certs.redis_args("client");
+    replica_tls.extend(client_tls.iter().map(String::as_str));
+    let (mut direct_tls, mut via_tls, mut via_plain) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        direct_tls.push(full_sync_once(tls_port.parse().unwrap(), &replica_tls));
+        via_tls.push(full_sync_once(tls_proxy.port, &replica_tls));
+        via_plain.push(full_sync_once(proxy.port, &[]));
+    }
+    let (dt, vt, vp) = (med(&mut direct_tls), med(&mut via_tls), med(&mut via_plain));
+    println!(
+        "full sync over TLS, median of {rounds} alternating rounds: direct TLS {dt:.3} s, replguard TLS both sides {vt:.3} s (x{:.3} of direct TLS), replguard plain {vp:.3} s (TLS/plain through replguard x{:.3})",
+        vt / dt,
+        vt / vp
+    );
+    drop(tls_proxy);
 
     // Kvrocks stream throughput.
     let mb = env_or("REPLGUARD_E2E_KVROCKS_MB", 256) as usize;

@@ -255,6 +255,38 @@ pub struct LinkConfig {
     /// How often the master's INFO replication is read, in milliseconds.
     #[serde(default = "default_lineage_poll_ms")]
     pub lineage_poll_ms: u64,
+    /// The link port speaks TLS (replicas with `tls-replication yes`).
+    #[serde(default)]
+    pub tls: Option<ListenTls>,
+    /// replguard dials the master with TLS.
+    #[serde(default)]
+    pub master_tls: Option<MasterTls>,
+}
+
+/// TLS on the link port: the server certificate replicas check, and the CA their client
+/// certificates must chain to (when given, a replica without one is refused).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// TLS towards the master: the CA its certificate must chain to, a client certificate for a
+/// master with `tls-auth-clients yes`, and the name to check its certificate against (the
+/// master's IP address when absent).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasterTls {
+    pub ca_file: PathBuf,
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 /// Credentials by reference: the secret itself never has to sit in the YAML.
@@ -468,7 +500,8 @@ impl Config {
         }
     }
 
-    /// Takes relative `state_dir`, `admin.token_file` and `auth.password_file` from `base_dir`.
+    /// Takes relative `state_dir`, `admin.token_file`, `auth.password_file` and TLS file paths
+    /// from `base_dir`.
     fn resolve_paths(&mut self, base_dir: Option<&Path>) {
         let Some(base) = base_dir else { return };
         self.state_dir = resolve_path(base, &self.state_dir);
@@ -478,6 +511,23 @@ impl Config {
         for link in &mut self.links {
             if let Some(f) = link.auth.as_mut().and_then(|a| a.password_file.as_mut()) {
                 *f = resolve_path(base, f);
+            }
+            if let Some(t) = link.tls.as_mut() {
+                for f in [&mut t.cert_file, &mut t.key_file] {
+                    *f = resolve_path(base, f);
+                }
+                if let Some(f) = t.client_ca_file.as_mut() {
+                    *f = resolve_path(base, f);
+                }
+            }
+            if let Some(t) = link.master_tls.as_mut() {
+                t.ca_file = resolve_path(base, &t.ca_file);
+                for f in [t.cert_file.as_mut(), t.key_file.as_mut()]
+                    .into_iter()
+                    .flatten()
+                {
+                    *f = resolve_path(base, f);
+                }
             }
         }
     }
@@ -791,6 +841,23 @@ const LINK_FIELDS: &[Field] = &[
     field("unknown_replica", Defaulted, Ty::Choice(&["full", "pass"])),
     field("allow_empty_master", Defaulted, Ty::Bool),
     field("lineage_poll_ms", Defaulted, Ty::Count),
+    field("tls", Optional, Ty::Map(TLS_FIELDS)),
+    field("master_tls", Optional, Ty::Map(MASTER_TLS_FIELDS)),
+];
+const TLS_FIELDS: &[Field] = &[
+    field("cert_file", Required, Ty::Text("a PEM file path")),
+    field("key_file", Required, Ty::Text("a PEM file path")),
+    field("client_ca_file", Optional, Ty::Text("a PEM file path")),
+];
+const MASTER_TLS_FIELDS: &[Field] = &[
+    field("ca_file", Required, Ty::Text("a PEM file path")),
+    field("cert_file", Optional, Ty::Text("a PEM file path")),
+    field("key_file", Optional, Ty::Text("a PEM file path")),
+    field(
+        "server_name",
+        Optional,
+        Ty::Text("a DNS name or IP address"),
+    ),
 ];
 const AUTH_FIELDS: &[Field] = &[
     field("user", Optional, Ty::Text("a user name")),
@@ -1692,6 +1759,17 @@ links:
                 unknown_replica: UnknownReplica::Pass,
                 allow_empty_master: true,
                 lineage_poll_ms: 1,
+                tls: Some(ListenTls {
+                    cert_file: "c".into(),
+                    key_file: "k".into(),
+                    client_ca_file: Some("ca".into()),
+                }),
+                master_tls: Some(MasterTls {
+                    ca_file: "ca".into(),
+                    cert_file: Some("c".into()),
+                    key_file: Some("k".into()),
+                    server_name: Some("m".into()),
+                }),
             }],
             shutdown_grace_ms: 1,
         };

@@ -8,7 +8,8 @@
 
 use crate::config::{parse_addr, Credentials, LinkConfig};
 use crate::conn::stats::{LinkCounters, SessionSnapshot, SessionState, SessionStats};
-use crate::conn::{Peer, SessionEnd, Side};
+use crate::conn::tls::LinkTls;
+use crate::conn::{Peer, SessionEnd, Side, Stream};
 use crate::guard::Guard;
 use dashmap::DashMap;
 use std::future::Future;
@@ -38,8 +39,8 @@ pub trait Flavour: Send + Sync {
     fn session<'a>(
         &'a self,
         link: &'a LinkCtx,
-        replica: Peer<TcpStream>,
-        master: Peer<TcpStream>,
+        replica: Peer<Stream>,
+        master: Peer<Stream>,
         stats: &'a SessionStats,
     ) -> BoxFuture<'a, Result<(), SessionEnd>>;
 
@@ -58,6 +59,8 @@ pub struct LinkCtx {
     master: RwLock<SocketAddr>,
     /// Resolved credentials for the master, if configured.
     credentials: Option<Credentials>,
+    /// TLS material for the link port and the dial; replaced on reload.
+    tls: RwLock<LinkTls>,
     /// Counters that outlive sessions.
     pub counters: LinkCounters,
     /// Live sessions by id.
@@ -86,6 +89,18 @@ impl LinkCtx {
             Some(a) => Some(a.resolve().map_err(anyhow::Error::msg)?),
             None => None,
         };
+        let tls = LinkTls::load(cfg.tls.as_ref(), cfg.master_tls.as_ref(), master)
+            .map_err(|e| anyhow::anyhow!("link {}: {e}", cfg.name))?;
+        if cfg
+            .master_tls
+            .as_ref()
+            .is_some_and(|t| t.cert_file.is_some())
+            && cfg.tls.as_ref().is_none_or(|t| t.client_ca_file.is_none())
+        {
+            warn!(link = %cfg.name,
+                  "master_tls presents replguard's client certificate for every replica session, \
+                   and the link port asks replicas for none: set tls.client_ca_file");
+        }
         let guard = Guard::open(
             state_dir,
             &cfg.name,
@@ -101,6 +116,7 @@ impl LinkCtx {
             cfg,
             master: RwLock::new(master),
             credentials,
+            tls: RwLock::new(tls),
             counters: LinkCounters::default(),
             sessions: DashMap::new(),
             flavour,
@@ -115,6 +131,49 @@ impl LinkCtx {
     /// Credentials for the master, if the link has them.
     pub fn credentials(&self) -> Option<Credentials> {
         self.credentials.clone()
+    }
+
+    /// The TLS material in force.
+    pub fn tls(&self) -> LinkTls {
+        self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reads the link's certificate files again (on reload, or when the master's address the
+    /// default server name comes from changes); on an error the material in force stays.
+    pub fn reload_tls(&self, cfg: &LinkConfig) -> Result<(), crate::conn::tls::TlsError> {
+        let tls = LinkTls::load(cfg.tls.as_ref(), cfg.master_tls.as_ref(), self.master())?;
+        *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
+        Ok(())
+    }
+
+    /// Dials the master, over TLS when the link says so; the connect timeout bounds both the
+    /// TCP connect and the TLS handshake.
+    pub async fn dial_master(&self) -> Result<Stream, SessionEnd> {
+        let addr = self.master();
+        let limit = self.cfg.timeouts.connect();
+        let tls = self.tls();
+        let dial = async {
+            let tcp = TcpStream::connect(addr)
+                .await
+                .map_err(|e| SessionEnd::Connect {
+                    addr,
+                    reason: e.to_string(),
+                })?;
+            let _ = tcp.set_nodelay(true);
+            tls.connect(tcp).await.map_err(|e| {
+                self.counters.tls_failures.fetch_add(1, Relaxed);
+                SessionEnd::Tls {
+                    side: Side::Master,
+                    reason: e.to_string(),
+                }
+            })
+        };
+        timeout(limit, dial).await.unwrap_or_else(|_| {
+            Err(SessionEnd::Connect {
+                addr,
+                reason: format!("no answer within {} ms", limit.as_millis()),
+            })
+        })
     }
 
     /// The token the next session is cancelled by.
@@ -138,6 +197,12 @@ impl LinkCtx {
             parent.child_token(),
         );
         previous.cancel();
+        if self.cfg.master_tls.is_some() {
+            // The name the master's certificate is checked against may be its address.
+            if let Err(e) = self.reload_tls(&self.cfg) {
+                warn!(link = %self.cfg.name, error = %e, "re-point: the TLS material in force stays");
+            }
+        }
         info!(link = %self.cfg.name, %old, new = %addr, "master re-pointed; closing this link's sessions");
         self.refresh_master(self.cfg.timeouts.handshake_step())
             .await;
@@ -250,25 +315,20 @@ async fn run_session(
     cancel: CancellationToken,
 ) -> Result<(), SessionEnd> {
     let dial = async {
-        let addr = link.master();
-        let limit = link.cfg.timeouts.connect();
-        let upstream = match timeout(limit, TcpStream::connect(addr)).await {
+        let _ = replica.set_nodelay(true);
+        // A TLS link port: the replica's handshake, bounded like a handshake step.
+        let limit = link.cfg.timeouts.handshake_step();
+        let replica = match timeout(limit, link.tls().accept(replica)).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                return Err(SessionEnd::Connect {
-                    addr,
-                    reason: e.to_string(),
-                })
-            }
+            Ok(Err(e)) => return Err(tls_refused(link, e.to_string())),
             Err(_) => {
-                return Err(SessionEnd::Connect {
-                    addr,
-                    reason: format!("no answer within {} ms", limit.as_millis()),
-                })
+                return Err(tls_refused(
+                    link,
+                    format!("no TLS handshake within {} ms", limit.as_millis()),
+                ))
             }
         };
-        let _ = upstream.set_nodelay(true);
-        let _ = replica.set_nodelay(true);
+        let upstream = link.dial_master().await?;
         let r = Peer::new(replica, Side::Replica);
         let m = Peer::new(upstream, Side::Master);
         link.flavour.session(link, r, m, stats).await
@@ -276,6 +336,15 @@ async fn run_session(
     tokio::select! {
         r = dial => r,
         _ = cancel.cancelled() => Err(SessionEnd::Shutdown),
+    }
+}
+
+/// A replica's TLS handshake failed: counted, and the session ends with the reason.
+fn tls_refused(link: &LinkCtx, reason: String) -> SessionEnd {
+    link.counters.tls_failures.fetch_add(1, Relaxed);
+    SessionEnd::Tls {
+        side: Side::Replica,
+        reason,
     }
 }
 

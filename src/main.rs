@@ -1,7 +1,8 @@
 //! The `replguard` command line: `run`, `check` and `status`.
 
 use clap::{Parser, Subcommand};
-use replguard::config::{parse_addr, Config};
+use replguard::config::{parse_addr, Config, ConfigError, ConfigProblem};
+use replguard::conn::tls::LinkTls;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -88,7 +89,10 @@ fn main() -> ExitCode {
             };
             status(listen, max_lag_seconds)
         }
-        Cmd::Check { config } => match Config::load_file(&config) {
+        Cmd::Check { config } => match Config::load_file(&config).and_then(|c| {
+            tls_problems(&c, &config)?;
+            Ok(c)
+        }) {
             Ok(c) => {
                 println!(
                     "{}: valid ({} link{})",
@@ -249,6 +253,31 @@ fn log_filter(raw: &str) -> Result<tracing_subscriber::EnvFilter, String> {
         }
     }
     Ok(filter)
+}
+
+/// Loads every link's TLS files, as `run` would, so `check` reports a certificate that does
+/// not load with the field it came from.
+fn tls_problems(c: &Config, path: &std::path::Path) -> Result<(), ConfigError> {
+    let mut problems = Vec::new();
+    for (i, l) in c.links.iter().enumerate() {
+        let Ok(master) = parse_addr(&l.master) else {
+            continue;
+        };
+        if let Err(e) = LinkTls::load(l.tls.as_ref(), l.master_tls.as_ref(), master) {
+            problems.push(ConfigProblem {
+                path: format!("links[{i}].{}", e.field),
+                message: e.message,
+            });
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError {
+            source_name: path.display().to_string(),
+            problems,
+        })
+    }
 }
 
 #[cfg(test)]

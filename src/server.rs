@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// A running proxy.
 pub struct Running {
@@ -155,6 +155,15 @@ impl Running {
             }
             if lc.allow_empty_master {
                 link.guard.allow_empty_master();
+            }
+            match link.reload_tls(lc) {
+                Ok(()) if lc.tls.is_some() || lc.master_tls.is_some() => {
+                    info!(link = %lc.name, "reload: TLS certificates read again")
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    error!(link = %lc.name, error = %e, "reload: the TLS material in force stays")
+                }
             }
             if lc.listen != link.cfg.listen
                 || lc.flavor != link.cfg.flavor

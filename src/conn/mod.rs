@@ -7,6 +7,7 @@ pub mod passthrough;
 pub mod peer;
 pub mod pump;
 pub mod stats;
+pub mod tls;
 
 use crate::wire::resp::ProtocolError;
 use std::fmt;
@@ -15,6 +16,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use peer::Peer;
+pub use tls::Stream;
 
 /// Which side of the session something concerns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +65,8 @@ pub enum SessionEnd {
         step: &'static str,
         after: Duration,
     },
+    #[error("TLS handshake with the {side} failed: {reason}")]
+    Tls { side: Side, reason: String },
     #[error("master refused replguard's credentials: {0}")]
     UpstreamAuth(String),
     #[error("master answered PSYNC with {0:?}, which replguard does not relay")]

@@ -2,10 +2,10 @@
 
 use super::pump::{pump, Plain};
 use super::stats::{LinkCounters, SessionState, SessionStats};
+use super::Stream;
 use super::{Peer, Result, Side};
 use bytes::BytesMut;
 use std::sync::atomic::Ordering::Relaxed;
-use tokio::net::TcpStream;
 
 /// Read size of the plain pipe, each way.
 const PIPE_BUF: usize = 16 * 1024;
@@ -14,8 +14,8 @@ const PIPE_BUF: usize = 16 * 1024;
 /// sent early, then both directions through the relay pump.
 pub async fn passthrough(
     counters: &LinkCounters,
-    r: Peer<TcpStream>,
-    m: Peer<TcpStream>,
+    r: Peer<Stream>,
+    m: Peer<Stream>,
     stats: &SessionStats,
     first: BytesMut,
 ) -> Result<()> {

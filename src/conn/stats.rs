@@ -418,6 +418,8 @@ pub struct LinkCounters {
     pub partial_syncs: AtomicU64,
     pub psync_rejected: AtomicU64,
     pub session_errors: AtomicU64,
+    /// TLS handshakes that failed, on the link port or towards the master.
+    pub tls_failures: AtomicU64,
     /// Bytes of sessions that have ended; live sessions are added at scrape time.
     pub ended_stream_bytes: AtomicU64,
     pub ended_rdb_bytes: AtomicU64,

@@ -6,10 +6,10 @@ pub mod session;
 pub mod wire;
 
 use crate::conn::stats::{SessionSnapshot, SessionStats};
+use crate::conn::Stream;
 use crate::conn::{Peer, SessionEnd};
 use crate::link::{BoxFuture, Flavour, LinkCtx};
 use std::time::Duration;
-use tokio::net::TcpStream;
 
 /// The Kvrocks flavour of a link.
 pub struct Kvrocks;
@@ -18,8 +18,8 @@ impl Flavour for Kvrocks {
     fn session<'a>(
         &'a self,
         link: &'a LinkCtx,
-        replica: Peer<TcpStream>,
-        master: Peer<TcpStream>,
+        replica: Peer<Stream>,
+        master: Peer<Stream>,
         stats: &'a SessionStats,
     ) -> BoxFuture<'a, Result<(), SessionEnd>> {
         Box::pin(session::run(link, replica, master, stats))

@@ -20,6 +20,7 @@ use crate::conn::handshake::{exchange, next_command, replconf, replication_comma
 use crate::conn::passthrough::passthrough;
 use crate::conn::pump::{pump, AtEof, Observer, Plain, Step, DOWN_BUF, UP_BUF};
 use crate::conn::stats::{SessionState, SessionStats};
+use crate::conn::Stream;
 use crate::conn::{Peer, Result, SessionEnd, Side};
 use crate::guard::decision::DecisionCtx;
 use crate::guard::ledger::{self, KvGap, KvIdRange};
@@ -31,14 +32,13 @@ use crate::link::LinkCtx;
 use bytes::BytesMut;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tracing::{error, info, warn};
 
 /// Runs a Kvrocks session on an established pair of connections.
 pub(crate) async fn run(
     link: &LinkCtx,
-    mut r: Peer<TcpStream>,
-    mut m: Peer<TcpStream>,
+    mut r: Peer<Stream>,
+    mut m: Peer<Stream>,
     stats: &SessionStats,
 ) -> Result<()> {
     let step = link.cfg.timeouts.handshake_step();
@@ -90,8 +90,8 @@ pub(crate) async fn run(
 /// and the stream follows; `None` when the replica was refused and the handshake goes on.
 async fn psync(
     link: &LinkCtx,
-    r: &mut Peer<TcpStream>,
-    m: &mut Peer<TcpStream>,
+    r: &mut Peer<Stream>,
+    m: &mut Peer<Stream>,
     stats: &SessionStats,
     req: &KvPsync,
     raw: &[u8],
@@ -152,8 +152,8 @@ async fn psync(
 /// Relays the stream of WAL batches until one side ends, keeping the sequence books.
 async fn relay(
     link: &LinkCtx,
-    r: Peer<TcpStream>,
-    m: Peer<TcpStream>,
+    r: Peer<Stream>,
+    m: Peer<Stream>,
     stats: &SessionStats,
     scanner: WalScanner,
     ids: Vec<KvIdRange>,
@@ -269,8 +269,8 @@ impl Observer for WalObserver<'_> {
 /// (`files` named), the answer's framing is followed so a complete transfer can be counted.
 async fn checkpoint(
     link: &LinkCtx,
-    r: Peer<TcpStream>,
-    m: Peer<TcpStream>,
+    r: Peer<Stream>,
+    m: Peer<Stream>,
     stats: &SessionStats,
     first: BytesMut,
     files: Option<Vec<String>>,

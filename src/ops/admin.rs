@@ -427,6 +427,13 @@ impl Scrape {
                 counter(|l| l.counters.session_errors.load(Relaxed)),
             )?,
             Family::new(
+                "replguard_tls_handshake_failures_total",
+                COUNTER,
+                "TLS handshakes that failed, with a replica on the link port or with the master.",
+                LINK,
+                counter(|l| l.counters.tls_failures.load(Relaxed)),
+            )?,
+            Family::new(
                 "replguard_passthrough_sessions_total",
                 COUNTER,
                 "Connections that were not replicas and passed through.",

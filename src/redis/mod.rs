@@ -7,10 +7,10 @@ pub mod stream;
 pub mod watch;
 
 use crate::conn::stats::{SessionSnapshot, SessionStats};
+use crate::conn::Stream;
 use crate::conn::{Peer, SessionEnd};
 use crate::link::{BoxFuture, Flavour, LinkCtx};
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tracing::debug;
 
 /// The Redis / Valkey flavour of a link.
@@ -20,8 +20,8 @@ impl Flavour for Redis {
     fn session<'a>(
         &'a self,
         link: &'a LinkCtx,
-        replica: Peer<TcpStream>,
-        master: Peer<TcpStream>,
+        replica: Peer<Stream>,
+        master: Peer<Stream>,
         stats: &'a SessionStats,
     ) -> BoxFuture<'a, Result<(), SessionEnd>> {
         Box::pin(session::run(link, replica, master, stats))
@@ -33,7 +33,7 @@ impl Flavour for Redis {
         Box::pin(async move {
             let _one_at_a_time = link.poll_lock.lock().await;
             let creds = link.credentials();
-            match watch::read_master(link.master(), creds.as_ref(), limit).await {
+            match watch::read_master(link.master(), &link.tls(), creds.as_ref(), limit).await {
                 Ok(view) => {
                     link.guard.observe(&link.cfg.name, &view);
                     true

@@ -22,6 +22,7 @@ use crate::conn::handshake::{exchange, next_command, replconf, replication_comma
 use crate::conn::passthrough::passthrough;
 use crate::conn::pump::{pump, Gate, Observer, Step, DOWN_BUF, UP_BUF};
 use crate::conn::stats::{SessionState, SessionStats};
+use crate::conn::Stream;
 use crate::conn::{Peer, Result, SessionEnd, Side};
 use crate::guard::decision::DecisionCtx;
 use crate::guard::route::{self, Route};
@@ -33,15 +34,14 @@ use crate::wire::resp::{encode_command, parse_offset, Command, CommandParser, Pr
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 /// Runs a Redis or Valkey session on an established pair of connections.
 pub(crate) async fn run(
     link: &LinkCtx,
-    mut r: Peer<TcpStream>,
-    mut m: Peer<TcpStream>,
+    mut r: Peer<Stream>,
+    mut m: Peer<Stream>,
     stats: &SessionStats,
 ) -> Result<()> {
     let t = &link.cfg.timeouts;
@@ -269,8 +269,8 @@ where
 /// Relays both directions until one side ends.
 async fn relay(
     link: &LinkCtx,
-    r: Peer<TcpStream>,
-    m: Peer<TcpStream>,
+    r: Peer<Stream>,
+    m: Peer<Stream>,
     stats: &SessionStats,
     down: Downstream,
 ) -> Result<()> {

@@ -2,6 +2,8 @@
 //! short-lived connection of replguard's own, with the link's credentials.
 
 use crate::config::Credentials;
+use crate::conn::tls::LinkTls;
+use crate::conn::Stream;
 use crate::guard::ledger::MasterView;
 use crate::wire::resp::{encode_command, reply_len};
 use std::collections::HashMap;
@@ -25,12 +27,14 @@ pub enum WatchError {
 /// Asks the master for its replication state; bounded by `limit` as a whole.
 pub async fn read_master(
     addr: SocketAddr,
+    tls: &LinkTls,
     creds: Option<&Credentials>,
     limit: Duration,
 ) -> Result<MasterView, WatchError> {
     timeout(limit, async {
-        let mut s = TcpStream::connect(addr).await?;
-        s.set_nodelay(true)?;
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let mut s = tls.connect(tcp).await?;
         let mut buf = Vec::with_capacity(4096);
         if let Some(c) = creds {
             let auth = match &c.user {
@@ -54,7 +58,7 @@ pub async fn read_master(
     .map_err(|_| WatchError::Timeout(addr))?
 }
 
-async fn read_reply(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Vec<u8>, WatchError> {
+async fn read_reply(s: &mut Stream, buf: &mut Vec<u8>) -> Result<Vec<u8>, WatchError> {
     loop {
         if let Some(n) = reply_len(buf).map_err(|e| WatchError::Reply(e.to_string()))? {
             return Ok(buf.drain(..n).collect());

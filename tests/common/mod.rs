@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 pub mod kvrocks_double;
 pub mod kvrocks_real;
+pub mod tls;
 
 /// Which server family a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,9 +120,13 @@ pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>
 /// A reply from the server.
 pub type Reply = OwnedFrame;
 
+/// A byte stream a [`Client`] talks over: TCP, a unix socket, TLS.
+pub trait Duplex: Read + Write + Send {}
+impl<T: Read + Write + Send> Duplex for T {}
+
 /// A minimal blocking RESP client.
 pub struct Client {
-    sock: TcpStream,
+    sock: Box<dyn Duplex>,
     buf: Vec<u8>,
 }
 
@@ -139,10 +144,22 @@ impl Client {
         sock.set_read_timeout(Some(read_timeout))?;
         sock.set_write_timeout(Some(read_timeout))?;
         sock.set_nodelay(true)?;
-        Ok(Client {
-            sock,
+        Ok(Client::over(sock))
+    }
+
+    /// A client over a stream already connected (a unix socket, TLS).
+    pub fn over(sock: impl Duplex + 'static) -> Client {
+        Client {
+            sock: Box::new(sock),
             buf: Vec::new(),
-        })
+        }
+    }
+
+    /// A client of a server's unix socket.
+    pub fn unix(path: &Path) -> std::io::Result<Client> {
+        let sock = std::os::unix::net::UnixStream::connect(path)?;
+        sock.set_read_timeout(Some(POLL_READ_TIMEOUT))?;
+        Ok(Client::over(sock))
     }
 
     pub fn send(&mut self, args: &[&str]) {

@@ -13,3 +13,4 @@ mod kvrocks;
 mod kvrocks_real;
 mod load;
 mod replication;
+mod tls;
