@@ -992,7 +992,7 @@ mod tests {
             text.contains("# TYPE replguard_verdicts_total counter\n"),
             "{text}"
         );
-        assert_eq!(text.matches("# TYPE ").count(), 25, "{text}");
-        assert_eq!(text.matches("# HELP ").count(), 25, "{text}");
+        assert_eq!(text.matches("# TYPE ").count(), 26, "{text}");
+        assert_eq!(text.matches("# HELP ").count(), 26, "{text}");
     }
 }
