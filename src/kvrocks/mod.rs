@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod session;
 pub mod wire;
 
+use crate::config::LinkConfig;
 use crate::conn::stats::{SessionSnapshot, SessionStats};
 use crate::conn::{Peer, SessionEnd};
 use crate::link::{BoxFuture, Flavour, LinkCtx};
@@ -18,11 +19,12 @@ impl Flavour for Kvrocks {
     fn session<'a>(
         &'a self,
         link: &'a LinkCtx,
+        cfg: &'a LinkConfig,
         replica: Peer<TcpStream>,
         master: Peer<TcpStream>,
         stats: &'a SessionStats,
     ) -> BoxFuture<'a, Result<(), SessionEnd>> {
-        Box::pin(session::run(link, replica, master, stats))
+        Box::pin(session::run(link, cfg, replica, master, stats))
     }
 
     /// A Kvrocks master is not read: its books come from the stream alone.

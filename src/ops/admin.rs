@@ -8,7 +8,7 @@
 //! `prometheus` crate, which escapes label values (a replica's announced address is one).
 
 use crate::conn::stats::SessionSnapshot;
-use crate::link::LinkCtx;
+use crate::link::{LinkCtx, Links};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -52,23 +52,22 @@ pub const MAX_CONNECTIONS: usize = 64;
 
 /// What the admin endpoints read.
 pub struct AdminState {
-    pub links: Vec<Arc<LinkCtx>>,
+    /// The links in force (a reload adds and removes).
+    pub links: Arc<Links>,
     pub started: Instant,
-    /// The process-wide token, parent of re-pointed links' session tokens.
-    pub cancel: CancellationToken,
 }
 
 #[derive(Serialize)]
-struct Status<'a> {
+struct Status {
     version: &'static str,
     uptime_seconds: f64,
-    links: Vec<LinkStatus<'a>>,
+    links: Vec<LinkStatus>,
 }
 
 #[derive(Serialize)]
-struct LinkStatus<'a> {
-    name: &'a str,
-    listen: &'a str,
+struct LinkStatus {
+    name: String,
+    listen: String,
     master: String,
     flavor: crate::config::Flavor,
     guard: crate::config::GuardMode,
@@ -81,6 +80,8 @@ struct LinkStatus<'a> {
     psync_rejected: u64,
     sessions: Vec<SessionSnapshot>,
     ledger: serde_json::Value,
+    /// The link's configuration in force (a reload may have changed it since the start).
+    config: serde_json::Value,
 }
 
 impl AdminState {
@@ -88,17 +89,19 @@ impl AdminState {
     pub fn status_json(&self) -> String {
         let links = self
             .links
+            .load()
             .iter()
             .map(|l| {
                 let c = &l.counters;
                 let sessions = l.snapshots();
+                let cfg = l.cfg();
                 LinkStatus {
-                    name: &l.cfg.name,
-                    listen: &l.cfg.listen,
+                    name: l.name.clone(),
+                    listen: cfg.listen.clone(),
                     master: l.master().to_string(),
-                    flavor: l.cfg.flavor,
-                    guard: l.cfg.guard,
-                    max_sessions: l.cfg.max_sessions,
+                    flavor: cfg.flavor,
+                    guard: cfg.guard,
+                    max_sessions: cfg.max_sessions,
                     sessions_active: sessions.len(),
                     sessions_total: c.sessions_total.load(Relaxed),
                     sessions_refused: c.sessions_refused.load(Relaxed),
@@ -107,6 +110,9 @@ impl AdminState {
                     psync_rejected: c.psync_rejected.load(Relaxed),
                     sessions,
                     ledger: l.guard.status(),
+                    // Only references to the password (a variable's name, a file's path) are
+                    // in a link's configuration, never the password itself.
+                    config: serde_json::to_value(&*cfg).unwrap_or_default(),
                 }
             })
             .collect();
@@ -124,7 +130,7 @@ impl AdminState {
     /// has no series at the moment: the encoder takes no family without samples, so those two
     /// lines are written here (from the constant name and help, never from a label value).
     pub fn metrics_text(&self) -> Result<String, prometheus::Error> {
-        let scrape = Scrape::of(&self.links)?;
+        let scrape = Scrape::of(&self.links.load())?;
         let order: Vec<(String, String, MetricType)> = scrape
             .families
             .iter()
@@ -252,7 +258,7 @@ impl Scrape {
         let per_link = |f: &dyn Fn(&LinkCtx, &[SessionSnapshot]) -> u64| {
             snaps
                 .iter()
-                .map(|(l, s)| (vec![l.cfg.name.clone()], f(l, s) as f64))
+                .map(|(l, s)| (vec![l.name.clone()], f(l, s) as f64))
                 .collect()
         };
         let counter = |f: fn(&LinkCtx) -> u64| per_link(&|l, _| f(l));
@@ -261,7 +267,7 @@ impl Scrape {
                 .iter()
                 .flat_map(|(l, ss)| {
                     ss.iter().filter_map(move |s| {
-                        let labels = vec![l.cfg.name.clone(), s.id.to_string(), s.replica.clone()];
+                        let labels = vec![l.name.clone(), s.id.to_string(), s.replica.clone()];
                         f(s).map(|v| (labels, v))
                     })
                 })
@@ -271,7 +277,7 @@ impl Scrape {
             .iter()
             .flat_map(|l| {
                 l.guard.counts().into_iter().map(|((v, r, a), n)| {
-                    let labels = [&*l.cfg.name, v, r, a].map(str::to_string);
+                    let labels = [&*l.name, v, r, a].map(str::to_string);
                     (labels.to_vec(), n as f64)
                 })
             })
@@ -531,7 +537,7 @@ async fn other(State(state): State<Arc<AdminState>>, method: Method, uri: Uri) -
 /// - `POST /links/<name>/allow-empty-master` releases replicas held by the empty-master
 ///   protection.
 async fn link_action(state: &AdminState, name: &str, action: &str, query: &str) -> Response {
-    let Some(link) = state.links.iter().find(|l| l.cfg.name == name) else {
+    let Some(link) = state.links.find(name) else {
         return text(StatusCode::NOT_FOUND, format!("no link named {name:?}\n"));
     };
     match action {
@@ -542,7 +548,7 @@ async fn link_action(state: &AdminState, name: &str, action: &str, query: &str) 
                 .unwrap_or("");
             match crate::config::parse_addr(addr) {
                 Ok(a) => {
-                    link.repoint(a, &state.cancel).await;
+                    link.repoint(a).await;
                     text(StatusCode::OK, format!("link {name} now dials {a}\n"))
                 }
                 Err(m) => text(StatusCode::BAD_REQUEST, format!("addr: {m}\n")),
@@ -647,9 +653,8 @@ mod tests {
         )
         .unwrap();
         AdminState {
-            links: vec![Arc::new(link)],
+            links: Arc::new(Links::new(vec![Arc::new(link)])),
             started: Instant::now(),
-            cancel,
         }
     }
 
@@ -659,7 +664,7 @@ mod tests {
         s.set_replica_port(port);
         s.begin_full(Some("abc"), Some(100));
         s.set_rdb_bytes(42);
-        state.links[0].sessions.insert(id, Arc::new(s));
+        state.links.load()[0].sessions.insert(id, Arc::new(s));
     }
 
     #[test]

@@ -11,4 +11,5 @@ mod guard;
 mod kvrocks;
 mod kvrocks_real;
 mod load;
+mod reload;
 mod replication;
