@@ -521,3 +521,43 @@ fn a_reload_with_nothing_new_says_so() {
     );
     assert!(!line.contains("not_applied"), "{line}");
 }
+
+#[test]
+fn a_rotated_password_is_read_again() {
+    let m = Server::start(Kind::Redis, &["--requirepass", "one"]);
+    let mut mc = m.client();
+    assert_eq!(mc.text(&["AUTH", "one"]), "OK");
+    assert_eq!(mc.text(&["SET", "k", "1"]), "OK");
+    let [port] = free_ports();
+    let links = [l("main", port, m.port, ", auth: { password_file: pw }")];
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pw"), "one\n").unwrap();
+    // The password file sits beside the configuration file.
+    let rg = {
+        let path = dir.path().join("rg.yaml");
+        let admin = free_port();
+        std::fs::write(&path, yaml(dir.path(), admin, &links)).unwrap();
+        let proc = Replguard::run(&path, &dir.path().join("rg.log"), |_| {});
+        let rg = Rg {
+            dir,
+            path,
+            admin,
+            proc,
+        };
+        wait_for(LONG, "replguard up", || rg.try_status());
+        rg
+    };
+    assert_eq!(mc.text(&["CONFIG", "SET", "requirepass", "two"]), "OK");
+    std::fs::write(rg.dir.path().join("pw"), "two\n").unwrap();
+    let line = rg.reload(&links);
+    assert!(
+        line.contains("changed=\"links.main.auth (password)\""),
+        "{line}"
+    );
+    let r = replica_of(Kind::Redis, port, &[]);
+    wait_for(LONG, "the replica synced with the new password", || {
+        let info = r.try_info("replication")?;
+        (info.get("master_link_status")? == "up").then_some(())
+    });
+    assert_eq!(r.client().text(&["GET", "k"]), "1");
+}
