@@ -5,6 +5,9 @@
 //! A link knows no server flavour: what a session does after the dial, how the master's own
 //! view is read and how a session's books go into the ledger come from its [`Flavour`], which
 //! the server picks from the configuration.
+//!
+//! A link's configuration can change while it runs (SIGHUP, [`LinkCtx::reconfigure`]): new
+//! sessions and the keeper read the one in force; a session keeps the one it started with.
 
 use crate::config::{parse_addr, Credentials, LinkConfig};
 use crate::conn::stats::{LinkCounters, SessionSnapshot, SessionState, SessionStats};
@@ -16,16 +19,15 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::AcqRel, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, error, info, warn, Instrument};
 
 /// Session ids are unique within the process.
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
@@ -35,10 +37,12 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What a server flavour brings to a link.
 pub trait Flavour: Send + Sync {
-    /// Runs a session on an established pair of connections.
+    /// Runs a session on an established pair of connections, under the link's configuration
+    /// as it was when the session started.
     fn session<'a>(
         &'a self,
         link: &'a LinkCtx,
+        cfg: &'a LinkConfig,
         replica: Peer<Stream>,
         master: Peer<Stream>,
         stats: &'a SessionStats,
@@ -53,22 +57,29 @@ pub trait Flavour: Send + Sync {
 
 /// What every session of a link shares.
 pub struct LinkCtx {
-    /// The link's configuration as loaded.
-    pub cfg: LinkConfig,
+    /// The link's name; it never changes (a link renamed in the file is another link).
+    pub name: String,
+    /// The configuration in force; a reload replaces it whole.
+    cfg: RwLock<Arc<LinkConfig>>,
     /// The master sessions dial; a lock because it can be re-pointed at runtime.
     master: RwLock<SocketAddr>,
-    /// Resolved credentials for the master, if configured.
-    credentials: Option<Credentials>,
+    /// Resolved credentials for the master, if configured; a reload reads the secret again.
+    credentials: RwLock<Option<Credentials>>,
     /// TLS material for the link port and the dial; replaced on reload.
     tls: RwLock<LinkTls>,
     /// Counters that outlive sessions.
     pub counters: LinkCounters,
     /// Live sessions by id.
     pub sessions: DashMap<u64, Arc<SessionStats>>,
-    /// Bounds the number of live sessions.
-    permits: Arc<Semaphore>,
+    /// Sessions holding a slot, bounded by `max_sessions` in force.
+    slots: Arc<AtomicUsize>,
     /// The lineage guard: ledger, verdict bookkeeping.
     pub guard: Guard,
+    /// Fires when the link stops: at shutdown, or when a reload removes it. Parent of every
+    /// token of the link (accept loop, keeper, sessions).
+    pub stop: CancellationToken,
+    /// The link's tasks: its accept loop, its keeper and its sessions.
+    pub tasks: TaskTracker,
     /// Cancels this link's sessions (replaced when the master is re-pointed).
     session_cancel: std::sync::Mutex<CancellationToken>,
     /// Serializes reads of the master so their results are folded in in order.
@@ -77,7 +88,8 @@ pub struct LinkCtx {
 }
 
 impl LinkCtx {
-    /// Builds a link from a validated configuration; `cancel` is the process-wide token.
+    /// Builds a link from a validated configuration; `cancel` is the process-wide token, parent
+    /// of the link's own.
     pub fn new(
         cfg: LinkConfig,
         state_dir: &Path,
@@ -108,14 +120,18 @@ impl LinkCtx {
             cfg.unknown_replica,
             cfg.allow_empty_master,
         );
+        let stop = cancel.child_token();
         Ok(LinkCtx {
-            permits: Arc::new(Semaphore::new(cfg.max_sessions)),
+            name: cfg.name.clone(),
+            slots: Arc::new(AtomicUsize::new(0)),
             guard,
-            session_cancel: std::sync::Mutex::new(cancel.child_token()),
+            session_cancel: std::sync::Mutex::new(stop.child_token()),
+            stop,
+            tasks: TaskTracker::new(),
             poll_lock: tokio::sync::Mutex::new(()),
-            cfg,
+            cfg: RwLock::new(Arc::new(cfg)),
             master: RwLock::new(master),
-            credentials,
+            credentials: RwLock::new(credentials),
             tls: RwLock::new(tls),
             counters: LinkCounters::default(),
             sessions: DashMap::new(),
@@ -128,9 +144,31 @@ impl LinkCtx {
         *self.master.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The configuration in force.
+    pub fn cfg(&self) -> Arc<LinkConfig> {
+        self.cfg.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_cfg(&self, cfg: LinkConfig) {
+        *self.cfg.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg);
+    }
+
     /// Credentials for the master, if the link has them.
     pub fn credentials(&self) -> Option<Credentials> {
-        self.credentials.clone()
+        self.credentials
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A slot for one more session, if fewer than `max_sessions` (as in force now) are open.
+    /// Lowering `max_sessions` closes no session: new ones are refused until enough have ended.
+    fn take_slot(&self) -> Option<Slot> {
+        let max = self.cfg().max_sessions;
+        self.slots
+            .fetch_update(AcqRel, Relaxed, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| Slot(self.slots.clone()))
     }
 
     /// The TLS material in force.
@@ -150,7 +188,7 @@ impl LinkCtx {
     /// TCP connect and the TLS handshake.
     pub async fn dial_master(&self) -> Result<Stream, SessionEnd> {
         let addr = self.master();
-        let limit = self.cfg.timeouts.connect();
+        let limit = self.cfg().timeouts.connect();
         let tls = self.tls();
         let dial = async {
             let tcp = TcpStream::connect(addr)
@@ -185,27 +223,86 @@ impl LinkCtx {
     }
 
     /// Points the link at another master: its sessions are closed so every replica reconnects
-    /// and is judged against the new master's lineage.
-    pub async fn repoint(&self, addr: SocketAddr, parent: &CancellationToken) {
+    /// and is judged against the new master's lineage. The configuration in force then names
+    /// the new master.
+    pub async fn repoint(&self, addr: SocketAddr) {
         let old = self.master();
         *self.master.write().unwrap_or_else(|p| p.into_inner()) = addr;
+        let mut cfg = (*self.cfg()).clone();
+        cfg.master = addr.to_string();
+        self.set_cfg(cfg);
         let previous = std::mem::replace(
             &mut *self
                 .session_cancel
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()),
-            parent.child_token(),
+            self.stop.child_token(),
         );
         previous.cancel();
-        if self.cfg.master_tls.is_some() {
+        if self.cfg().master_tls.is_some() {
             // The name the master's certificate is checked against may be its address.
-            if let Err(e) = self.reload_tls(&self.cfg) {
-                warn!(link = %self.cfg.name, error = %e, "re-point: the TLS material in force stays");
+            if let Err(e) = self.reload_tls(&self.cfg()) {
+                warn!(link = %self.name, error = %e, "re-point: the TLS material in force stays");
             }
         }
-        info!(link = %self.cfg.name, %old, new = %addr, "master re-pointed; closing this link's sessions");
-        self.refresh_master(self.cfg.timeouts.handshake_step())
+        info!(link = %self.name, %old, new = %addr, "master re-pointed; closing this link's sessions");
+        self.refresh_master(self.cfg().timeouts.handshake_step())
             .await;
+    }
+
+    /// Puts `new` (a validated configuration of this link) in force, except what only a restart
+    /// can change (`listen`, `flavor`), which stays as it was and is listed in the answer. A
+    /// `master` that changed re-points the link; `auth` is read again, and when its secret
+    /// cannot be read the link keeps its credentials and its `auth`.
+    pub async fn reconfigure(&self, new: &LinkConfig) -> Reconfigured {
+        let old = self.cfg();
+        let mut next = new.clone();
+        let mut out = Reconfigured::default();
+        if !same_addr(&next.listen, &old.listen) {
+            out.needs_restart.push("listen");
+        }
+        next.listen = old.listen.clone();
+        if next.flavor != old.flavor {
+            out.needs_restart.push("flavor");
+            next.flavor = old.flavor;
+        }
+        let repoint = parse_addr(&next.master)
+            .ok()
+            .filter(|a| *a != self.master());
+        if repoint.is_none() {
+            next.master = old.master.clone();
+        }
+        let credentials = match &next.auth {
+            None => None,
+            Some(auth) => match auth.resolve() {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    error!(link = %self.name, error = %e,
+                           "reload: cannot read the link's password; it keeps its credentials and auth");
+                    out.failed.push("auth");
+                    next.auth = old.auth.clone();
+                    self.credentials()
+                }
+            },
+        };
+        out.changed = changed_fields(&old, &next);
+        if credentials != self.credentials() {
+            if !out.changed.iter().any(|f| f.starts_with("auth")) {
+                out.changed.push("auth (password)".into());
+            }
+            *self.credentials.write().unwrap_or_else(|p| p.into_inner()) = credentials;
+        }
+        if next.unknown_replica != old.unknown_replica {
+            self.guard.set_unknown_replica(next.unknown_replica);
+        }
+        if next.allow_empty_master != old.allow_empty_master {
+            self.guard.set_allow_empty_master(next.allow_empty_master);
+        }
+        self.set_cfg(next);
+        if let Some(addr) = repoint {
+            self.repoint(addr).await;
+        }
+        out
     }
 
     /// Reads the master's own view into the guard (as its flavour does); whether it could.
@@ -260,19 +357,20 @@ pub async fn serve(
                 Ok(x) => x,
                 Err(e) => {
                     // Out of file descriptors and the like: wait a little rather than spin.
-                    warn!(link = %link.cfg.name, error = %e, "accept failed");
+                    warn!(link = %link.name, error = %e, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 }
             },
         };
-        let Ok(permit) = link.permits.clone().try_acquire_owned() else {
+        let Some(permit) = link.take_slot() else {
+            let max = link.cfg().max_sessions;
             link.counters.sessions_refused.fetch_add(1, Relaxed);
-            warn!(link = %link.cfg.name, %peer, max = link.cfg.max_sessions,
+            warn!(link = %link.name, %peer, max,
                   "session refused: the link is at max_sessions");
             let msg = format!(
-                "-ERR replguard: link {} is at its limit of {} sessions\r\n",
-                link.cfg.name, link.cfg.max_sessions
+                "-ERR replguard: link {} is at its limit of {max} sessions\r\n",
+                link.name
             );
             tracker.spawn(async move {
                 let _ = sock.write_all(msg.as_bytes()).await;
@@ -281,10 +379,10 @@ pub async fn serve(
             continue;
         };
         let id = NEXT_SESSION.fetch_add(1, Relaxed);
-        let stats = Arc::new(SessionStats::new(id, &link.cfg.name, peer));
+        let stats = Arc::new(SessionStats::new(id, &link.name, peer));
         link.sessions.insert(id, stats.clone());
         link.counters.sessions_total.fetch_add(1, Relaxed);
-        let span = tracing::info_span!("session", link = %link.cfg.name, id, %peer);
+        let span = tracing::info_span!("session", link = %link.name, id, %peer);
         let link2 = link.clone();
         let cancel2 = link.session_token();
         tracker.spawn(
@@ -314,10 +412,11 @@ async fn run_session(
     stats: &SessionStats,
     cancel: CancellationToken,
 ) -> Result<(), SessionEnd> {
+    let cfg = link.cfg();
     let dial = async {
         let _ = replica.set_nodelay(true);
         // A TLS link port: the replica's handshake, bounded like a handshake step.
-        let limit = link.cfg.timeouts.handshake_step();
+        let limit = cfg.timeouts.handshake_step();
         let replica = match timeout(limit, link.tls().accept(replica)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(tls_refused(link, e.to_string())),
@@ -331,7 +430,7 @@ async fn run_session(
         let upstream = link.dial_master().await?;
         let r = Peer::new(replica, Side::Replica);
         let m = Peer::new(upstream, Side::Master);
-        link.flavour.session(link, r, m, stats).await
+        link.flavour.session(link, &cfg, r, m, stats).await
     };
     tokio::select! {
         r = dial => r,
@@ -408,17 +507,19 @@ pub const PSYNC_INFO_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often live deliveries are written to the ledger; bounds what an unclean stop can lose.
 pub const LEDGER_FLUSH_EVERY: Duration = Duration::from_millis(200);
 
-/// Keeps the link's ledger current: reads the master every `lineage_poll_ms`, records live
-/// deliveries and saves the ledger when it changed, until `cancel` fires.
+/// Keeps the link's ledger current: reads the master every `lineage_poll_ms` (as in force at
+/// each turn), records live deliveries and saves the ledger when it changed, until `cancel`
+/// fires.
 pub async fn keep(link: Arc<LinkCtx>, cancel: CancellationToken) {
-    let poll_every = Duration::from_millis(link.cfg.lineage_poll_ms);
     let mut last_poll: Option<std::time::Instant> = None;
     loop {
+        let cfg = link.cfg();
+        let poll_every = Duration::from_millis(cfg.lineage_poll_ms);
         if last_poll.is_none_or(|t| t.elapsed() >= poll_every) {
             last_poll = Some(std::time::Instant::now());
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = link.refresh_master(link.cfg.timeouts.handshake_step()) => {}
+                _ = link.refresh_master(cfg.timeouts.handshake_step()) => {}
             }
         }
         link.record_live_deliveries();
@@ -427,5 +528,147 @@ pub async fn keep(link: Arc<LinkCtx>, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(LEDGER_FLUSH_EVERY.min(poll_every)) => {}
         }
+    }
+}
+
+/// One session's place under `max_sessions`, given back when dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, AcqRel);
+    }
+}
+
+/// What [`LinkCtx::reconfigure`] did.
+#[derive(Debug, Default)]
+pub struct Reconfigured {
+    /// Fields now in force with a new value, as YAML paths within the link (`timeouts.connect_ms`).
+    pub changed: Vec<String>,
+    /// Fields whose new value needs a restart; they keep their old value.
+    pub needs_restart: Vec<&'static str>,
+    /// Fields whose new value could not be applied; they keep their old value.
+    pub failed: Vec<&'static str>,
+}
+
+/// Whether two addresses from the configuration are the same (as parsed; as text when one does
+/// not parse).
+pub(crate) fn same_addr(a: &str, b: &str) -> bool {
+    match (parse_addr(a), parse_addr(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// The fields that differ between two configurations of one link, as YAML paths, in the
+/// schema's order.
+fn changed_fields(old: &LinkConfig, new: &LinkConfig) -> Vec<String> {
+    use serde_yaml::Value;
+    fn walk(prefix: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
+        match (a, b) {
+            (Value::Mapping(x), Value::Mapping(y)) => {
+                let keys = x.keys().chain(y.keys().filter(|k| !x.contains_key(*k)));
+                for k in keys {
+                    let name = k.as_str().unwrap_or("?");
+                    let path = if prefix.is_empty() {
+                        name.to_string()
+                    } else {
+                        format!("{prefix}.{name}")
+                    };
+                    let (va, vb) = (x.get(k), y.get(k));
+                    walk(
+                        &path,
+                        va.unwrap_or(&Value::Null),
+                        vb.unwrap_or(&Value::Null),
+                        out,
+                    );
+                }
+            }
+            _ if a != b => out.push(prefix.to_string()),
+            _ => {}
+        }
+    }
+    let (Ok(a), Ok(b)) = (serde_yaml::to_value(old), serde_yaml::to_value(new)) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    walk("", &a, &b, &mut out);
+    out
+}
+
+/// The links in force, in configuration order: the admin endpoints read them, a reload
+/// replaces the list whole.
+#[derive(Default)]
+pub struct Links(RwLock<Arc<Vec<Arc<LinkCtx>>>>);
+
+impl Links {
+    pub fn new(links: Vec<Arc<LinkCtx>>) -> Self {
+        Links(RwLock::new(Arc::new(links)))
+    }
+
+    /// The links now.
+    pub fn load(&self) -> Arc<Vec<Arc<LinkCtx>>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the list.
+    pub fn store(&self, links: Vec<Arc<LinkCtx>>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(links);
+    }
+
+    /// The link named `name`, if there is one now.
+    pub fn find(&self, name: &str) -> Option<Arc<LinkCtx>> {
+        self.load().iter().find(|l| l.name == name).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(extra: &str) -> LinkConfig {
+        let guard = if extra.contains("guard:") {
+            ""
+        } else {
+            ", guard: enforce"
+        };
+        let yaml = format!(
+            "state_dir: /tmp/x\nadmin: {{ listen: 127.0.0.1:1 }}\nlinks:\n  - {{ name: a, listen: 127.0.0.1:2, master: 127.0.0.1:3, flavor: redis{guard}{extra} }}\n"
+        );
+        crate::config::Config::from_yaml(&yaml, "t.yaml")
+            .unwrap()
+            .links
+            .remove(0)
+    }
+
+    #[test]
+    fn changed_fields_are_named_by_their_path_in_schema_order() {
+        let old = link("");
+        assert!(changed_fields(&old, &old).is_empty());
+        let new = link(
+            ", lineage_poll_ms: 50, guard: observe, timeouts: { sync_idle_ms: 9, connect_ms: 8 }, auth: { password_env: HOME }",
+        );
+        assert_eq!(
+            changed_fields(&old, &new),
+            [
+                "guard",
+                "auth",
+                "timeouts.connect_ms",
+                "timeouts.sync_idle_ms",
+                "lineage_poll_ms"
+            ]
+        );
+        let other = link(", auth: { password_env: PATH }");
+        assert_eq!(
+            changed_fields(&link(", auth: { password_env: HOME }"), &other),
+            ["auth.password_env"]
+        );
+    }
+
+    #[test]
+    fn addresses_compare_as_addresses() {
+        assert!(!same_addr("a", "b"));
+        assert!(same_addr("[::1]:7000", "[0:0::1]:7000"));
+        assert!(!same_addr("127.0.0.1:7000", "127.0.0.1:7001"));
     }
 }

@@ -185,14 +185,29 @@ async fn run(cfg: Config, path: &std::path::Path) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM received"); break }
             _ = int.recv() => { tracing::info!("SIGINT received"); break }
-            _ = hup.recv() => match Config::load_file(path) {
-                Ok(new) => running.reload(&new).await,
-                Err(e) => tracing::error!("SIGHUP: configuration not reloaded: {e}"),
-            },
+            _ = hup.recv() => reload(&running, path).await,
         }
     }
     running.shutdown().await;
     Ok(())
+}
+
+/// SIGHUP: re-reads and checks the file as `check` does; a valid one is put in force, one with
+/// problems changes nothing and each problem is logged with its YAML path.
+async fn reload(running: &replguard::server::Running, path: &std::path::Path) {
+    tracing::info!(file = %path.display(), "SIGHUP received: re-reading the configuration");
+    match Config::load_file(path) {
+        Ok(new) => running.reload(&new).await,
+        Err(e) => {
+            for p in &e.problems {
+                tracing::error!(file = %e.source_name, path = %p.path, "configuration problem: {}", p.message);
+            }
+            tracing::error!(
+                problems = e.problems.len(),
+                "SIGHUP: configuration not reloaded, nothing changed"
+            );
+        }
+    }
 }
 
 /// Logs to stderr with the `REPLGUARD_LOG` filter; one that cannot be used as given (empty,

@@ -7,16 +7,24 @@
 //!    connections close, and an admin request under way is answered first;
 //! 2. each session logs its books as it ends;
 //! 3. replguard waits up to `shutdown_grace_ms` for that, then returns.
+//!
+//! A reload ([`Running::reload`]) puts a re-read configuration in force without a restart, in
+//! this order: fields of the whole proxy; links removed from the file stop (as at shutdown,
+//! for that link alone, and its ledger is saved); links still in the file take their new
+//! values ([`LinkCtx::reconfigure`]); links new in the file are bound and started. What needs a
+//! restart (`state_dir`, `admin.listen`, a link's `listen` and `flavor`) keeps its old value and
+//! is named in a WARN.
 
-use crate::config::Config;
-use crate::config::Flavor;
+use crate::config::{Config, Flavor, LinkConfig};
 use crate::guard::store::StateDirLock;
 use crate::kvrocks::Kvrocks;
-use crate::link::{self, Flavour, LinkCtx};
+use crate::link::{self, same_addr, Flavour, LinkCtx, Links};
 use crate::ops::admin::{self, AdminState};
 use crate::redis::Redis;
 use anyhow::Context;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -28,13 +36,18 @@ use tracing::{error, info, warn};
 pub struct Running {
     /// Where the admin listener is bound (useful with port 0).
     pub admin_addr: SocketAddr,
-    /// Where each link listens, in configuration order.
+    /// Where each link listened at start, in configuration order.
     pub link_addrs: Vec<SocketAddr>,
-    /// The links, for in-process inspection.
-    pub links: Vec<Arc<LinkCtx>>,
+    /// The links in force (a reload adds and removes).
+    pub links: Arc<Links>,
     cancel: CancellationToken,
+    /// The admin listener and its connections (each link has its own tracker).
     tracker: TaskTracker,
-    grace: Duration,
+    /// `shutdown_grace_ms` in force.
+    grace_ms: AtomicU64,
+    /// `state_dir` and `admin.listen` as started with: only a restart changes them.
+    state_dir: PathBuf,
+    admin_listen: String,
     /// Held until the proxy has stopped and saved its ledgers.
     _state_lock: StateDirLock,
 }
@@ -46,41 +59,21 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let state_lock = StateDirLock::acquire(&config.state_dir)?;
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let mut links = Vec::new();
-    let mut link_addrs = Vec::new();
-    let mut listeners = Vec::new();
+    let mut bound = Vec::new();
     for lc in &config.links {
-        let listener = TcpListener::bind(&lc.listen)
-            .await
-            .with_context(|| format!("link {}: cannot listen on {}", lc.name, lc.listen))?;
-        link_addrs.push(listener.local_addr()?);
-        let flavour: Box<dyn Flavour> = match lc.flavor {
-            Flavor::Redis | Flavor::Valkey => Box::new(Redis),
-            Flavor::Kvrocks => Box::new(Kvrocks),
-        };
-        links.push(Arc::new(LinkCtx::new(
-            lc.clone(),
-            &config.state_dir,
-            &cancel,
-            flavour,
-        )?));
-        listeners.push(listener);
+        bound.push(bind_link(lc, &config.state_dir, &cancel).await?);
     }
     let admin_listener = TcpListener::bind(&config.admin.listen)
         .await
         .with_context(|| format!("admin: cannot listen on {}", config.admin.listen))?;
     let admin_addr = admin_listener.local_addr()?;
 
-    for ((link, listener), addr) in links.iter().zip(listeners).zip(&link_addrs) {
-        info!(link = %link.cfg.name, listen = %addr, master = %link.master(),
-              flavor = %link.cfg.flavor, guard = %link.cfg.guard, "link ready");
-        tracker.spawn(link::serve(
-            link.clone(),
-            listener,
-            cancel.clone(),
-            tracker.clone(),
-        ));
-        tracker.spawn(link::keep(link.clone(), cancel.clone()));
+    let mut links = Vec::new();
+    let mut link_addrs = Vec::new();
+    for (link, listener) in bound {
+        link_addrs.push(listener.local_addr()?);
+        spawn_link(&link, listener)?;
+        links.push(link);
     }
     let token = config.admin.token().map_err(|p| anyhow::anyhow!("{p}"))?;
     let mut own_addrs = vec![("admin listener".to_string(), admin_addr)];
@@ -88,15 +81,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         links
             .iter()
             .zip(&link_addrs)
-            .map(|(l, a)| (format!("listener of link {}", l.cfg.name), *a)),
+            .map(|(l, a)| (format!("listener of link {}", l.name), *a)),
     );
     info!(listen = %admin_addr, max_connections = admin::MAX_CONNECTIONS,
           actions = if token.is_some() { "POST with the admin token" } else { "refused: no admin token configured" },
           "admin ready (GET /status, GET /metrics)");
+    let links = Arc::new(Links::new(links));
     let state = Arc::new(AdminState {
         links: links.clone(),
         started: Instant::now(),
-        cancel: cancel.clone(),
         token,
         own_addrs,
         refusals: Default::default(),
@@ -114,64 +107,202 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         links,
         cancel,
         tracker,
-        grace: Duration::from_millis(config.shutdown_grace_ms),
+        grace_ms: AtomicU64::new(config.shutdown_grace_ms),
+        state_dir: config.state_dir.clone(),
+        admin_listen: config.admin.listen.clone(),
         _state_lock: state_lock,
     })
 }
 
+/// Binds a link's listener and builds the link (its ledger loaded); nothing runs yet.
+async fn bind_link(
+    lc: &LinkConfig,
+    state_dir: &Path,
+    cancel: &CancellationToken,
+) -> anyhow::Result<(Arc<LinkCtx>, TcpListener)> {
+    let listener = TcpListener::bind(&lc.listen)
+        .await
+        .with_context(|| format!("link {}: cannot listen on {}", lc.name, lc.listen))?;
+    let flavour: Box<dyn Flavour> = match lc.flavor {
+        Flavor::Redis | Flavor::Valkey => Box::new(Redis),
+        Flavor::Kvrocks => Box::new(Kvrocks),
+    };
+    let link = LinkCtx::new(lc.clone(), state_dir, cancel, flavour)
+        .with_context(|| format!("link {}", lc.name))?;
+    Ok((Arc::new(link), listener))
+}
+
+/// Starts a bound link: its accept loop and its keeper, on the link's own tracker.
+fn spawn_link(link: &Arc<LinkCtx>, listener: TcpListener) -> anyhow::Result<()> {
+    let cfg = link.cfg();
+    info!(link = %link.name, listen = %listener.local_addr()?, master = %link.master(),
+          flavor = %cfg.flavor, guard = %cfg.guard, "link ready");
+    link.tasks.spawn(link::serve(
+        link.clone(),
+        listener,
+        link.stop.clone(),
+        link.tasks.clone(),
+    ));
+    link.tasks
+        .spawn(link::keep(link.clone(), link.stop.clone()));
+    Ok(())
+}
+
 impl Running {
+    fn grace(&self) -> Duration {
+        Duration::from_millis(self.grace_ms.load(Relaxed))
+    }
+
     /// Stops accepting, closes every session and waits for them to report.
     pub async fn shutdown(self) {
         info!("shutting down");
         self.cancel.cancel();
         self.tracker.close();
-        if tokio::time::timeout(self.grace, self.tracker.wait())
-            .await
-            .is_err()
-        {
+        let links = self.links.load();
+        for link in links.iter() {
+            link.tasks.close();
+        }
+        let all = async {
+            self.tracker.wait().await;
+            for link in links.iter() {
+                link.tasks.wait().await;
+            }
+        };
+        if tokio::time::timeout(self.grace(), all).await.is_err() {
             warn!(
-                grace_ms = self.grace.as_millis() as u64,
+                grace_ms = self.grace().as_millis() as u64,
                 "some tasks did not finish within the shutdown grace period"
             );
         }
-        for link in &self.links {
+        for link in links.iter() {
             link.guard.save_if_dirty().await;
         }
         info!("stopped");
     }
 
-    /// Applies a re-read configuration: a link whose `master` changed is re-pointed (its
-    /// sessions close and replicas reconnect), `allow_empty_master: true` releases held
-    /// replicas. Other changes need a restart and are reported as such.
+    /// Puts a re-read, validated configuration in force as far as it can be without a restart
+    /// (see the module's documentation), and logs one line naming what changed.
     pub async fn reload(&self, config: &Config) {
-        for lc in &config.links {
-            let Some(link) = self.links.iter().find(|l| l.cfg.name == lc.name) else {
-                warn!(link = %lc.name, "reload: new links need a restart");
-                continue;
-            };
-            match crate::config::parse_addr(&lc.master) {
-                Ok(addr) if addr != link.master() => link.repoint(addr, &self.cancel).await,
-                _ => {}
-            }
-            if lc.allow_empty_master {
-                link.guard.allow_empty_master();
-            }
-            match link.reload_tls(lc) {
-                Ok(()) if lc.tls.is_some() || lc.master_tls.is_some() => {
-                    info!(link = %lc.name, "reload: TLS certificates read again")
-                }
-                Ok(()) => {}
-                Err(e) => {
-                    error!(link = %lc.name, error = %e, "reload: the TLS material in force stays")
-                }
-            }
-            if lc.listen != link.cfg.listen
-                || lc.flavor != link.cfg.flavor
-                || lc.guard != link.cfg.guard
-            {
-                warn!(link = %lc.name, "reload: listen, flavor and guard changes need a restart");
+        let mut changed: Vec<String> = Vec::new();
+        let mut not_applied: Vec<String> = Vec::new();
+        if config.state_dir != self.state_dir {
+            needs_restart(
+                &mut not_applied,
+                "state_dir".into(),
+                &self.state_dir.display().to_string(),
+                &config.state_dir.display().to_string(),
+            );
+        }
+        if !same_addr(&config.admin.listen, &self.admin_listen) {
+            needs_restart(
+                &mut not_applied,
+                "admin.listen".into(),
+                &self.admin_listen,
+                &config.admin.listen,
+            );
+        }
+        if config.shutdown_grace_ms != self.grace_ms.load(Relaxed) {
+            self.grace_ms.store(config.shutdown_grace_ms, Relaxed);
+            changed.push("shutdown_grace_ms".into());
+        }
+
+        let before = self.links.load();
+        let in_file = |name: &str| config.links.iter().any(|lc| lc.name == name);
+        let (kept, removed): (Vec<_>, Vec<_>) =
+            before.iter().cloned().partition(|l| in_file(&l.name));
+        if !removed.is_empty() {
+            self.links.store(kept.clone());
+            for link in &removed {
+                self.remove_link(link).await;
+                changed.push(format!("links.{} (removed)", link.name));
             }
         }
-        info!("configuration reloaded");
+
+        let mut links = Vec::new();
+        for lc in &config.links {
+            if let Some(link) = kept.iter().find(|l| l.name == lc.name) {
+                let r = link.reconfigure(lc).await;
+                let path = |f: &str| format!("links.{}.{f}", lc.name);
+                let old = link.cfg();
+                for f in &r.needs_restart {
+                    let (in_force, file) = match *f {
+                        "listen" => (old.listen.clone(), lc.listen.clone()),
+                        _ => (old.flavor.to_string(), lc.flavor.to_string()),
+                    };
+                    needs_restart(&mut not_applied, path(f), &in_force, &file);
+                }
+                not_applied.extend(r.failed.iter().map(|f| path(f)));
+                changed.extend(r.changed.iter().map(|f| path(f)));
+                let cfg = link.cfg();
+                if cfg.tls.is_some() || cfg.master_tls.is_some() {
+                    // Certificate files are read again whether or not their paths changed:
+                    // renewed certificates keep their names.
+                    match link.reload_tls(&cfg) {
+                        Ok(()) => info!(link = %lc.name, "reload: TLS certificates read again"),
+                        Err(e) => {
+                            error!(link = %lc.name, error = %e, "reload: the TLS material in force stays");
+                            not_applied.push(path("tls"));
+                        }
+                    }
+                }
+                links.push(link.clone());
+                continue;
+            }
+            let added = match bind_link(lc, &self.state_dir, &self.cancel).await {
+                Ok((link, listener)) => spawn_link(&link, listener).map(|()| link),
+                Err(e) => Err(e),
+            };
+            match added {
+                Ok(link) => {
+                    changed.push(format!("links.{} (added)", lc.name));
+                    links.push(link);
+                }
+                Err(e) => {
+                    error!(link = %lc.name, "reload: the new link is not started: {e:#}");
+                    not_applied.push(format!("links.{} (added)", lc.name));
+                }
+            }
+        }
+        self.links.store(links);
+
+        let not_applied = (!not_applied.is_empty()).then(|| not_applied.join(", "));
+        if changed.is_empty() {
+            info!(
+                not_applied = not_applied.as_deref(),
+                "configuration re-read: nothing changed"
+            );
+        } else {
+            info!(
+                changed = changed.join(", ").as_str(),
+                not_applied = not_applied.as_deref(),
+                "configuration reloaded"
+            );
+        }
     }
+
+    /// Stops a link a reload removed, as shutdown stops them all: its listener closes, its
+    /// sessions close (their replicas see the connection drop), then its ledger is saved.
+    async fn remove_link(&self, link: &LinkCtx) {
+        link.stop.cancel();
+        link.tasks.close();
+        let grace = self.grace();
+        if tokio::time::timeout(grace, link.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(link = %link.name, grace_ms = grace.as_millis() as u64,
+                  "reload: some sessions of the removed link did not end within the shutdown grace period");
+        }
+        link.guard.save_if_dirty().await;
+        info!(link = %link.name, "link removed: its listener and sessions are closed, its ledger saved");
+    }
+}
+
+/// Logs that `field` needs a restart to change and notes it as not applied.
+fn needs_restart(not_applied: &mut Vec<String>, field: String, in_force: &str, file: &str) {
+    warn!(
+        field = field.as_str(),
+        in_force, file, "reload: {field} changes only with a restart; the old value stays in force"
+    );
+    not_applied.push(field);
 }

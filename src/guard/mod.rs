@@ -51,7 +51,8 @@ pub struct Guard {
     /// `allow_empty_master` from the configuration: allowed whatever the operator did at runtime.
     allow_empty_config: AtomicBool,
     dirty: AtomicBool,
-    pub policy: UnknownReplica,
+    /// `unknown_replica` in force: `true` for `pass`.
+    unknown_pass: AtomicBool,
     /// Resumes the master accepted although the verdict was ForceFull (observe mode).
     pub unsafe_accepted: AtomicU64,
     pub holds: AtomicU64,
@@ -178,7 +179,7 @@ impl Guard {
             allow_empty: AtomicBool::new(allow_empty),
             allow_empty_config: AtomicBool::new(allow_empty),
             dirty: AtomicBool::new(false),
-            policy,
+            unknown_pass: AtomicBool::new(policy == UnknownReplica::Pass),
             unsafe_accepted: AtomicU64::new(0),
             holds: AtomicU64::new(0),
             last: DashMap::new(),
@@ -199,7 +200,7 @@ impl Guard {
             unclean_stop: uncertain,
             empty_master: empty.as_deref(),
             allow_empty_master: self.allow_empty.load(Relaxed),
-            unknown_replica: self.policy,
+            unknown_replica: self.unknown_replica(),
         };
         let v = psync2::judge(&facts, replid, offset);
         (v, describe(data, rec, replid, uncertain, empty.as_deref()))
@@ -223,7 +224,7 @@ impl Guard {
             books: &data.kvrocks,
             replica: rec,
             unclean_stop: uncertain,
-            unknown_replica: self.policy,
+            unknown_replica: self.unknown_replica(),
             full_sync_seen: seen,
             checkpoint_seq: full_sync.flatten(),
         };
@@ -405,6 +406,29 @@ impl Guard {
         st.uncertain.remove(replica);
     }
 
+    /// The `unknown_replica` policy in force.
+    pub fn unknown_replica(&self) -> UnknownReplica {
+        if self.unknown_pass.load(Relaxed) {
+            UnknownReplica::Pass
+        } else {
+            UnknownReplica::Full
+        }
+    }
+
+    /// Puts a new `unknown_replica` policy in force for the verdicts to come.
+    pub fn set_unknown_replica(&self, policy: UnknownReplica) {
+        self.unknown_pass
+            .store(policy == UnknownReplica::Pass, Relaxed);
+    }
+
+    /// Puts a new `allow_empty_master` from the configuration in force. `true` releases held
+    /// replicas; `false` holds them again from the next PSYNC on, also after an operator's
+    /// release (replicas that synced meanwhile keep what they got).
+    pub fn set_allow_empty_master(&self, allow: bool) {
+        self.allow_empty_config.store(allow, Relaxed);
+        self.allow_empty.store(allow, Relaxed);
+    }
+
     /// Lets held replicas sync from the empty master.
     pub fn allow_empty_master(&self) -> Option<String> {
         self.allow_empty.store(true, Relaxed);
@@ -450,7 +474,7 @@ impl Guard {
             .map(|e| (e.key().clone(), e.value().clone()))
             .collect();
         GuardSnapshot {
-            unknown_replica: self.policy,
+            unknown_replica: self.unknown_replica(),
             allow_empty_master: self.allow_empty.load(Relaxed),
             empty_master,
             unsafe_resumes_accepted: self.unsafe_accepted.load(Relaxed),

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod session;
 pub mod wire;
 
+use crate::config::LinkConfig;
 use crate::conn::stats::{SessionSnapshot, SessionStats};
 use crate::conn::Stream;
 use crate::conn::{Peer, SessionEnd};
@@ -18,11 +19,12 @@ impl Flavour for Kvrocks {
     fn session<'a>(
         &'a self,
         link: &'a LinkCtx,
+        cfg: &'a LinkConfig,
         replica: Peer<Stream>,
         master: Peer<Stream>,
         stats: &'a SessionStats,
     ) -> BoxFuture<'a, Result<(), SessionEnd>> {
-        Box::pin(session::run(link, replica, master, stats))
+        Box::pin(session::run(link, cfg, replica, master, stats))
     }
 
     /// A Kvrocks master is not read: its books come from the stream alone.

@@ -15,7 +15,7 @@
 //!    of the replica at that address.
 //! 6. Anything else: a plain pipe, as for any client.
 
-use crate::config::GuardMode;
+use crate::config::{GuardMode, LinkConfig};
 use crate::conn::handshake::{exchange, next_command, replconf, replication_command, Handshake};
 use crate::conn::passthrough::passthrough;
 use crate::conn::pump::{pump, AtEof, Observer, Plain, Step, DOWN_BUF, UP_BUF};
@@ -37,11 +37,12 @@ use tracing::{error, info, warn};
 /// Runs a Kvrocks session on an established pair of connections.
 pub(crate) async fn run(
     link: &LinkCtx,
+    cfg: &LinkConfig,
     mut r: Peer<Stream>,
     mut m: Peer<Stream>,
     stats: &SessionStats,
 ) -> Result<()> {
-    let step = link.cfg.timeouts.handshake_step();
+    let step = cfg.timeouts.handshake_step();
     let mut hs = Handshake::default();
     loop {
         let (cmd, raw) = next_command(&mut r, &hs, step).await?;
@@ -71,15 +72,17 @@ pub(crate) async fn run(
                     );
                     return passthrough(&link.counters, r, m, stats, raw).await;
                 };
-                match psync(link, &mut r, &mut m, stats, &req, &raw).await? {
-                    Some((scanner, ids)) => return relay(link, r, m, stats, scanner, ids).await,
+                match psync(link, cfg, &mut r, &mut m, stats, &req, &raw).await? {
+                    Some((scanner, ids)) => {
+                        return relay(link, cfg, r, m, stats, scanner, ids).await
+                    }
                     None => continue,
                 }
             }
             "_FETCH_META" | "_FETCH_FILE" => {
                 replication_command(link.credentials().as_ref(), &mut m, &mut hs, step).await?;
                 let files = (name == "_FETCH_FILE").then(|| fetch_file_names(&cmd));
-                return checkpoint(link, r, m, stats, raw, files).await;
+                return checkpoint(link, cfg, r, m, stats, raw, files).await;
             }
             _ => return passthrough(&link.counters, r, m, stats, raw).await,
         }
@@ -90,13 +93,14 @@ pub(crate) async fn run(
 /// and the stream follows; `None` when the replica was refused and the handshake goes on.
 async fn psync(
     link: &LinkCtx,
+    cfg: &LinkConfig,
     r: &mut Peer<Stream>,
     m: &mut Peer<Stream>,
     stats: &SessionStats,
     req: &KvPsync,
     raw: &[u8],
 ) -> Result<Option<(WalScanner, Vec<KvIdRange>)>> {
-    let step = link.cfg.timeouts.handshake_step();
+    let step = cfg.timeouts.handshake_step();
     let seq_i64 = i64::try_from(req.seq).unwrap_or(i64::MAX);
     stats.set_psync_request(req.replid_or_dash(), seq_i64);
     let replica = stats.snapshot().replica;
@@ -105,7 +109,7 @@ async fn psync(
     let (verdict, facts) = link
         .guard
         .judge_kvrocks(&replica, ip, req.replid.as_deref(), req.seq);
-    let route = route::route(link.cfg.guard, &verdict, Some(FULL_SYNC_ANSWER));
+    let route = route::route(cfg.guard, &verdict, Some(FULL_SYNC_ANSWER));
     let decision = DecisionCtx {
         replica: &replica,
         req: Some((req.replid_or_dash(), seq_i64)),
@@ -117,7 +121,7 @@ async fn psync(
         r.send(answer.as_bytes()).await?;
         decision.log(
             &link.guard,
-            link.cfg.guard,
+            cfg.guard,
             &format!("{} (from replguard)", answer.trim_end()),
         );
         link.counters.psync_rejected.fetch_add(1, Relaxed);
@@ -127,7 +131,7 @@ async fn psync(
     m.send(raw).await?;
     let (line, raw_reply) = m.line(step, "the PSYNC reply").await?;
     r.send(&raw_reply).await?;
-    decision.log(&link.guard, link.cfg.guard, &line);
+    decision.log(&link.guard, cfg.guard, &line);
     if line == "+OK" {
         let ids = link
             .guard
@@ -152,6 +156,7 @@ async fn psync(
 /// Relays the stream of WAL batches until one side ends, keeping the sequence books.
 async fn relay(
     link: &LinkCtx,
+    cfg: &LinkConfig,
     r: Peer<Stream>,
     m: Peer<Stream>,
     stats: &SessionStats,
@@ -164,7 +169,7 @@ async fn relay(
         link,
         stats,
         replica: stats.snapshot().replica,
-        enforce: link.cfg.guard == GuardMode::Enforce,
+        enforce: cfg.guard == GuardMode::Enforce,
         scanner,
         ids,
         ids_changed: false,
@@ -269,6 +274,7 @@ impl Observer for WalObserver<'_> {
 /// (`files` named), the answer's framing is followed so a complete transfer can be counted.
 async fn checkpoint(
     link: &LinkCtx,
+    cfg: &LinkConfig,
     r: Peer<Stream>,
     m: Peer<Stream>,
     stats: &SessionStats,
@@ -288,7 +294,7 @@ async fn checkpoint(
         stats,
         scan: files.map(FetchScanner::new),
         counted: false,
-        idle: link.cfg.timeouts.sync_idle(),
+        idle: cfg.timeouts.sync_idle(),
     };
     let mut up = HalfClose;
     let out = tokio::select! {

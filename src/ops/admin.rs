@@ -18,7 +18,7 @@
 
 use crate::config::{reaches, AdminToken};
 use crate::conn::stats::SessionSnapshot;
-use crate::link::LinkCtx;
+use crate::link::{LinkCtx, Links};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -63,10 +63,9 @@ pub const MAX_CONNECTIONS: usize = 64;
 
 /// What the admin endpoints read.
 pub struct AdminState {
-    pub links: Vec<Arc<LinkCtx>>,
+    /// The links in force (a reload adds and removes).
+    pub links: Arc<Links>,
     pub started: Instant,
-    /// The process-wide token, parent of re-pointed links' session tokens.
-    pub cancel: CancellationToken,
     /// The bearer token `POST` requests must carry; without one they are refused.
     pub token: Option<AdminToken>,
     /// replguard's own listeners as bound (each link's and the admin one), with what they are:
@@ -235,7 +234,7 @@ impl AdminState {
 
     /// The `/status` document.
     pub fn status_json(&self) -> String {
-        crate::ops::status::document(&self.links, self.started)
+        crate::ops::status::document(&self.links.load(), self.started)
     }
 
     /// The `/metrics` document.
@@ -244,7 +243,7 @@ impl AdminState {
     /// has no series at the moment: the encoder takes no family without samples, so those two
     /// lines are written here (from the constant name and help, never from a label value).
     pub fn metrics_text(&self) -> Result<String, prometheus::Error> {
-        let scrape = Scrape::of(&self.links, &self.refusals)?;
+        let scrape = Scrape::of(&self.links.load(), &self.refusals)?;
         let order: Vec<(String, String, MetricType)> = scrape
             .families
             .iter()
@@ -373,7 +372,7 @@ impl Scrape {
         let per_link = |f: &dyn Fn(&LinkCtx, &[SessionSnapshot]) -> u64| {
             snaps
                 .iter()
-                .map(|(l, s)| (vec![l.cfg.name.clone()], f(l, s) as f64))
+                .map(|(l, s)| (vec![l.name.clone()], f(l, s) as f64))
                 .collect()
         };
         let counter = |f: fn(&LinkCtx) -> u64| per_link(&|l, _| f(l));
@@ -382,7 +381,7 @@ impl Scrape {
                 .iter()
                 .flat_map(|(l, ss)| {
                     ss.iter().filter_map(move |s| {
-                        let labels = vec![l.cfg.name.clone(), s.id.to_string(), s.replica.clone()];
+                        let labels = vec![l.name.clone(), s.id.to_string(), s.replica.clone()];
                         f(s).map(|v| (labels, v))
                     })
                 })
@@ -392,7 +391,7 @@ impl Scrape {
             .iter()
             .flat_map(|l| {
                 l.guard.counts().into_iter().map(|((v, r, a), n)| {
-                    let labels = [&*l.cfg.name, v, r, a].map(str::to_string);
+                    let labels = [&*l.name, v, r, a].map(str::to_string);
                     (labels.to_vec(), n as f64)
                 })
             })
@@ -744,7 +743,7 @@ async fn link_action(
     action: &str,
     query: &str,
 ) -> Response {
-    let Some(link) = state.links.iter().find(|l| l.cfg.name == name) else {
+    let Some(link) = state.links.find(name) else {
         return state.refuse(
             Refusal::NotFound,
             peer,
@@ -780,7 +779,7 @@ async fn link_action(
                 );
             }
             info!(link = %name, master = %a, peer = %peer.map_or_else(|| "-".to_string(), |p| p.to_string()), "operator re-pointed the link");
-            link.repoint(a, &state.cancel).await;
+            link.repoint(a).await;
             text(StatusCode::OK, format!("link {name} now dials {a}\n"))
         }
         "allow-empty-master" => {
@@ -907,9 +906,8 @@ mod tests {
         )
         .unwrap();
         AdminState {
-            links: vec![Arc::new(link)],
+            links: Arc::new(Links::new(vec![Arc::new(link)])),
             started: Instant::now(),
-            cancel,
             token: None,
             own_addrs: Vec::new(),
             refusals: Refusals::default(),
@@ -922,7 +920,7 @@ mod tests {
         s.set_replica_port(port);
         s.begin_full(Some("abc"), Some(100));
         s.set_rdb_bytes(42);
-        state.links[0].sessions.insert(id, Arc::new(s));
+        state.links.load()[0].sessions.insert(id, Arc::new(s));
     }
 
     #[test]

@@ -16,16 +16,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Serialize)]
-struct Status<'a> {
+struct Status {
     version: &'static str,
     uptime_seconds: f64,
-    links: Vec<LinkStatus<'a>>,
+    links: Vec<LinkStatus>,
 }
 
 #[derive(Serialize)]
-struct LinkStatus<'a> {
-    name: &'a str,
-    listen: &'a str,
+struct LinkStatus {
+    name: String,
+    listen: String,
     master: String,
     flavor: Flavor,
     guard: GuardMode,
@@ -40,6 +40,9 @@ struct LinkStatus<'a> {
     /// [`LedgerStatus`] as a JSON value: every object in it has its keys in alphabetical order,
     /// as the document has always had them.
     ledger: serde_json::Value,
+    /// The link's configuration in force. Only references to a password (a variable's name, a
+    /// file's path) are in it, never the password itself.
+    config: serde_json::Value,
 }
 
 /// A link's `ledger` object.
@@ -91,13 +94,14 @@ pub fn document(links: &[Arc<LinkCtx>], started: Instant) -> String {
         .map(|l| {
             let c = &l.counters;
             let sessions = l.snapshots();
+            let cfg = l.cfg();
             LinkStatus {
-                name: &l.cfg.name,
-                listen: &l.cfg.listen,
+                name: l.name.clone(),
+                listen: cfg.listen.clone(),
                 master: l.master().to_string(),
-                flavor: l.cfg.flavor,
-                guard: l.cfg.guard,
-                max_sessions: l.cfg.max_sessions,
+                flavor: cfg.flavor,
+                guard: cfg.guard,
+                max_sessions: cfg.max_sessions,
                 sessions_active: sessions.len(),
                 sessions_total: c.sessions_total.load(Relaxed),
                 sessions_refused: c.sessions_refused.load(Relaxed),
@@ -106,6 +110,7 @@ pub fn document(links: &[Arc<LinkCtx>], started: Instant) -> String {
                 psync_rejected: c.psync_rejected.load(Relaxed),
                 sessions,
                 ledger: ledger(l.guard.snapshot()),
+                config: serde_json::to_value(&*cfg).unwrap_or_default(),
             }
         })
         .collect();

@@ -6,6 +6,7 @@ pub mod session;
 pub mod stream;
 pub mod watch;
 
+use crate::config::LinkConfig;
 use crate::conn::stats::{SessionSnapshot, SessionStats};
 use crate::conn::Stream;
 use crate::conn::{Peer, SessionEnd};
@@ -20,11 +21,12 @@ impl Flavour for Redis {
     fn session<'a>(
         &'a self,
         link: &'a LinkCtx,
+        cfg: &'a LinkConfig,
         replica: Peer<Stream>,
         master: Peer<Stream>,
         stats: &'a SessionStats,
     ) -> BoxFuture<'a, Result<(), SessionEnd>> {
-        Box::pin(session::run(link, replica, master, stats))
+        Box::pin(session::run(link, cfg, replica, master, stats))
     }
 
     /// Reads the master's INFO and folds it into the ledger. Failures are logged at debug
@@ -35,11 +37,11 @@ impl Flavour for Redis {
             let creds = link.credentials();
             match watch::read_master(link.master(), &link.tls(), creds.as_ref(), limit).await {
                 Ok(view) => {
-                    link.guard.observe(&link.cfg.name, &view);
+                    link.guard.observe(&link.name, &view);
                     true
                 }
                 Err(e) => {
-                    debug!(link = %link.cfg.name, error = %e, "cannot read the master's INFO");
+                    debug!(link = %link.name, error = %e, "cannot read the master's INFO");
                     false
                 }
             }

@@ -18,6 +18,7 @@
 //! 6. Whichever side closes or fails first ends both: the replica then reconnects and resumes with
 //!    its own replication id and offset. Shutdown cancels the session the same way.
 
+use crate::config::LinkConfig;
 use crate::conn::handshake::{exchange, next_command, replconf, replication_command, Handshake};
 use crate::conn::passthrough::passthrough;
 use crate::conn::pump::{pump, Gate, Observer, Step, DOWN_BUF, UP_BUF};
@@ -40,11 +41,12 @@ use tracing::{debug, info, warn};
 /// Runs a Redis or Valkey session on an established pair of connections.
 pub(crate) async fn run(
     link: &LinkCtx,
+    cfg: &LinkConfig,
     mut r: Peer<Stream>,
     mut m: Peer<Stream>,
     stats: &SessionStats,
 ) -> Result<()> {
-    let t = &link.cfg.timeouts;
+    let t = &cfg.timeouts;
     let mut hs = Handshake::default();
     let step = t.handshake_step();
 
@@ -66,7 +68,7 @@ pub(crate) async fn run(
             }
             "PSYNC" | "SYNC" => {
                 replication_command(link.credentials().as_ref(), &mut m, &mut hs, step).await?;
-                announce_ip(link, &mut m, &mut hs, stats, step).await?;
+                announce_ip(cfg, &mut m, &mut hs, stats, step).await?;
                 let req = if name == "SYNC" {
                     Some(PsyncRequest {
                         replid: "?".into(),
@@ -92,7 +94,7 @@ pub(crate) async fn run(
                         "unparseable PSYNC: the master answers it".into(),
                     ),
                 };
-                let route = route::route(link.cfg.guard, &verdict, None);
+                let route = route::route(cfg.guard, &verdict, None);
                 let decision = DecisionCtx {
                     replica: &replica,
                     req: req.as_ref().map(|q| (q.replid.as_str(), q.offset)),
@@ -104,18 +106,14 @@ pub(crate) async fn run(
                     Route::Hold(line) => {
                         r.send(line.as_bytes()).await?;
                         link.guard.holds.fetch_add(1, Relaxed);
-                        decision.log(&link.guard, link.cfg.guard, "-LOADING (from replguard)");
+                        decision.log(&link.guard, cfg.guard, "-LOADING (from replguard)");
                         return Err(SessionEnd::Held);
                     }
                     Route::Full if name == "PSYNC" => m.send(FULL_SYNC_REQUEST).await?,
                     Route::Full | Route::Forward | Route::Refuse(_) => m.send(&raw).await?,
                 }
                 let down = if name == "SYNC" {
-                    decision.log(
-                        &link.guard,
-                        link.cfg.guard,
-                        "(inline SYNC: payload follows)",
-                    );
+                    decision.log(&link.guard, cfg.guard, "(inline SYNC: payload follows)");
                     link.guard.claim(&stats.snapshot().replica, stats.id);
                     stats.begin_full(None, None);
                     link.counters.full_syncs.fetch_add(1, Relaxed);
@@ -123,14 +121,14 @@ pub(crate) async fn run(
                 } else {
                     let (down, answer) =
                         psync_reply(link, &mut r, &mut m, stats, req.as_ref(), step).await?;
-                    decision.log(&link.guard, link.cfg.guard, &answer);
+                    decision.log(&link.guard, cfg.guard, &answer);
                     match down {
                         Some(down) => down,
                         // Rejected: the replica decides what to do next on this connection.
                         None => continue,
                     }
                 };
-                return relay(link, r, m, stats, down).await;
+                return relay(link, cfg, r, m, stats, down).await;
             }
             _ => return passthrough(&link.counters, r, m, stats, raw).await,
         }
@@ -180,13 +178,13 @@ fn is_ack(cmd: &Command) -> bool {
 
 /// Tells the master the replica's real address when the replica did not.
 async fn announce_ip<S: AsyncRead + AsyncWrite + Unpin>(
-    link: &LinkCtx,
+    cfg: &LinkConfig,
     m: &mut Peer<S>,
     hs: &mut Handshake,
     stats: &SessionStats,
     step: Duration,
 ) -> Result<()> {
-    if !link.cfg.announce_replica_ip || hs.ip_announced {
+    if !cfg.announce_replica_ip || hs.ip_announced {
         return Ok(());
     }
     hs.ip_announced = true;
@@ -269,6 +267,7 @@ where
 /// Relays both directions until one side ends.
 async fn relay(
     link: &LinkCtx,
+    cfg: &LinkConfig,
     r: Peer<Stream>,
     m: Peer<Stream>,
     stats: &SessionStats,
@@ -276,7 +275,7 @@ async fn relay(
 ) -> Result<()> {
     let (mut rr, mut rw) = r.io.into_split();
     let (mut mr, mut mw) = m.io.into_split();
-    let sync_idle = link.cfg.timeouts.sync_idle();
+    let sync_idle = cfg.timeouts.sync_idle();
     let (acked_tx, mut acked_rx) = watch::channel(false);
     let mut down = DownObserver {
         link,

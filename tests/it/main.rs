@@ -12,5 +12,6 @@ mod guard;
 mod kvrocks;
 mod kvrocks_real;
 mod load;
+mod reload;
 mod replication;
 mod tls;
