@@ -303,10 +303,12 @@ fn judge_kvrocks(facts: &Facts<'_>, replid: Option<&str>, seq: u64) -> Verdict {
             return full(Reason::KvFullSyncNotSeen { requested: seq });
         }
         return match facts.kv_checkpoint_seq {
-            Some(c) if seq > c + 1 => full(Reason::KvBeyondCheckpoint {
-                checkpoint: c,
-                requested: seq,
-            }),
+            Some(c) if c.checked_add(1).is_some_and(|next| seq > next) => {
+                full(Reason::KvBeyondCheckpoint {
+                    checkpoint: c,
+                    requested: seq,
+                })
+            }
             _ => Verdict::Pass,
         };
     }
@@ -677,6 +679,11 @@ mod tests {
             judge(&f, &kvreq(None, 42)).reason().unwrap().code(),
             "beyond_checkpoint"
         );
+        // A checkpoint at the last sequence there is: nothing asks past it (found by the ledger
+        // fuzz target, where its next sequence overflowed).
+        f.kv_checkpoint_seq = Some(u64::MAX);
+        assert_eq!(judge(&f, &kvreq(None, 42)), Verdict::Pass);
+        assert_eq!(judge(&f, &kvreq(None, u64::MAX)), Verdict::Pass);
     }
 
     fn kv_ranges(l: &mut LedgerData, next_seq: u64, ranges: &[(u64, Option<&str>)]) {
