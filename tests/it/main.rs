@@ -7,6 +7,7 @@ mod common;
 
 mod behaviour;
 mod cli;
+mod fuzz_corpus;
 mod guard;
 mod kvrocks;
 mod kvrocks_real;
