@@ -424,7 +424,11 @@ fn judge_psync2(facts: &Facts<'_>, replid: &str, offset: i64) -> Verdict {
             delivered: rec.replid.clone(),
         });
     }
-    if requested > rec.offset + 1 {
+    if rec
+        .offset
+        .checked_add(1)
+        .is_some_and(|next| requested > next)
+    {
         return full(if facts.unclean_stop && rec.open {
             Reason::UncleanStop {
                 replid,
@@ -490,6 +494,17 @@ mod tests {
             .unwrap()
             .to_string()
             .contains("never came through the link"));
+    }
+
+    #[test]
+    fn a_record_at_the_last_offset_there_is_cannot_be_asked_past() {
+        // A ledger file may hold any number (found by the ledger fuzz target: the next offset
+        // of such a record overflowed).
+        let mut l = LedgerData::new();
+        l.deliver(R, A, 100, false);
+        l.epochs[0].last_offset = u64::MAX;
+        l.replicas.get_mut(R).unwrap().offset = u64::MAX;
+        assert_eq!(judge(&facts(&l), &req(A, i64::MAX)), Verdict::Pass);
     }
 
     #[test]
