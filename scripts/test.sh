@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs the real servers, then unit and property tests (debug and
 # release), real-server scenario and CLI tests, the load test (its figures printed), and the
-# benchmarks at a small size. The tests
+# benchmarks at a small size, and every fuzz target for a few seconds. The tests
 # named real_kvrocks_* run against the real Kvrocks server at $KVROCKS_BIN; unless it is set, it
 # comes from ../shared/kvrocks/install.sh when that exists (KVROCKS_BIN= skips them).
 set -euo pipefail
@@ -32,6 +32,11 @@ cargo bench --bench relay -- --quick --noplot 2>/dev/null | grep -E '^relay/|thr
 REPLGUARD_E2E_WRITES=${REPLGUARD_E2E_WRITES:-1000} REPLGUARD_E2E_SYNC_ROUNDS=${REPLGUARD_E2E_SYNC_ROUNDS:-2} \
   REPLGUARD_E2E_KEYS=${REPLGUARD_E2E_KEYS:-300000} REPLGUARD_E2E_KVROCKS_MB=${REPLGUARD_E2E_KVROCKS_MB:-64} \
   cargo bench --bench e2e 2>/dev/null
+# Every fuzz target briefly (nightly and cargo-fuzz are installed when missing); their corpora
+# already ran as tests above (fuzz_corpus). REPLGUARD_FUZZ_SECS=0 skips this step.
+if [ "${REPLGUARD_FUZZ_SECS:-3}" != 0 ]; then
+  scripts/fuzz.sh "${REPLGUARD_FUZZ_SECS:-3}"
+fi
 real_kvrocks=$(grep -cE 'test .*real_kvrocks_.* ok' "$results" || true)
 echo "real-Kvrocks tests: $real_kvrocks ran"
 passed=$(grep -oE 'test result: ok\. [0-9]+ passed' "$results" | awk '{s += $4} END {print s + 0}')

@@ -314,7 +314,8 @@ impl LedgerData {
     }
 
     fn bump(&mut self) -> u64 {
-        self.seq += 1;
+        // Saturates: a loaded file may hold any number.
+        self.seq = self.seq.saturating_add(1);
         self.seq
     }
 
@@ -324,7 +325,7 @@ impl LedgerData {
         if replid == "?" || replid == NO_REPLID {
             return false;
         }
-        let seq = self.seq + 1;
+        let seq = self.seq.saturating_add(1);
         match self.epoch_mut(replid) {
             Some(e) if offset < e.last_offset && e.superseded.is_none() => {
                 // The same id, earlier in its history than already seen: what came after is
@@ -365,7 +366,7 @@ impl LedgerData {
             // the master itself up to the switch.
             self.see(old, at.saturating_sub(1));
         }
-        let seq = self.seq + 1;
+        let seq = self.seq.saturating_add(1);
         let e = self.epoch_mut(old).expect("just added");
         let switch = Switch {
             by: new.to_string(),
@@ -374,7 +375,7 @@ impl LedgerData {
         if e.superseded.as_ref() == Some(&switch) {
             return false;
         }
-        if e.last_offset + 1 > at {
+        if e.last_offset >= at {
             e.add_fork(at, seq);
         }
         e.superseded = Some(switch);
@@ -467,6 +468,22 @@ mod tests {
     const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
     const C: &str = "cccccccccccccccccccccccccccccccccccccccc";
+
+    #[test]
+    fn a_ledger_at_the_end_of_its_numbers_takes_updates() {
+        // A loaded file may hold any number (found by the ledger fuzz target:
+        // fuzz/corpus/ledger/crash-*): the change counter and the next offset overflowed.
+        let mut l = LedgerData::new();
+        l.see(A, 100);
+        l.seq = u64::MAX;
+        assert!(l.see(A, 50), "a fork");
+        assert_eq!(l.seq, u64::MAX);
+        l.epochs[0].last_offset = u64::MAX;
+        assert!(l.supersede(A, B, 1000));
+        let forks: Vec<u64> = l.epochs[0].forks.iter().map(|f| f.at).collect();
+        assert_eq!(forks, [51, 1000]);
+        assert_eq!(l.seq, u64::MAX);
+    }
 
     fn view(replid: &str, replid2: &str, second: i64, offset: u64) -> MasterView {
         MasterView {

@@ -59,24 +59,7 @@ pub fn load(path: &Path, id: &Identity) -> Result<Option<LedgerData>, LoadError>
             })
         }
     };
-    let parsed = serde_json::from_slice::<LedgerData>(&text)
-        .map_err(|e| e.to_string())
-        .and_then(|d| {
-            if d.version != LEDGER_VERSION {
-                return Err(format!("unsupported version {}", d.version));
-            }
-            if let Some(l) = d.link.as_deref().filter(|l| *l != id.link) {
-                return Err(format!("it belongs to link {l}"));
-            }
-            if let Some(m) = d.master.as_deref().filter(|m| *m != id.master) {
-                return Err(format!(
-                    "it was kept for master {m}, and this link's master is {}",
-                    id.master
-                ));
-            }
-            Ok(d)
-        });
-    match parsed {
+    match parse(&text, id) {
         Ok(d) => Ok(Some(d)),
         Err(err) => {
             let moved = path.with_extension(format!("corrupt-{}", now_unix()));
@@ -88,6 +71,24 @@ pub fn load(path: &Path, id: &Identity) -> Result<Option<LedgerData>, LoadError>
             })
         }
     }
+}
+
+/// Reads a ledger file's bytes: `Err` says why they are not a ledger of this link.
+pub fn parse(text: &[u8], id: &Identity) -> Result<LedgerData, String> {
+    let d = serde_json::from_slice::<LedgerData>(text).map_err(|e| e.to_string())?;
+    if d.version != LEDGER_VERSION {
+        return Err(format!("unsupported version {}", d.version));
+    }
+    if let Some(l) = d.link.as_deref().filter(|l| *l != id.link) {
+        return Err(format!("it belongs to link {l}"));
+    }
+    if let Some(m) = d.master.as_deref().filter(|m| *m != id.master) {
+        return Err(format!(
+            "it was kept for master {m}, and this link's master is {}",
+            id.master
+        ));
+    }
+    Ok(d)
 }
 
 /// Writes `bytes` over `path` by atomic replace.

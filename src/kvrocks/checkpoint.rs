@@ -83,7 +83,12 @@ impl CheckpointScan {
                     let seq = u64::from_le_bytes(r[..8].try_into().unwrap_or_default());
                     let count = u32::from_le_bytes(r[8..12].try_into().unwrap_or_default());
                     if count > 0 {
-                        let last = seq + u64::from(count) - 1;
+                        // A batch that would end past the last sequence there is: not a WAL
+                        // this reader understands.
+                        let Some(last) = seq.checked_add(u64::from(count) - 1) else {
+                            self.unreadable = true;
+                            continue;
+                        };
                         self.wal_last = Some(self.wal_last.map_or(last, |w| w.max(last)));
                     }
                 }
@@ -342,5 +347,42 @@ impl Reader<'_> {
         }
         self.buf = &self.buf[n..];
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A WAL file of one record (FULL fragment) holding a batch header: `seq`, `count`.
+    fn wal_of_one_batch(seq: u64, count: u32) -> Vec<u8> {
+        let mut batch = seq.to_le_bytes().to_vec();
+        batch.extend_from_slice(&count.to_le_bytes());
+        let mut file = vec![0, 0, 0, 0];
+        file.extend_from_slice(&(batch.len() as u16).to_le_bytes());
+        file.push(1);
+        file.extend_from_slice(&batch);
+        file
+    }
+
+    fn read_wal(file: &[u8]) -> CheckpointScan {
+        let mut s = CheckpointScan::new();
+        s.begin_file("000010.log");
+        s.feed(file);
+        s.end_file();
+        s
+    }
+
+    #[test]
+    fn a_wal_batch_ending_past_the_last_sequence_is_unreadable() {
+        // Found by the checkpoint fuzz target (fuzz/corpus/checkpoint/crash-*): the batch's
+        // last sequence overflowed.
+        let s = read_wal(&wal_of_one_batch(u64::MAX, 2));
+        assert!(s.unreadable());
+        assert_eq!(s.last_seq(), None);
+        let s = read_wal(&wal_of_one_batch(u64::MAX, 1));
+        assert!(!s.unreadable());
+        assert_eq!(s.last_seq(), Some(u64::MAX));
+        assert_eq!(read_wal(&wal_of_one_batch(3, 3)).last_seq(), Some(5));
     }
 }

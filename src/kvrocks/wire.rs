@@ -241,6 +241,14 @@ fn inspect(payload: &[u8], tail: Option<&[u8]>) -> Result<Read, ProtocolError> {
             payload.len()
         )));
     };
+    if seq.checked_add(u64::from(count)).is_none() {
+        // The batch would end past the last sequence there is: no real master sends one.
+        return Err(ProtocolError::OutOfRange {
+            what: "the end of a WAL batch (sequence + count)",
+            value: format!("{seq} + {count}"),
+            max: u64::MAX,
+        });
+    }
     let replid = match tail {
         None => walk_replid(payload).unwrap_or_else(|_| tail_replid(payload)),
         Some(t) => tail_replid(t),
@@ -739,6 +747,25 @@ mod tests {
         assert!(WalScanner::new(1).feed(b"$3\r\nabc\r\n", &mut out).is_err());
         let mut s = WalScanner::new(1);
         assert!(s.feed(b"$4\r\npingXX", &mut out).is_err());
+    }
+
+    #[test]
+    fn a_batch_ending_past_the_last_sequence_ends_the_stream() {
+        // Found by the kvrocks_wal fuzz target (fuzz/corpus/kvrocks_wal/crash-*): the next
+        // sequence overflowed.
+        let mut header = u64::MAX.to_le_bytes().to_vec();
+        header.extend_from_slice(&2u32.to_le_bytes());
+        let mut out = Vec::new();
+        let err = WalScanner::new(5)
+            .feed(&bulk(&header), &mut out)
+            .unwrap_err();
+        assert!(matches!(err, ProtocolError::OutOfRange { .. }), "{err:?}");
+        assert!(out.is_empty());
+        // Up to the last sequence there is, it is a batch like any other.
+        let mut s = WalScanner::new(5);
+        s.feed(&bulk(&put_batch(u64::MAX - 1, b"k", b"v", None)), &mut out)
+            .unwrap();
+        assert_eq!(s.next_seq, u64::MAX);
     }
 
     #[test]

@@ -577,6 +577,11 @@ impl ReplyScanner {
     /// `max_depth` levels deep) and must agree on where it ends.
     fn finish(&self, buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
         let used = self.pos;
+        // A last element with no body (`*0`, `*-1`, `$-1`) is checked against the cap here:
+        // its header may cross it.
+        if used > self.max_len {
+            return Err(ProtocolError::TooLong(self.max_len));
+        }
         match decode_range(&buf[..used]).map_err(malformed)? {
             Some((_, n)) if n == used => Ok(Some(used)),
             _ => Err(ProtocolError::Malformed(
@@ -842,6 +847,19 @@ mod tests {
         line.truncate(MAX_REPLY - 2);
         line.extend_from_slice(b"\r\n");
         assert_eq!(ReplyScanner::handshake().scan(&line), Ok(Some(MAX_REPLY)));
+        // A null or empty last element whose header crosses the cap (found by the reply fuzz
+        // target: fuzz/corpus/reply/crash-*).
+        for last in ["*-1", "*0", "$-1"] {
+            let mut reply = b"*2\r\n+".to_vec();
+            reply.resize(256 - 2, b'a');
+            reply.extend_from_slice(b"\r\n");
+            reply.extend_from_slice(format!("{last}\r\n").as_bytes());
+            assert!(reply.len() > 256);
+            let mut s = ReplyScanner::new(256, 2);
+            assert_eq!(s.scan(&reply), Err(ProtocolError::TooLong(256)), "{last}");
+            let mut s = ReplyScanner::new(reply.len(), 2);
+            assert_eq!(s.scan(&reply), Ok(Some(reply.len())), "{last}");
+        }
     }
 
     #[test]

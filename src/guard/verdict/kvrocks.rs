@@ -69,10 +69,12 @@ pub fn judge(facts: &Facts<'_>, replid: Option<&str>, seq: u64) -> Verdict {
             return full(Reason::KvFullSyncNotSeen { requested: seq });
         }
         return match facts.checkpoint_seq {
-            Some(c) if seq > c + 1 => full(Reason::KvBeyondCheckpoint {
-                checkpoint: c,
-                requested: seq,
-            }),
+            Some(c) if c.checked_add(1).is_some_and(|next| seq > next) => {
+                full(Reason::KvBeyondCheckpoint {
+                    checkpoint: c,
+                    requested: seq,
+                })
+            }
             _ => Verdict::Pass,
         };
     }
@@ -255,6 +257,11 @@ mod tests {
             judge(&f, None, 42).reason().unwrap().code(),
             "beyond_checkpoint"
         );
+        // A checkpoint at the last sequence there is: nothing asks past it (found by the ledger
+        // fuzz target, where its next sequence overflowed).
+        f.checkpoint_seq = Some(u64::MAX);
+        assert_eq!(judge(&f, None, 42), Verdict::Pass);
+        assert_eq!(judge(&f, None, u64::MAX), Verdict::Pass);
     }
 
     fn kv_ranges(l: &mut LedgerData, next_seq: u64, ranges: &[(u64, Option<&str>)]) {

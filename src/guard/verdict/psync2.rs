@@ -89,7 +89,10 @@ pub fn judge(facts: &Facts<'_>, replid: &str, offset: i64) -> Verdict {
         });
     }
     let delivered = shared_delivery(facts.ledger, rec, id);
-    if requested > delivered + 1 {
+    if delivered
+        .checked_add(1)
+        .is_some_and(|next| requested > next)
+    {
         return full(if facts.unclean_stop && rec.open {
             Reason::UncleanStop {
                 replid,
@@ -163,6 +166,17 @@ mod tests {
             .unwrap()
             .to_string()
             .contains("never came through the link"));
+    }
+
+    #[test]
+    fn a_record_at_the_last_offset_there_is_cannot_be_asked_past() {
+        // A ledger file may hold any number (found by the ledger fuzz target: the next offset
+        // of such a record overflowed).
+        let mut l = LedgerData::new();
+        l.deliver(R, A, 100, false);
+        l.epochs[0].last_offset = u64::MAX;
+        l.replicas.get_mut(R).unwrap().offset = u64::MAX;
+        assert_eq!(judge(&facts(&l), A, i64::MAX), Verdict::Pass);
     }
 
     #[test]
