@@ -7,6 +7,7 @@
 //! the server picks from the configuration.
 
 use crate::config::{parse_addr, Credentials, LinkConfig};
+use crate::conn::admission::{Admission, Refusal};
 use crate::conn::stats::{LinkCounters, SessionSnapshot, SessionState, SessionStats};
 use crate::conn::{Peer, SessionEnd, Side};
 use crate::guard::Guard;
@@ -20,11 +21,13 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
+
+/// Longest a refused connection is given to take its answer.
+const REFUSAL_WRITE: Duration = Duration::from_secs(1);
 
 /// Session ids are unique within the process.
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
@@ -62,8 +65,9 @@ pub struct LinkCtx {
     pub counters: LinkCounters,
     /// Live sessions by id.
     pub sessions: DashMap<u64, Arc<SessionStats>>,
-    /// Bounds the number of live sessions.
-    permits: Arc<Semaphore>,
+    /// Who may hold a connection, on which budget: `allow_from`, the cap per source address,
+    /// `max_clients` and `max_sessions`.
+    pub admission: Arc<Admission>,
     /// The lineage guard: ledger, verdict bookkeeping.
     pub guard: Guard,
     /// Cancels this link's sessions (replaced when the master is re-pointed).
@@ -92,9 +96,10 @@ impl LinkCtx {
             &cfg.master,
             cfg.unknown_replica,
             cfg.allow_empty_master,
+            cfg.max_replica_records,
         );
         Ok(LinkCtx {
-            permits: Arc::new(Semaphore::new(cfg.max_sessions)),
+            admission: Arc::new(Admission::new(&cfg)),
             guard,
             session_cancel: std::sync::Mutex::new(cancel.child_token()),
             poll_lock: tokio::sync::Mutex::new(()),
@@ -201,21 +206,22 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(permit) = link.permits.clone().try_acquire_owned() else {
-            link.counters.sessions_refused.fetch_add(1, Relaxed);
-            warn!(link = %link.cfg.name, %peer, max = link.cfg.max_sessions,
-                  "session refused: the link is at max_sessions");
-            let msg = format!(
-                "-ERR replguard: link {} is at its limit of {} sessions\r\n",
-                link.cfg.name, link.cfg.max_sessions
-            );
-            tracker.spawn(async move {
-                let _ = sock.write_all(msg.as_bytes()).await;
-                let _ = sock.shutdown().await;
-            });
-            continue;
-        };
         let id = NEXT_SESSION.fetch_add(1, Relaxed);
+        let pass = match link.admission.admit(peer.ip(), id) {
+            Ok(p) => p,
+            Err(refusal) => {
+                link.admission.refused(peer, &refusal);
+                let msg = refusal.answer();
+                tracker.spawn(async move {
+                    let _ = timeout(REFUSAL_WRITE, async {
+                        sock.write_all(msg.as_bytes()).await?;
+                        sock.shutdown().await
+                    })
+                    .await;
+                });
+                continue;
+            }
+        };
         let stats = Arc::new(SessionStats::new(id, &link.cfg.name, peer));
         link.sessions.insert(id, stats.clone());
         link.counters.sessions_total.fetch_add(1, Relaxed);
@@ -233,8 +239,8 @@ pub async fn serve(
                     link2.flavour.record_delivery(&link2, &s, false);
                 }
                 link2.sessions.remove(&id);
-                finish(&link2, s, end).await;
-                drop(permit);
+                finish(&link2, peer, s, end).await;
+                drop(pass);
             }
             .instrument(span),
         );
@@ -279,9 +285,16 @@ async fn run_session(
     }
 }
 
-/// Logs the end of a session with its books, at a level chosen by whose fault it was.
-async fn finish(link: &LinkCtx, s: SessionSnapshot, end: Result<(), SessionEnd>) {
+/// Logs the end of a session with its books, at a level chosen by whose fault it was; a
+/// refusal is counted and logged by the link's admission (once per source a minute).
+async fn finish(link: &LinkCtx, peer: SocketAddr, s: SessionSnapshot, end: Result<(), SessionEnd>) {
     link.counters.add_ended(&s);
+    if let Err(SessionEnd::Refused(r)) = &end {
+        if matches!(r, Refusal::MaxSessions { .. }) {
+            link.counters.sessions_refused.fetch_add(1, Relaxed);
+        }
+        link.admission.refused(peer, r);
+    }
     if s.state == SessionState::Streaming {
         link.guard.save_if_dirty().await;
     }
@@ -310,8 +323,9 @@ async fn finish(link: &LinkCtx, s: SessionSnapshot, end: Result<(), SessionEnd>)
             )
         };
     }
-    if matches!(end, Err(SessionEnd::Held)) {
-        // Its hold is in the guard's decision line, logged once a minute while it lasts.
+    if matches!(end, Err(SessionEnd::Held | SessionEnd::Refused(_))) {
+        // A hold is in the guard's decision line, logged once a minute while it lasts; a
+        // refusal in the admission's line, once per source a minute.
         report!(debug);
     } else if routine {
         report!(info);

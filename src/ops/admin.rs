@@ -161,6 +161,7 @@ impl AdminState {
 const LINK: &[&str] = &["link"];
 const VERDICT: &[&str] = &["link", "verdict", "reason", "action"];
 const SESSION: &[&str] = &["link", "session", "replica"];
+const REFUSAL: &[&str] = &["link", "reason"];
 
 /// One metric family of a scrape: its descriptor (name, HELP, label names) and its samples,
 /// each with its label values in the descriptor's order.
@@ -276,6 +277,15 @@ impl Scrape {
                 })
             })
             .collect();
+        let refusals = links
+            .iter()
+            .flat_map(|l| {
+                l.admission
+                    .refusals()
+                    .into_iter()
+                    .map(|(reason, n)| (vec![l.cfg.name.clone(), reason.to_string()], n as f64))
+            })
+            .collect();
         let families = vec![
             Family::new(
                 "replguard_sessions_active",
@@ -297,6 +307,13 @@ impl Scrape {
                 "Connections refused at max_sessions.",
                 LINK,
                 counter(|l| l.counters.sessions_refused.load(Relaxed)),
+            )?,
+            Family::new(
+                "replguard_connections_refused_total",
+                COUNTER,
+                "Connections refused or cut by a limit, by reason (allow_from, max_connections_per_ip, max_clients, max_sessions, first_command_timeout, handshake_timeout, ip_address).",
+                REFUSAL,
+                refusals,
             )?,
             Family::new(
                 "replguard_session_errors_total",
@@ -713,7 +730,7 @@ mod tests {
             text.contains("# TYPE replguard_verdicts_total counter\n"),
             "{text}"
         );
-        assert_eq!(text.matches("# TYPE ").count(), 24, "{text}");
-        assert_eq!(text.matches("# HELP ").count(), 24, "{text}");
+        assert_eq!(text.matches("# TYPE ").count(), 25, "{text}");
+        assert_eq!(text.matches("# HELP ").count(), 25, "{text}");
     }
 }

@@ -12,3 +12,4 @@ mod kvrocks;
 mod kvrocks_real;
 mod load;
 mod replication;
+mod security;
