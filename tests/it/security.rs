@@ -379,3 +379,82 @@ fn an_announced_address_that_is_not_an_ip_address_is_refused() {
         }
     );
 }
+
+/// The real Kvrocks 2.7.0: a replica with `masterauth` syncs from a master with `requirepass`
+/// through a link that lends nothing, resumes without a full sync across a replguard restart,
+/// and an unauthenticated `PSYNC` or `_fetch_meta` gets the master's `-NOAUTH`.
+#[test]
+fn a_real_kvrocks_replica_with_masterauth_syncs_and_resumes() {
+    use crate::common::kvrocks_real::{cluster, kvrocks_bin, Kvrocks, NodeCfg};
+    let Some(bin) = kvrocks_bin("a_real_kvrocks_replica_with_masterauth_syncs_and_resumes") else {
+        return;
+    };
+    let node = NodeCfg {
+        cluster: true,
+        rsid: false,
+    };
+    let master = Kvrocks::start(&bin, node, &[]);
+    let replica = Kvrocks::start(&bin, node, &[&format!("masterauth {PASSWORD}")]);
+    let pw_dir = tempfile::tempdir().unwrap();
+    let pw = pw_dir.path().join("kv.pw");
+    std::fs::write(&pw, PASSWORD).unwrap();
+    let mut p = Proxy::start_kvrocks(
+        master.port,
+        "enforce",
+        &format!("    auth:\n      password_file: {}\n", pw.display()),
+    );
+    cluster(&master, None, p.link_addr(), 1);
+    let mut mc = master.client();
+    assert_eq!(mc.text(&["SET", "k0", "v0"]), "OK");
+    assert_eq!(mc.text(&["CONFIG", "SET", "requirepass", PASSWORD]), "OK");
+    assert_eq!(mc.text(&["AUTH", PASSWORD]), "OK");
+    let stat = |c: &mut Client, name: &str| -> u64 { c.info("stats")[name].parse().unwrap() };
+
+    // Nothing for a client that did not authenticate, whatever it asks.
+    for ask in [cmd(&["PSYNC", "0"]), cmd(&["_fetch_meta"])] {
+        let mut c = connect(p.port);
+        c.write_all(&ask).unwrap();
+        let got = read_line(&mut c);
+        assert!(got.starts_with("-NOAUTH"), "{got:?}");
+    }
+    assert_eq!(stat(&mut mc, "sync_full"), 0);
+
+    // The topology with the replica, set on the master as an authenticated client.
+    let (mid, rid) = ("m".repeat(40), "r".repeat(40));
+    let link = p.link_addr();
+    let topology = format!(
+        "{mid} {} {} master - 0-16383\n{rid} 127.0.0.1 {} slave {mid}",
+        link.ip(),
+        link.port(),
+        replica.port
+    );
+    let mut rc = replica.client();
+    assert_eq!(rc.text(&["CLUSTERX", "SETNODEID", &rid]), "OK");
+    for c in [&mut mc, &mut rc] {
+        assert_eq!(c.text(&["CLUSTERX", "SETNODES", &topology, "2"]), "OK");
+    }
+    let on_replica = |key: &str| {
+        wait_for(LONG, &format!("{key} on the replica"), || {
+            let mut c = Client::connect(replica.port).ok()?;
+            c.send(&["GET", key]);
+            matches!(c.try_read().ok()?, Reply::BulkString(_)).then_some(())
+        })
+    };
+    assert_eq!(mc.text(&["SET", "k1", "v1"]), "OK");
+    on_replica("k0");
+    on_replica("k1");
+    let full = stat(&mut mc, "sync_full");
+    let partial = p.metric("replguard_partial_syncs_total", "");
+    assert!(partial >= 1.0, "the replica streams through the link");
+
+    p.stop();
+    assert_eq!(mc.text(&["SET", "k2", "while-replguard-was-down"]), "OK");
+    p.resume();
+    on_replica("k2");
+    assert_eq!(stat(&mut mc, "sync_full"), full, "no second full sync");
+    // Counters start again with the restarted replguard.
+    assert!(
+        p.metric("replguard_partial_syncs_total", "") >= 1.0,
+        "the resume went through the guard"
+    );
+}
