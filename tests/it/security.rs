@@ -256,8 +256,16 @@ fn idle_and_trickling_clients_are_cut_and_do_not_starve_a_replica() {
         false,
         "    max_sessions: 2\n    max_clients: 8\n    max_connections_per_ip: 16\n    timeouts: { first_command_ms: 1500, handshake_ms: 3000 }\n",
     );
-    // As many idle connections as there are replica places, and two that trickle: one its
+    // As many ordinary clients as there are replica places, held open the whole time (they
+    // pass through, with no deadline), as many idle connections, and two that trickle: one its
     // first command, one a command after a quick first.
+    let mut held: Vec<Client> = (0..2)
+        .map(|_| {
+            let mut c = Client::connect(rig.port).unwrap();
+            assert_eq!(c.text(&["GET", "k"]), "v");
+            c
+        })
+        .collect();
     let mut idle: Vec<TcpStream> = (0..2).map(|_| connect(rig.port)).collect();
     let mut trickle_first = connect(rig.port);
     let mut trickle_later = connect(rig.port);
@@ -304,9 +312,12 @@ fn idle_and_trickling_clients_are_cut_and_do_not_starve_a_replica() {
         })
         .count();
     assert!((1..3).contains(&lines), "{lines} lines: {}", rig.rg.log());
-    // The replica streams on.
+    // The replica streams on, and the clients were not disturbed.
     assert_eq!(m.client().text(&["SET", "after", "1"]), "OK");
     wait_converged(&m, &r, LONG);
+    for c in &mut held {
+        assert_eq!(c.text(&["GET", "after"]), "1");
+    }
 }
 
 #[test]
