@@ -216,11 +216,13 @@ mod tests {
         let mut hs = Handshake::new(std::time::Instant::now(), &timeouts(300, 60_000));
         let trickle = tokio::spawn(async move {
             let mut client = client;
-            for b in b"*1\r\n$4\r\nPING\r" {
+            // Long enough that a deadline restarted by every byte would let it through.
+            let long = format!("*2\r\n$4\r\nECHO\r\n$40\r\n{}\r\n", "x".repeat(40));
+            for b in long.as_bytes() {
                 if client.write_all(&[*b]).await.is_err() {
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
             let mut answer = String::new();
             let _ = client.read_to_string(&mut answer).await;
