@@ -29,6 +29,17 @@ pub const DEFAULT_SYNC_IDLE_TIMEOUT_MS: u64 = 60_000;
 pub const DEFAULT_LINEAGE_POLL_MS: u64 = 1_000;
 /// Grace period for sessions to close and report when replguard shuts down.
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 5_000;
+/// Connections one link holds at once that have not sent a replication command (ordinary
+/// clients, and replicas before their first `REPLCONF`/`PSYNC`).
+pub const DEFAULT_MAX_CLIENTS: usize = 64;
+/// Connections one source IP address may hold on one link at once.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 32;
+/// Time a new connection has to send its first complete command.
+pub const DEFAULT_FIRST_COMMAND_TIMEOUT_MS: u64 = 10_000;
+/// Time a connection has, from its accept, to send the commands of its handshake.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 60_000;
+/// Replica records one ledger keeps; beyond it the oldest are pruned.
+pub const DEFAULT_MAX_REPLICA_RECORDS: usize = 1024;
 
 /// One problem found in a configuration, with the YAML path it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,14 +244,28 @@ pub struct LinkConfig {
     pub flavor: Flavor,
     /// Lineage guard mode.
     pub guard: GuardMode,
-    /// Most replica sessions open at once on this link.
+    /// Most replica sessions (connections that sent a replication command) open at once.
     #[serde(default = "default_max_sessions")]
     pub max_sessions: usize,
+    /// Most connections open at once that have not sent a replication command: a budget apart
+    /// from `max_sessions`, so idle clients cannot take the replicas' places.
+    #[serde(default = "default_max_clients")]
+    pub max_clients: usize,
+    /// Most connections one source IP address may hold on this link at once.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Source networks (CIDR, or a single address) allowed to connect; empty allows any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_from: Vec<String>,
+    /// Replica records the link's ledger keeps; the oldest are pruned beyond it.
+    #[serde(default = "default_max_replica_records")]
+    pub max_replica_records: usize,
     /// Add `REPLCONF ip-address <replica address>` when the replica did not announce one, so the
     /// master's INFO and ROLE name the real replica instead of replguard.
     #[serde(default = "default_true")]
     pub announce_replica_ip: bool,
-    /// Credentials replguard uses towards the master for replication sessions.
+    /// Credentials for replguard's own connections to the master (INFO reads, lineage polls);
+    /// never sent on a replica's or a client's behalf.
     #[serde(default)]
     pub auth: Option<AuthConfig>,
     /// Timeouts, in milliseconds.
@@ -314,6 +339,13 @@ pub struct TimeoutsConfig {
     pub handshake_step_ms: u64,
     #[serde(default = "default_sync_idle_timeout_ms")]
     pub sync_idle_ms: u64,
+    /// Time a new connection has to send its first complete command.
+    #[serde(default = "default_first_command_timeout_ms")]
+    pub first_command_ms: u64,
+    /// Time a connection has, from its accept, to send its whole handshake (up to its `PSYNC`,
+    /// or the first command that makes it an ordinary client).
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_ms: u64,
 }
 
 impl Default for TimeoutsConfig {
@@ -322,6 +354,8 @@ impl Default for TimeoutsConfig {
             connect_ms: DEFAULT_CONNECT_TIMEOUT_MS,
             handshake_step_ms: DEFAULT_HANDSHAKE_STEP_TIMEOUT_MS,
             sync_idle_ms: DEFAULT_SYNC_IDLE_TIMEOUT_MS,
+            first_command_ms: DEFAULT_FIRST_COMMAND_TIMEOUT_MS,
+            handshake_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
         }
     }
 }
@@ -336,6 +370,12 @@ impl TimeoutsConfig {
     pub fn sync_idle(&self) -> Duration {
         Duration::from_millis(self.sync_idle_ms)
     }
+    pub fn first_command(&self) -> Duration {
+        Duration::from_millis(self.first_command_ms)
+    }
+    pub fn handshake(&self) -> Duration {
+        Duration::from_millis(self.handshake_ms)
+    }
 }
 
 fn default_true() -> bool {
@@ -343,6 +383,21 @@ fn default_true() -> bool {
 }
 fn default_max_sessions() -> usize {
     DEFAULT_MAX_SESSIONS
+}
+fn default_max_clients() -> usize {
+    DEFAULT_MAX_CLIENTS
+}
+fn default_max_connections_per_ip() -> usize {
+    DEFAULT_MAX_CONNECTIONS_PER_IP
+}
+fn default_max_replica_records() -> usize {
+    DEFAULT_MAX_REPLICA_RECORDS
+}
+fn default_first_command_timeout_ms() -> u64 {
+    DEFAULT_FIRST_COMMAND_TIMEOUT_MS
+}
+fn default_handshake_timeout_ms() -> u64 {
+    DEFAULT_HANDSHAKE_TIMEOUT_MS
 }
 fn default_connect_timeout_ms() -> u64 {
     DEFAULT_CONNECT_TIMEOUT_MS
@@ -604,8 +659,20 @@ impl Config {
             if link.lineage_poll_ms == 0 {
                 push(p("lineage_poll_ms"), "must be greater than 0".into());
             }
-            if link.max_sessions == 0 {
-                push(p("max_sessions"), "must be at least 1".into());
+            for (field, v) in [
+                ("max_sessions", link.max_sessions),
+                ("max_clients", link.max_clients),
+                ("max_connections_per_ip", link.max_connections_per_ip),
+                ("max_replica_records", link.max_replica_records),
+            ] {
+                if v == 0 {
+                    push(p(field), "must be at least 1".into());
+                }
+            }
+            for (j, net) in link.allow_from.iter().enumerate() {
+                if let Err(m) = Cidr::parse(net) {
+                    push(p(&format!("allow_from[{j}]")), m);
+                }
             }
             if link.flavor == Flavor::Kvrocks && link.allow_empty_master {
                 push(
@@ -618,6 +685,8 @@ impl Config {
                 ("timeouts.connect_ms", t.connect_ms),
                 ("timeouts.handshake_step_ms", t.handshake_step_ms),
                 ("timeouts.sync_idle_ms", t.sync_idle_ms),
+                ("timeouts.first_command_ms", t.first_command_ms),
+                ("timeouts.handshake_ms", t.handshake_ms),
             ] {
                 if v == 0 {
                     push(p(field), "must be greater than 0".into());
@@ -835,6 +904,14 @@ const LINK_FIELDS: &[Field] = &[
     ),
     field("guard", Required, Ty::Choice(&["enforce", "observe"])),
     field("max_sessions", Defaulted, Ty::Count),
+    field("max_clients", Defaulted, Ty::Count),
+    field("max_connections_per_ip", Defaulted, Ty::Count),
+    field(
+        "allow_from",
+        Defaulted,
+        Ty::List(&Ty::Text("a network in CIDR form (e.g. 10.0.0.0/8)")),
+    ),
+    field("max_replica_records", Defaulted, Ty::Count),
     field("announce_replica_ip", Defaulted, Ty::Bool),
     field("auth", Optional, Ty::Map(AUTH_FIELDS)),
     field("timeouts", Defaulted, Ty::Map(TIMEOUT_FIELDS)),
@@ -872,6 +949,8 @@ const TIMEOUT_FIELDS: &[Field] = &[
     field("connect_ms", Defaulted, Ty::Count),
     field("handshake_step_ms", Defaulted, Ty::Count),
     field("sync_idle_ms", Defaulted, Ty::Count),
+    field("first_command_ms", Defaulted, Ty::Count),
+    field("handshake_ms", Defaulted, Ty::Count),
 ];
 
 impl Ty {
@@ -1253,6 +1332,63 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse::<SocketAddr>().map_err(|_| {
         format!("{s:?} is not an IP address with a port (e.g. 127.0.0.1:7000 or [::1]:7000)")
     })
+}
+
+/// A source network of `allow_from`: an address and how many of its leading bits must match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: IpAddr,
+    bits: u8,
+}
+
+impl Cidr {
+    /// Parses `10.0.0.0/8`, `fd00::/8`, or a single address (all its bits).
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let bad = || {
+            format!(
+                "{s:?} is not a network in CIDR form (e.g. 10.0.0.0/8, fd00::/8, or one address)"
+            )
+        };
+        let (ip, bits) = match s.split_once('/') {
+            Some((ip, bits)) => (ip, Some(bits)),
+            None => (s, None),
+        };
+        let net: IpAddr = ip.parse().map_err(|_| bad())?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let bits = match bits {
+            None => max,
+            Some(b) => match b.parse::<u8>() {
+                Ok(n) if n <= max && !b.starts_with('+') => n,
+                _ => return Err(bad()),
+            },
+        };
+        Ok(Cidr { net, bits })
+    }
+
+    /// Whether `ip` is in this network; an IPv4 address mapped into IPv6 counts as IPv4.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.net, ip.to_canonical()) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(&n.octets(), &a.octets(), self.bits),
+            (IpAddr::V6(n), IpAddr::V6(a)) => prefix_eq(&n.octets(), &a.octets(), self.bits),
+            _ => false,
+        }
+    }
+}
+
+/// Whether the first `bits` bits of `a` and `b` are equal.
+fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
+    let (whole, rest) = (usize::from(bits / 8), bits % 8);
+    if a.get(..whole) != b.get(..whole) {
+        return false;
+    }
+    if rest == 0 {
+        return true;
+    }
+    let mask = 0xffu8 << (8 - rest);
+    match (a.get(whole), b.get(whole)) {
+        (Some(x), Some(y)) => x & mask == y & mask,
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -1749,6 +1885,10 @@ links:
                 flavor: Flavor::Valkey,
                 guard: GuardMode::Observe,
                 max_sessions: 1,
+                max_clients: 1,
+                max_connections_per_ip: 1,
+                allow_from: vec!["10.0.0.0/8".into()],
+                max_replica_records: 1,
                 announce_replica_ip: false,
                 auth: Some(AuthConfig {
                     user: Some("u".into()),
@@ -1894,5 +2034,53 @@ links:
             ..auth.clone()
         };
         assert!(both.resolve().unwrap_err().contains("not both"));
+    }
+
+    #[test]
+    fn limits_and_networks_are_checked_with_their_paths() {
+        let p = problems(&format!(
+            "{GOOD}    max_clients: 0\n    max_connections_per_ip: 0\n    max_replica_records: 0\n    allow_from: [10.0.0.0/8, 10.0.0.0/33, example.com, '::1/+1']\n    timeouts: {{ first_command_ms: 0, handshake_ms: 0 }}\n",
+        ));
+        assert_eq!(
+            p,
+            [
+                "links[0].max_clients: must be at least 1",
+                "links[0].max_connections_per_ip: must be at least 1",
+                "links[0].max_replica_records: must be at least 1",
+                "links[0].allow_from[1]: \"10.0.0.0/33\" is not a network in CIDR form (e.g. 10.0.0.0/8, fd00::/8, or one address)",
+                "links[0].allow_from[2]: \"example.com\" is not a network in CIDR form (e.g. 10.0.0.0/8, fd00::/8, or one address)",
+                "links[0].allow_from[3]: \"::1/+1\" is not a network in CIDR form (e.g. 10.0.0.0/8, fd00::/8, or one address)",
+                "links[0].timeouts.first_command_ms: must be greater than 0",
+                "links[0].timeouts.handshake_ms: must be greater than 0",
+            ]
+        );
+        let c = Config::from_yaml(GOOD, "t.yaml").unwrap();
+        let l = &c.links[0];
+        assert_eq!(l.max_clients, DEFAULT_MAX_CLIENTS);
+        assert_eq!(l.max_connections_per_ip, DEFAULT_MAX_CONNECTIONS_PER_IP);
+        assert_eq!(l.max_replica_records, DEFAULT_MAX_REPLICA_RECORDS);
+        assert!(l.allow_from.is_empty());
+        assert_eq!(
+            l.timeouts.first_command_ms,
+            DEFAULT_FIRST_COMMAND_TIMEOUT_MS
+        );
+        assert_eq!(l.timeouts.handshake_ms, DEFAULT_HANDSHAKE_TIMEOUT_MS);
+    }
+
+    #[test]
+    fn networks_match_by_their_prefix() {
+        let net = |s: &str| Cidr::parse(s).unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(net("10.0.0.0/8").contains(ip("10.200.1.2")));
+        assert!(!net("10.0.0.0/8").contains(ip("11.0.0.1")));
+        assert!(net("192.168.4.0/22").contains(ip("192.168.7.255")));
+        assert!(!net("192.168.4.0/22").contains(ip("192.168.8.0")));
+        assert!(net("0.0.0.0/0").contains(ip("8.8.8.8")));
+        assert!(!net("0.0.0.0/0").contains(ip("::2")));
+        assert!(net("127.0.0.1").contains(ip("127.0.0.1")));
+        assert!(!net("127.0.0.1").contains(ip("127.0.0.2")));
+        assert!(net("127.0.0.1").contains(ip("::ffff:127.0.0.1")));
+        assert!(net("fd00::/8").contains(ip("fd12::1")));
+        assert!(!net("fd00::/8").contains(ip("fe80::1")));
     }
 }

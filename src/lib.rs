@@ -13,8 +13,8 @@
 //! |---|---|
 //! | [`config`] | the YAML schema, defaults; every problem by path (schema walk, validate) |
 //! | [`server`] | binding every listener, picking each link's flavour, shutdown in order |
-//! | [`link`] | one link: its context, accept loop, `max_sessions`, the dial, the keeper |
-//! | [`conn`] | one connection, no flavour: how a session ends, timed peer reads, the shared handshake steps (`AUTH`, `PING`, `REPLCONF`), the relay pump, the plain pipe, session books |
+//! | [`link`] | one link: its context, accept loop, the dial, the keeper |
+//! | [`conn`] | one connection, no flavour: its admission (allow-list, per-IP cap, budgets), how a session ends, timed peer reads, the shared handshake steps (`AUTH`, `PING`, `REPLCONF`, deadlines), the relay pump, the plain pipe, session books |
 //! | [`redis`] | Redis / Valkey: handshake and PSYNC, the RDB and stream observers, INFO lineage |
 //! | [`kvrocks`] | Kvrocks: handshake and PSYNC, the WAL-batch observer, `_fetch_meta` / `_fetch_file`, the checkpoint reader |
 //! | [`guard`] | a link's ledger at runtime; [`guard::verdict`] (pure, property-tested; one facts type and rule set per flavour), [`guard::route`], [`guard::decision`] (the log line), [`guard::ledger`] (data), [`guard::store`] (the file's one writer) |
@@ -42,8 +42,9 @@
 //!
 //! Kvrocks' full-sync connections (`_fetch_meta`, `_fetch_file`) pass through the same pump
 //! unchanged; their observer counts a complete transfer and reads the checkpoint's last
-//! sequence. Bytes are forwarded exactly as received; replguard only adds commands of its own
-//! during the handshake (its `AUTH`, `REPLCONF ip-address`) and swallows their replies.
+//! sequence. Bytes are forwarded exactly as received; replguard only adds a command of its own
+//! during the handshake (`REPLCONF ip-address`) and swallows its reply; it never sends
+//! credentials on a connection from a link port.
 
 #![forbid(unsafe_code)]
 

@@ -10,6 +10,7 @@
 //! sessions and the keeper read the one in force; a session keeps the one it started with.
 
 use crate::config::{parse_addr, Credentials, LinkConfig};
+use crate::conn::admission::{Admission, Refusal};
 use crate::conn::stats::{LinkCounters, SessionSnapshot, SessionState, SessionStats};
 use crate::conn::tls::LinkTls;
 use crate::conn::{Peer, SessionEnd, Side, Stream};
@@ -19,7 +20,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::AcqRel, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -28,6 +29,9 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
+
+/// Longest a refused connection is given to take its answer.
+const REFUSAL_WRITE: Duration = Duration::from_secs(1);
 
 /// Session ids are unique within the process.
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
@@ -71,8 +75,9 @@ pub struct LinkCtx {
     pub counters: LinkCounters,
     /// Live sessions by id.
     pub sessions: DashMap<u64, Arc<SessionStats>>,
-    /// Sessions holding a slot, bounded by `max_sessions` in force.
-    slots: Arc<AtomicUsize>,
+    /// Who may hold a connection, on which budget: `allow_from`, the cap per source address,
+    /// `max_clients` and `max_sessions`.
+    pub admission: Arc<Admission>,
     /// The lineage guard: ledger, verdict bookkeeping.
     pub guard: Guard,
     /// Fires when the link stops: at shutdown, or when a reload removes it. Parent of every
@@ -119,11 +124,12 @@ impl LinkCtx {
             &cfg.master,
             cfg.unknown_replica,
             cfg.allow_empty_master,
+            cfg.max_replica_records,
         );
         let stop = cancel.child_token();
         Ok(LinkCtx {
             name: cfg.name.clone(),
-            slots: Arc::new(AtomicUsize::new(0)),
+            admission: Arc::new(Admission::new(&cfg)),
             guard,
             session_cancel: std::sync::Mutex::new(stop.child_token()),
             stop,
@@ -159,16 +165,6 @@ impl LinkCtx {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-    }
-
-    /// A slot for one more session, if fewer than `max_sessions` (as in force now) are open.
-    /// Lowering `max_sessions` closes no session: new ones are refused until enough have ended.
-    fn take_slot(&self) -> Option<Slot> {
-        let max = self.cfg().max_sessions;
-        self.slots
-            .fetch_update(AcqRel, Relaxed, |n| (n < max).then_some(n + 1))
-            .ok()
-            .map(|_| Slot(self.slots.clone()))
     }
 
     /// The TLS material in force.
@@ -298,6 +294,8 @@ impl LinkCtx {
         if next.allow_empty_master != old.allow_empty_master {
             self.guard.set_allow_empty_master(next.allow_empty_master);
         }
+        self.admission.reconfigure(&next);
+        self.guard.set_max_replica_records(next.max_replica_records);
         self.set_cfg(next);
         if let Some(addr) = repoint {
             self.repoint(addr).await;
@@ -363,22 +361,22 @@ pub async fn serve(
                 }
             },
         };
-        let Some(permit) = link.take_slot() else {
-            let max = link.cfg().max_sessions;
-            link.counters.sessions_refused.fetch_add(1, Relaxed);
-            warn!(link = %link.name, %peer, max,
-                  "session refused: the link is at max_sessions");
-            let msg = format!(
-                "-ERR replguard: link {} is at its limit of {max} sessions\r\n",
-                link.name
-            );
-            tracker.spawn(async move {
-                let _ = sock.write_all(msg.as_bytes()).await;
-                let _ = sock.shutdown().await;
-            });
-            continue;
-        };
         let id = NEXT_SESSION.fetch_add(1, Relaxed);
+        let pass = match link.admission.admit(peer.ip(), id) {
+            Ok(p) => p,
+            Err(refusal) => {
+                link.admission.refused(peer, &refusal);
+                let msg = refusal.answer();
+                tracker.spawn(async move {
+                    let _ = timeout(REFUSAL_WRITE, async {
+                        sock.write_all(msg.as_bytes()).await?;
+                        sock.shutdown().await
+                    })
+                    .await;
+                });
+                continue;
+            }
+        };
         let stats = Arc::new(SessionStats::new(id, &link.name, peer));
         link.sessions.insert(id, stats.clone());
         link.counters.sessions_total.fetch_add(1, Relaxed);
@@ -396,8 +394,8 @@ pub async fn serve(
                     link2.flavour.record_delivery(&link2, &s, false);
                 }
                 link2.sessions.remove(&id);
-                finish(&link2, s, end).await;
-                drop(permit);
+                finish(&link2, peer, s, end).await;
+                drop(pass);
             }
             .instrument(span),
         );
@@ -447,9 +445,16 @@ fn tls_refused(link: &LinkCtx, reason: String) -> SessionEnd {
     }
 }
 
-/// Logs the end of a session with its books, at a level chosen by whose fault it was.
-async fn finish(link: &LinkCtx, s: SessionSnapshot, end: Result<(), SessionEnd>) {
+/// Logs the end of a session with its books, at a level chosen by whose fault it was; a
+/// refusal is counted and logged by the link's admission (once per source a minute).
+async fn finish(link: &LinkCtx, peer: SocketAddr, s: SessionSnapshot, end: Result<(), SessionEnd>) {
     link.counters.add_ended(&s);
+    if let Err(SessionEnd::Refused(r)) = &end {
+        if matches!(r, Refusal::MaxSessions { .. }) {
+            link.counters.sessions_refused.fetch_add(1, Relaxed);
+        }
+        link.admission.refused(peer, r);
+    }
     if s.state == SessionState::Streaming {
         link.guard.save_if_dirty().await;
     }
@@ -478,8 +483,9 @@ async fn finish(link: &LinkCtx, s: SessionSnapshot, end: Result<(), SessionEnd>)
             )
         };
     }
-    if matches!(end, Err(SessionEnd::Held)) {
-        // Its hold is in the guard's decision line, logged once a minute while it lasts.
+    if matches!(end, Err(SessionEnd::Held | SessionEnd::Refused(_))) {
+        // A hold is in the guard's decision line, logged once a minute while it lasts; a
+        // refusal in the admission's line, once per source a minute.
         report!(debug);
     } else if routine {
         report!(info);
@@ -528,15 +534,6 @@ pub async fn keep(link: Arc<LinkCtx>, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(LEDGER_FLUSH_EVERY.min(poll_every)) => {}
         }
-    }
-}
-
-/// One session's place under `max_sessions`, given back when dropped.
-struct Slot(Arc<AtomicUsize>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, AcqRel);
     }
 }
 

@@ -1,42 +1,137 @@
-//! The handshake steps every flavour shares: reading the next command, `PING`/`AUTH` relayed
-//! with their one reply, what a `REPLCONF` says about the replica, and replguard's own `AUTH`
-//! before the first replication command.
+//! The handshake steps every flavour shares: reading the next command within its deadline,
+//! `PING`/`AUTH` relayed with their one reply, what a `REPLCONF` says about the replica, and the
+//! move to a replica's place at the first replication command.
+//!
+//! replguard sends no credentials of its own on a connection from a link port: a replica
+//! authenticates with its own `masterauth` (its `AUTH` is forwarded and the master decides),
+//! and a client that did not authenticate gets what the master answers it.
+//!
+//! Deadlines, counted from the accept: the first complete command within
+//! `timeouts.first_command_ms`, every command of the handshake within `timeouts.handshake_ms`,
+//! and a replica's each next command within `timeouts.handshake_step_ms`. A command's bytes
+//! count as they arrive: a client that trickles them is cut at the same deadline.
 
+use super::admission::{Admission, Refusal};
 use super::stats::SessionStats;
 use super::{Peer, Result, SessionEnd};
-use crate::config::Credentials;
-use crate::wire::resp::{encode_command, Command};
+use crate::config::TimeoutsConfig;
+use crate::wire::resp::Command;
 use bytes::BytesMut;
+use std::net::IpAddr;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 
-/// What the handshake learned, used to decide what replguard adds on its own.
-#[derive(Debug, Default)]
+/// What the handshake learned, and its deadlines.
+#[derive(Debug)]
 pub struct Handshake {
     /// The replica authenticated itself successfully.
     pub client_authed: bool,
-    /// replguard already sent its own AUTH.
-    pub proxy_authed: bool,
+    /// The master answered one of this connection's commands `-NOAUTH` (and no `AUTH`
+    /// succeeded since): its `PSYNC` goes to the master as sent, unjudged.
+    pub unauthenticated: bool,
     /// The replica announced `REPLCONF ip-address` (or replguard did for it).
     pub ip_announced: bool,
     /// The client sent a replication-only command, so it is a replica.
     pub is_replica: bool,
+    /// Commands read so far.
+    commands: u64,
+    /// When the connection was accepted.
+    started: Instant,
+    first_command: Duration,
+    whole: Duration,
 }
 
-/// Reads the next handshake command. A client that has not shown it is a replica may sit idle
-/// like any client; a replica's steps are timed.
+impl Default for Handshake {
+    fn default() -> Self {
+        Handshake::new(std::time::Instant::now(), &TimeoutsConfig::default())
+    }
+}
+
+impl Handshake {
+    /// A handshake of a connection accepted at `started`, with the link's deadlines.
+    pub fn new(started: std::time::Instant, t: &TimeoutsConfig) -> Self {
+        Handshake {
+            client_authed: false,
+            unauthenticated: false,
+            ip_announced: false,
+            is_replica: false,
+            commands: 0,
+            started: Instant::from_std(started),
+            first_command: t.first_command(),
+            whole: t.handshake(),
+        }
+    }
+
+    /// When the next command must be complete, and what a miss is: a refusal (the first
+    /// command's or the handshake's deadline) or, for a replica's step, `None` (a timeout).
+    fn next_deadline(&self, step: Duration) -> (Instant, &'static str, Option<Refusal>) {
+        let whole = self.started + self.whole;
+        let handshake = Refusal::Handshake {
+            ms: millis(self.whole),
+        };
+        if self.commands == 0 {
+            let first = self.started + self.first_command;
+            if first < whole {
+                let r = Refusal::FirstCommand {
+                    ms: millis(self.first_command),
+                };
+                return (first, "the first command", Some(r));
+            }
+            return (whole, "the first command", Some(handshake));
+        }
+        if self.is_replica {
+            let next = Instant::now() + step;
+            if next < whole {
+                return (next, "the next handshake command", None);
+            }
+        }
+        (whole, "the next handshake command", Some(handshake))
+    }
+
+    /// Notes a master's reply to one of this connection's commands.
+    pub fn master_replied(&mut self, reply: &[u8]) {
+        if reply.starts_with(b"-NOAUTH") {
+            self.unauthenticated = true;
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Reads the next handshake command within its deadline; a client that misses the first
+/// command's or the handshake's deadline is told which and its session ends.
 pub async fn next_command<S: AsyncRead + AsyncWrite + Unpin>(
     r: &mut Peer<S>,
-    hs: &Handshake,
+    hs: &mut Handshake,
     step: Duration,
 ) -> Result<(Command, BytesMut)> {
-    let limit = hs
-        .is_replica
-        .then_some((step, "the next handshake command"));
-    r.command(limit).await
+    let (at, what, refusal) = hs.next_deadline(step);
+    match r.command(Some((at, what))).await {
+        Ok(x) => {
+            hs.commands = hs.commands.saturating_add(1);
+            Ok(x)
+        }
+        Err(SessionEnd::Timeout { .. }) if refusal.is_some() => {
+            let refusal = refusal.unwrap_or(Refusal::Handshake { ms: 0 });
+            Err(refuse(r, refusal).await)
+        }
+        Err(e) => Err(e),
+    }
 }
 
-/// Forwards `PING` or `AUTH` and relays its one reply; notes a successful `AUTH`.
+/// Tells the client why it is refused, lets it read that, and says how its session ends.
+pub async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    r: &mut Peer<S>,
+    refusal: Refusal,
+) -> SessionEnd {
+    r.refuse(&refusal.answer()).await;
+    SessionEnd::Refused(refusal)
+}
+
+/// Forwards `PING` or `AUTH` and relays its one reply; notes how the master took it.
 pub async fn exchange<S, T>(
     r: &mut Peer<S>,
     m: &mut Peer<T>,
@@ -53,12 +148,19 @@ where
     let reply = m.reply(step, "a handshake reply").await?;
     if name == "AUTH" && reply.starts_with(b"+") {
         hs.client_authed = true;
+        hs.unauthenticated = false;
     }
+    hs.master_replied(&reply);
     r.send(&reply).await
 }
 
 /// Notes what a `REPLCONF` says about the replica: its listening port and announced address.
-pub fn replconf(cmd: &Command, stats: &SessionStats, hs: &mut Handshake) {
+/// An announced address must be an IP address: it names the replica's books.
+pub fn replconf(
+    cmd: &Command,
+    stats: &SessionStats,
+    hs: &mut Handshake,
+) -> std::result::Result<(), Refusal> {
     for pair in cmd.args.get(1..).unwrap_or_default().chunks(2) {
         let opt = &pair[0];
         let val = pair.get(1).map(|v| v.as_slice()).unwrap_or_default();
@@ -67,53 +169,129 @@ pub fn replconf(cmd: &Command, stats: &SessionStats, hs: &mut Handshake) {
                 stats.set_replica_port(p);
             }
         } else if opt.eq_ignore_ascii_case(b"ip-address") {
+            let ip: IpAddr = std::str::from_utf8(val)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| Refusal::ip_address(val))?;
             hs.ip_announced = true;
-            stats.set_replica_ip(&String::from_utf8_lossy(val));
+            stats.set_replica_ip(&ip.to_string());
         }
     }
+    Ok(())
 }
 
-/// A replication command is about to be forwarded: the client is a replica from now on, and
-/// replguard's own AUTH goes first if it is due.
+/// A replication command is about to be forwarded: the client is a replica from now on and
+/// takes a replica's place on the link; refused (and told why) when there is none.
 pub async fn replication_command<S: AsyncRead + AsyncWrite + Unpin>(
-    creds: Option<&Credentials>,
-    m: &mut Peer<S>,
+    admission: &Admission,
+    stats: &SessionStats,
+    r: &mut Peer<S>,
     hs: &mut Handshake,
-    step: Duration,
 ) -> Result<()> {
     hs.is_replica = true;
-    proxy_auth(creds, m, hs, step).await
-}
-
-/// Sends replguard's own AUTH once, before the first replication command, when the link has
-/// credentials and the replica did not authenticate itself.
-async fn proxy_auth<S: AsyncRead + AsyncWrite + Unpin>(
-    creds: Option<&Credentials>,
-    m: &mut Peer<S>,
-    hs: &mut Handshake,
-    step: Duration,
-) -> Result<()> {
-    let Some(creds) = creds else {
-        return Ok(());
-    };
-    if hs.client_authed || hs.proxy_authed {
-        return Ok(());
-    }
-    hs.proxy_authed = true;
-    m.send(&auth_command(creds)).await?;
-    let reply = m.reply(step, "the reply to replguard's AUTH").await?;
-    if reply.starts_with(b"+") {
-        Ok(())
-    } else {
-        Err(SessionEnd::UpstreamAuth(
-            String::from_utf8_lossy(&reply).trim_end().to_string(),
-        ))
+    match admission.promote(stats.id) {
+        Ok(()) => Ok(()),
+        Err(refusal) => Err(refuse(r, refusal).await),
     }
 }
 
-fn auth_command(c: &Credentials) -> Vec<u8> {
-    match &c.user {
-        Some(u) => encode_command(&["AUTH", u.as_str(), c.password.as_str()]),
-        None => encode_command(&["AUTH", c.password.as_str()]),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conn::Side;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn timeouts(first: u64, whole: u64) -> TimeoutsConfig {
+        TimeoutsConfig {
+            first_command_ms: first,
+            handshake_ms: whole,
+            ..TimeoutsConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_trickled_first_command_is_cut_at_its_deadline() {
+        let (client, server) = tokio::io::duplex(4096);
+        let mut peer = Peer::new(server, Side::Replica);
+        let mut hs = Handshake::new(std::time::Instant::now(), &timeouts(300, 60_000));
+        let trickle = tokio::spawn(async move {
+            let mut client = client;
+            // Long enough that a deadline restarted by every byte would let it through.
+            let long = format!("*2\r\n$4\r\nECHO\r\n$40\r\n{}\r\n", "x".repeat(40));
+            for b in long.as_bytes() {
+                if client.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let mut answer = String::new();
+            let _ = client.read_to_string(&mut answer).await;
+            answer
+        });
+        let end = next_command(&mut peer, &mut hs, Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(end, SessionEnd::Refused(Refusal::FirstCommand { ms: 300 })),
+            "{end}"
+        );
+        drop(peer);
+        assert_eq!(
+            trickle.await.unwrap(),
+            "-ERR replguard: no complete command within 300 ms of connecting (timeouts.first_command_ms)\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_whole_handshake_has_a_deadline_even_for_quick_commands() {
+        let (client, server) = tokio::io::duplex(1024);
+        let mut peer = Peer::new(server, Side::Replica);
+        let mut hs = Handshake::new(std::time::Instant::now(), &timeouts(200, 500));
+        let _pinger = tokio::spawn(async move {
+            let mut client = client;
+            for _ in 0..100 {
+                if client.write_all(b"PING\r\n").await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let mut read = 0;
+        let end = loop {
+            match next_command(&mut peer, &mut hs, Duration::from_secs(10)).await {
+                Ok(_) => read += 1,
+                Err(e) => break e,
+            }
+        };
+        assert!(
+            matches!(end, SessionEnd::Refused(Refusal::Handshake { ms: 500 })),
+            "{end}"
+        );
+        assert!(read >= 1, "{read}");
+    }
+
+    #[test]
+    fn an_announced_address_must_be_an_ip_address() {
+        let stats = SessionStats::new(1, "t", "127.0.0.1:1".parse().unwrap());
+        let cmd = |line: &str| {
+            crate::wire::resp::parse_command(line.as_bytes())
+                .unwrap()
+                .unwrap()
+                .0
+        };
+        let mut hs = Handshake::default();
+        assert!(replconf(&cmd("REPLCONF ip-address 10.1.2.3\r\n"), &stats, &mut hs).is_ok());
+        assert!(replconf(&cmd("REPLCONF ip-address ::1\r\n"), &stats, &mut hs).is_ok());
+        for bad in ["db.example", "10.1.2.3:6379", "", "10.1.2"] {
+            let c = cmd(&format!(
+                "*3\r\n$8\r\nREPLCONF\r\n$10\r\nip-address\r\n${}\r\n{bad}\r\n",
+                bad.len()
+            ));
+            assert_eq!(
+                replconf(&c, &stats, &mut hs).unwrap_err().code(),
+                "ip_address",
+                "{bad}"
+            );
+        }
     }
 }

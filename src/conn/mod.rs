@@ -1,7 +1,8 @@
-//! One connection, whatever the flavour: how a session ends and which side it concerns, a
-//! peer with bounded, timed reads, the handshake steps every flavour shares, the one relay
+//! One connection, whatever the flavour: the places it may hold on its link, how a session ends
+//! and which side it concerns, a peer with bounded, timed reads, the handshake steps every flavour shares, the one relay
 //! pump, the plain pipe for clients that are not replicas, and the session's books.
 
+pub mod admission;
 pub mod handshake;
 pub mod passthrough;
 pub mod peer;
@@ -67,8 +68,8 @@ pub enum SessionEnd {
     },
     #[error("TLS handshake with the {side} failed: {reason}")]
     Tls { side: Side, reason: String },
-    #[error("master refused replguard's credentials: {0}")]
-    UpstreamAuth(String),
+    #[error("refused: {0}")]
+    Refused(admission::Refusal),
     #[error("master answered PSYNC with {0:?}, which replguard does not relay")]
     Unsupported(String),
     #[error("held by the lineage guard (answered -LOADING)")]
@@ -80,11 +81,15 @@ pub enum SessionEnd {
 }
 
 impl SessionEnd {
-    /// Whether the end is routine (a peer went away or replguard stopped) rather than a fault.
+    /// Whether the end is routine (a peer went away, replguard stopped, or refused the peer
+    /// by a limit) rather than a fault.
     pub fn is_routine(&self) -> bool {
         matches!(
             self,
-            SessionEnd::Closed(_) | SessionEnd::Shutdown | SessionEnd::Held
+            SessionEnd::Closed(_)
+                | SessionEnd::Shutdown
+                | SessionEnd::Held
+                | SessionEnd::Refused(_)
         )
     }
 }

@@ -7,7 +7,7 @@ use bytes::BytesMut;
 use std::io;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::timeout;
+use tokio::time::{timeout, timeout_at, Instant};
 
 /// Longest reply line read during a handshake.
 const MAX_REPLY_LINE: usize = 1024;
@@ -44,15 +44,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Peer<S> {
 
     /// Reads more bytes into the buffer; a clean close is `Closed`.
     async fn fill(&mut self, limit: Option<(Duration, &'static str)>) -> Result<()> {
+        let deadline = limit.map(|(after, step)| (Instant::now() + after, after, step));
+        self.fill_until(deadline).await
+    }
+
+    /// Reads more bytes into the buffer, giving up at a deadline (`after`: how long the wait
+    /// was allowed, for the error).
+    async fn fill_until(
+        &mut self,
+        deadline: Option<(Instant, Duration, &'static str)>,
+    ) -> Result<()> {
         let read = self.io.read_buf(&mut self.buf);
-        let n = match limit {
-            Some((after, step)) => timeout(after, read)
-                .await
-                .map_err(|_| SessionEnd::Timeout {
-                    side: self.side,
-                    step,
-                    after,
-                })?,
+        let n = match deadline {
+            Some((at, after, step)) => {
+                timeout_at(at, read)
+                    .await
+                    .map_err(|_| SessionEnd::Timeout {
+                        side: self.side,
+                        step,
+                        after,
+                    })?
+            }
             None => read.await,
         }
         .map_err(|err| SessionEnd::Io {
@@ -85,29 +97,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Peer<S> {
     /// Reads one command from a client, whole and checked before any of it goes further (a
     /// command no handshake sends is read up to its name: see [`CommandParser::handshake`]).
     /// A client whose bytes break the protocol or a limit is answered `-ERR Protocol error`,
-    /// as Redis answers it, before its session ends.
+    /// as Redis answers it, before its session ends. The whole command must arrive before the
+    /// deadline, however its bytes trickle in.
     pub(crate) async fn command(
         &mut self,
-        limit: Option<(Duration, &'static str)>,
+        deadline: Option<(Instant, &'static str)>,
     ) -> Result<(Command, BytesMut)> {
+        let deadline =
+            deadline.map(|(at, step)| (at, at.saturating_duration_since(Instant::now()), step));
         loop {
             match self.commands.parse(&self.buf) {
                 Ok(Some((cmd, used))) => return Ok((cmd, self.buf.split_to(used))),
-                Ok(None) => self.fill(limit).await?,
+                Ok(None) => self.fill_until(deadline).await?,
                 Err(err) => {
-                    self.refuse(&err).await;
+                    let text = err.to_string().replace(['\r', '\n'], " ");
+                    self.refuse(&format!("-ERR Protocol error: {text}\r\n"))
+                        .await;
                     return Err(self.protocol(err));
                 }
             }
         }
     }
 
-    /// Answers a client's protocol error and lets it read the answer: the write side is shut
+    /// Answers a client that is refused and lets it read the answer: the write side is shut
     /// and its further input discarded for a moment, since closing on unread input would
     /// reset the connection and could take the answer with it. Bounded in time and bytes.
-    async fn refuse(&mut self, err: &ProtocolError) {
-        let text = err.to_string().replace(['\r', '\n'], " ");
-        let answer = format!("-ERR Protocol error: {text}\r\n");
+    pub(crate) async fn refuse(&mut self, answer: &str) {
         let _ = timeout(REFUSE_GRACE, async {
             self.io.write_all(answer.as_bytes()).await?;
             self.io.shutdown().await?;

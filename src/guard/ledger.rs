@@ -83,6 +83,10 @@ pub struct ReplicaRecord {
     /// A session was delivering to it when this was written; if replguard then stopped
     /// uncleanly, `offset` is only a lower bound.
     pub open: bool,
+    /// The address the session that wrote it came from (`ip:port` of the TCP peer); absent in
+    /// records written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
 }
 
 /// Everything the ledger file holds.
@@ -142,6 +146,9 @@ pub struct KvRecord {
     pub updated_unix: u64,
     /// A session was delivering to it when this was written (see [`ReplicaRecord::open`]).
     pub open: bool,
+    /// The address the session that wrote it came from (see [`ReplicaRecord::peer`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
 }
 
 /// Most id ranges kept per Kvrocks replica; older ones are dropped, and the ids of the
@@ -254,6 +261,7 @@ impl KvBooks {
                 full_sync_pending: false,
                 updated_unix: 0,
                 open: true,
+                peer: None,
             }
         });
         ids
@@ -282,6 +290,29 @@ impl KvBooks {
         let rec = self.replicas.entry(replica.to_string()).or_default();
         f(rec);
         rec.updated_unix = now_unix();
+    }
+}
+
+/// A replica record pruned from a ledger that held too many.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pruned {
+    Redis(ReplicaRecord),
+    Kvrocks(KvRecord),
+}
+
+impl Pruned {
+    pub fn updated_unix(&self) -> u64 {
+        match self {
+            Pruned::Redis(r) => r.updated_unix,
+            Pruned::Kvrocks(r) => r.updated_unix,
+        }
+    }
+
+    pub fn peer(&self) -> Option<&str> {
+        match self {
+            Pruned::Redis(r) => r.peer.as_deref(),
+            Pruned::Kvrocks(r) => r.peer.as_deref(),
+        }
     }
 }
 
@@ -428,8 +459,44 @@ impl LedgerData {
                 seq,
                 updated_unix: now_unix(),
                 open,
+                peer: None,
             },
         );
+    }
+
+    /// Prunes replica records, oldest first (by last update), until at most `max` are left in
+    /// each book; returns the identities pruned with the records they had.
+    pub fn prune_replicas(&mut self, max: usize) -> Vec<(String, Pruned)> {
+        let mut out = Vec::new();
+        if self.replicas.len() > max {
+            let mut by_age: Vec<(u64, u64, String)> = self
+                .replicas
+                .iter()
+                .map(|(k, r)| (r.updated_unix, r.seq, k.clone()))
+                .collect();
+            by_age.sort();
+            let excess = self.replicas.len() - max;
+            for (_, _, k) in by_age.into_iter().take(excess) {
+                if let Some(r) = self.replicas.remove(&k) {
+                    out.push((k, Pruned::Redis(r)));
+                }
+            }
+        }
+        let kv = &mut self.kvrocks.replicas;
+        if kv.len() > max {
+            let mut by_age: Vec<(u64, String)> = kv
+                .iter()
+                .map(|(k, r)| (r.updated_unix, k.clone()))
+                .collect();
+            by_age.sort();
+            let excess = kv.len() - max;
+            for (_, k) in by_age.into_iter().take(excess) {
+                if let Some(r) = kv.remove(&k) {
+                    out.push((k, Pruned::Kvrocks(r)));
+                }
+            }
+        }
+        out
     }
 
     /// The epoch of `replid` followed by the epochs it handed over to, in order.
@@ -548,5 +615,52 @@ mod tests {
         assert!(l.is_unrelated(&view(C, NO_REPLID, -1, 0)));
         assert!(!l.is_unrelated(&view(C, A, 11, 0)));
         assert!(!l.is_unrelated(&view(A, NO_REPLID, -1, 10)));
+    }
+
+    #[test]
+    fn replica_records_beyond_the_cap_are_pruned_oldest_first() {
+        let mut l = LedgerData::new();
+        for i in 0..5u64 {
+            l.deliver(&format!("10.0.0.{i}:6379"), A, 10 + i, false);
+            l.replicas
+                .get_mut(&format!("10.0.0.{i}:6379"))
+                .unwrap()
+                .updated_unix = 100 - i;
+        }
+        // Same age: the one written first (lower sequence) goes first.
+        l.replicas.get_mut("10.0.0.0:6379").unwrap().updated_unix = 96;
+        let pruned: Vec<String> = l.prune_replicas(3).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(pruned, ["10.0.0.0:6379", "10.0.0.4:6379"]);
+        assert_eq!(l.replicas.len(), 3);
+        assert!(l.prune_replicas(3).is_empty());
+
+        for i in 0..5u64 {
+            l.kvrocks
+                .update(&format!("10.0.1.{i}:6666"), |r| r.next_seq = i);
+            l.kvrocks
+                .replicas
+                .get_mut(&format!("10.0.1.{i}:6666"))
+                .unwrap()
+                .updated_unix = i;
+        }
+        let pruned = l.prune_replicas(3);
+        let keys: Vec<&str> = pruned.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["10.0.1.0:6666", "10.0.1.1:6666"]);
+        assert_eq!(pruned[1].1.updated_unix(), 1);
+        assert_eq!(l.kvrocks.replicas.len(), 3);
+        assert_eq!(l.replicas.len(), 3);
+    }
+
+    #[test]
+    fn records_without_a_peer_still_load_and_new_ones_keep_it() {
+        let old = r#"{"version":1,"seq":3,"epochs":[],"replicas":{"127.0.0.1:6380":{"replid":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","offset":42,"seq":3,"updated_unix":1,"open":false}},"kvrocks":{"master_replids":[],"replicas":{"127.0.0.1:6666":{"next_seq":5,"replid":null,"gap":null,"full_sync_pending":false,"updated_unix":1,"open":false}}}}"#;
+        let mut l: LedgerData = serde_json::from_str(old).unwrap();
+        assert_eq!(l.replicas["127.0.0.1:6380"].peer, None);
+        assert_eq!(l.kvrocks.replicas["127.0.0.1:6666"].peer, None);
+        l.replicas.get_mut("127.0.0.1:6380").unwrap().peer = Some("127.0.0.1:50000".into());
+        let text = serde_json::to_string(&l).unwrap();
+        assert!(text.contains(r#""peer":"127.0.0.1:50000""#), "{text}");
+        let back: LedgerData = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, l);
     }
 }

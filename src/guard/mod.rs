@@ -10,13 +10,15 @@ pub mod route;
 pub mod store;
 pub mod verdict;
 
-use crate::guard::ledger::{KvGap, KvIdRange, KvRecord, LedgerData, MasterView, ReplicaRecord};
+use crate::guard::ledger::{
+    KvGap, KvIdRange, KvRecord, LedgerData, MasterView, Pruned, ReplicaRecord,
+};
 use crate::guard::store::{Identity, Store};
 use crate::guard::verdict::{kvrocks, psync2, UnknownReplica, Verdict};
 use dashmap::DashMap;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -45,6 +47,10 @@ pub struct Decision {
 /// lock; the counters are atomics, and `last` (decisions for /status) is written after the
 /// state lock is released.
 pub struct Guard {
+    /// The link's name, for log lines.
+    link: String,
+    /// Most replica records the ledger keeps (`max_replica_records`).
+    max_records: std::sync::atomic::AtomicUsize,
     store: Arc<Store>,
     state: Mutex<State>,
     allow_empty: AtomicBool,
@@ -75,9 +81,10 @@ struct State {
     kv_fetches: HashMap<IpAddr, FetchBook>,
     /// Kvrocks: replicas refused a resume, with their address and its full-sync count then.
     kv_refused: HashMap<String, (IpAddr, u64)>,
-    /// The session whose sync the master accepted last, per replica: only it writes the
-    /// replica's books, so a previous session that ends late never overwrites them.
-    owners: HashMap<String, u64>,
+    /// The session whose sync the master accepted last, per replica, and the address it came
+    /// from: only it writes the replica's books, so a previous session that ends late never
+    /// overwrites them.
+    owners: HashMap<String, (u64, String)>,
     /// Held replicas: when their hold was last logged, and the holds since.
     holds_logged: HashMap<String, (Instant, u64)>,
 }
@@ -85,7 +92,12 @@ struct State {
 impl State {
     /// Whether `session` may write `replica`'s books.
     fn owns(&self, replica: &str, session: u64) -> bool {
-        self.owners.get(replica).is_none_or(|&o| o == session)
+        self.owners.get(replica).is_none_or(|o| o.0 == session)
+    }
+
+    /// The address of the session that owns `replica`'s books.
+    fn owner_peer(&self, replica: &str) -> Option<String> {
+        self.owners.get(replica).map(|o| o.1.clone())
     }
 }
 
@@ -124,6 +136,7 @@ impl Guard {
         master: &str,
         policy: UnknownReplica,
         allow_empty: bool,
+        max_records: usize,
     ) -> Guard {
         let store = Store::new(
             state_dir,
@@ -132,7 +145,7 @@ impl Guard {
                 master: master.to_string(),
             },
         );
-        let data = match store.load() {
+        let mut data = match store.load() {
             Ok(Some(d)) => d,
             Ok(None) => {
                 info!(link, path = %store.path().display(), "no ledger yet: starting with no knowledge");
@@ -143,6 +156,7 @@ impl Guard {
                 LedgerData::new()
             }
         };
+        log_pruned(link, max_records, data.prune_replicas(max_records));
         let uncertain: HashSet<String> = data
             .replicas
             .iter()
@@ -170,6 +184,8 @@ impl Guard {
             "ledger loaded"
         );
         Guard {
+            link: link.to_string(),
+            max_records: std::sync::atomic::AtomicUsize::new(max_records),
             store: Arc::new(store),
             state: Mutex::new(State {
                 data,
@@ -241,6 +257,7 @@ impl Guard {
             r.full_sync_pending = true;
             r.open = false;
         });
+        self.prune(&mut st);
         self.dirty.store(true, Relaxed);
     }
 
@@ -267,14 +284,20 @@ impl Guard {
         &self,
         replica: &str,
         session: u64,
+        peer: SocketAddr,
         replid: Option<&str>,
         seq: u64,
     ) -> Vec<KvIdRange> {
         let mut st = self.state();
-        st.owners.insert(replica.to_string(), session);
+        st.owners
+            .insert(replica.to_string(), (session, peer.to_string()));
         st.kv_refused.remove(replica);
         st.uncertain.remove(replica);
         let ids = st.data.kvrocks.start(replica, replid, seq);
+        st.data
+            .kvrocks
+            .update(replica, |r| r.peer = Some(peer.to_string()));
+        self.prune(&mut st);
         drop(st);
         self.dirty.store(true, Relaxed);
         ids
@@ -296,9 +319,12 @@ impl Guard {
         }
     }
 
-    /// The master accepted `session`'s sync of `replica`: from now on it writes its books.
-    pub fn claim(&self, replica: &str, session: u64) {
-        self.state().owners.insert(replica.to_string(), session);
+    /// The master accepted `session`'s sync of `replica` (connected from `peer`): from now on
+    /// it writes its books.
+    pub fn claim(&self, replica: &str, session: u64, peer: SocketAddr) {
+        self.state()
+            .owners
+            .insert(replica.to_string(), (session, peer.to_string()));
     }
 
     /// A batch from the master carried `replid`.
@@ -311,9 +337,12 @@ impl Guard {
     /// Records a gap in the stream delivered to a Kvrocks replica.
     pub fn kv_gap(&self, replica: &str, gap: KvGap) {
         self.kv_gaps.fetch_add(1, Relaxed);
-        self.state().data.kvrocks.update(replica, |r| {
+        let mut st = self.state();
+        st.data.kvrocks.update(replica, |r| {
             r.gap.get_or_insert(gap);
         });
+        self.prune(&mut st);
+        drop(st);
         self.dirty.store(true, Relaxed);
     }
 
@@ -394,13 +423,17 @@ impl Guard {
         if !st.owns(replica, session) {
             return;
         }
+        let peer = st.owner_peer(replica);
         let data = &mut st.data;
-        let same = data
-            .replicas
-            .get(replica)
-            .is_some_and(|r| r.replid == replid && r.offset == offset && r.open == open);
+        let same = data.replicas.get(replica).is_some_and(|r| {
+            r.replid == replid && r.offset == offset && r.open == open && r.peer == peer
+        });
         if !same {
             data.deliver(replica, replid, offset, open);
+            if let Some(r) = data.replicas.get_mut(replica) {
+                r.peer = peer;
+            }
+            self.prune(&mut st);
             self.dirty.store(true, Relaxed);
         }
         st.uncertain.remove(replica);
@@ -415,6 +448,12 @@ impl Guard {
         }
     }
 
+    /// Puts a new `max_replica_records` in force; records beyond it are pruned (oldest first)
+    /// when the next one is written.
+    pub fn set_max_replica_records(&self, max: usize) {
+        self.max_records.store(max, Relaxed);
+    }
+
     /// Puts a new `unknown_replica` policy in force for the verdicts to come.
     pub fn set_unknown_replica(&self, policy: UnknownReplica) {
         self.unknown_pass
@@ -427,6 +466,19 @@ impl Guard {
     pub fn set_allow_empty_master(&self, allow: bool) {
         self.allow_empty_config.store(allow, Relaxed);
         self.allow_empty.store(allow, Relaxed);
+    }
+
+    /// Prunes the oldest replica records beyond `max_replica_records`, with what they owned.
+    fn prune(&self, st: &mut State) {
+        let max = self.max_records.load(Relaxed);
+        let pruned = st.data.prune_replicas(max);
+        for (k, _) in &pruned {
+            st.owners.remove(k);
+            st.uncertain.remove(k);
+            st.kv_refused.remove(k);
+            st.holds_logged.remove(k);
+        }
+        log_pruned(&self.link, max, pruned);
     }
 
     /// Lets held replicas sync from the empty master.
@@ -508,6 +560,20 @@ pub struct GuardSnapshot {
     pub ledger_file: std::path::PathBuf,
     pub ledger_save_failures: u64,
     pub ledger_last_save_error: Option<String>,
+}
+
+/// One log line per replica record pruned.
+fn log_pruned(link: &str, max: usize, pruned: Vec<(String, Pruned)>) {
+    for (replica, rec) in pruned {
+        warn!(
+            link,
+            replica = replica.as_str(),
+            peer = rec.peer().unwrap_or("-"),
+            updated_unix = rec.updated_unix(),
+            max_replica_records = max,
+            "ledger holds too many replica records: pruned the oldest (that replica is unknown from now on)"
+        );
+    }
 }
 
 /// The Kvrocks facts a verdict used, in one line.

@@ -3,10 +3,12 @@
 //! one of the full-sync connections (`_fetch_meta`, `_fetch_file`), relayed unchanged.
 //!
 //! The flow (see [`crate::kvrocks::wire`] for the wire facts):
-//! 1. `AUTH` (a replica may send it several times), `PING`: forwarded, one RESP reply back.
+//! 1. `AUTH` (a replica may send it several times, with its `masterauth`), `PING`: forwarded,
+//!    one RESP reply back. replguard sends no credentials of its own on these connections.
 //! 2. `_db_name`: forwarded; the master's answer is a raw line, relayed as is.
 //! 3. `replconf listening-port <p> [ip-address <ip>]`: noted (it names the replica), forwarded.
-//! 4. `PSYNC [replid] <seq>`: judged by the link's guard. Passed or `observe`: forwarded, and
+//! 4. `PSYNC [replid] <seq>`: judged by the link's guard (unless the master answered this
+//!    connection `-NOAUTH`: then forwarded unjudged, and its answer touches no books). Passed or `observe`: forwarded, and
 //!    the master's `+OK` starts the stream relay; an error reply is relayed and marks the replica
 //!    as due for a full sync. Forced full under `enforce`: replguard answers
 //!    [`crate::kvrocks::wire::FULL_SYNC_ANSWER`] itself and the replica starts its full sync.
@@ -16,7 +18,9 @@
 //! 6. Anything else: a plain pipe, as for any client.
 
 use crate::config::{GuardMode, LinkConfig};
-use crate::conn::handshake::{exchange, next_command, replconf, replication_command, Handshake};
+use crate::conn::handshake::{
+    exchange, next_command, refuse, replconf, replication_command, Handshake,
+};
 use crate::conn::passthrough::passthrough;
 use crate::conn::pump::{pump, AtEof, Observer, Plain, Step, DOWN_BUF, UP_BUF};
 use crate::conn::stats::{SessionState, SessionStats};
@@ -43,28 +47,32 @@ pub(crate) async fn run(
     stats: &SessionStats,
 ) -> Result<()> {
     let step = cfg.timeouts.handshake_step();
-    let mut hs = Handshake::default();
+    let mut hs = Handshake::new(stats.started, &cfg.timeouts);
     loop {
-        let (cmd, raw) = next_command(&mut r, &hs, step).await?;
+        let (cmd, raw) = next_command(&mut r, &mut hs, step).await?;
         let name = cmd.name();
         match name.as_str() {
             "" => m.send(&raw).await?,
             "AUTH" | "PING" => exchange(&mut r, &mut m, &mut hs, &name, &raw, step).await?,
             "_DB_NAME" => {
-                replication_command(link.credentials().as_ref(), &mut m, &mut hs, step).await?;
+                replication_command(&link.admission, stats, &mut r, &mut hs).await?;
                 m.send(&raw).await?;
                 let (_, line) = m.line(step, "the _db_name reply").await?;
+                hs.master_replied(&line);
                 r.send(&line).await?;
             }
             "REPLCONF" => {
-                replication_command(link.credentials().as_ref(), &mut m, &mut hs, step).await?;
-                replconf(&cmd, stats, &mut hs);
+                replication_command(&link.admission, stats, &mut r, &mut hs).await?;
+                if let Err(refusal) = replconf(&cmd, stats, &mut hs) {
+                    return Err(refuse(&mut r, refusal).await);
+                }
                 m.send(&raw).await?;
                 let reply = m.reply(step, "a replconf reply").await?;
+                hs.master_replied(&reply);
                 r.send(&reply).await?;
             }
             "PSYNC" => {
-                replication_command(link.credentials().as_ref(), &mut m, &mut hs, step).await?;
+                replication_command(&link.admission, stats, &mut r, &mut hs).await?;
                 let Some(req) = KvPsync::parse(&cmd) else {
                     warn!(
                         command = %String::from_utf8_lossy(&raw).escape_debug(),
@@ -72,7 +80,12 @@ pub(crate) async fn run(
                     );
                     return passthrough(&link.counters, r, m, stats, raw).await;
                 };
-                match psync(link, cfg, &mut r, &mut m, stats, &req, &raw).await? {
+                let sent = Sent {
+                    req: &req,
+                    raw: &raw,
+                    unauthenticated: hs.unauthenticated,
+                };
+                match psync(link, cfg, &mut r, &mut m, stats, sent).await? {
                     Some((scanner, ids)) => {
                         return relay(link, cfg, r, m, stats, scanner, ids).await
                     }
@@ -80,13 +93,22 @@ pub(crate) async fn run(
                 }
             }
             "_FETCH_META" | "_FETCH_FILE" => {
-                replication_command(link.credentials().as_ref(), &mut m, &mut hs, step).await?;
+                replication_command(&link.admission, stats, &mut r, &mut hs).await?;
                 let files = (name == "_FETCH_FILE").then(|| fetch_file_names(&cmd));
                 return checkpoint(link, cfg, r, m, stats, raw, files).await;
             }
             _ => return passthrough(&link.counters, r, m, stats, raw).await,
         }
     }
+}
+
+/// A PSYNC as the replica sent it.
+struct Sent<'a> {
+    req: &'a KvPsync,
+    raw: &'a [u8],
+    /// The master answered this connection `-NOAUTH` already: the PSYNC goes as sent and a
+    /// refusal touches no books.
+    unauthenticated: bool,
 }
 
 /// Judges and routes one PSYNC and relays the answer. `Some` when the master answered `+OK`
@@ -97,18 +119,28 @@ async fn psync(
     r: &mut Peer<Stream>,
     m: &mut Peer<Stream>,
     stats: &SessionStats,
-    req: &KvPsync,
-    raw: &[u8],
+    sent: Sent<'_>,
 ) -> Result<Option<(WalScanner, Vec<KvIdRange>)>> {
+    let Sent {
+        req,
+        raw,
+        unauthenticated,
+    } = sent;
     let step = cfg.timeouts.handshake_step();
     let seq_i64 = i64::try_from(req.seq).unwrap_or(i64::MAX);
     stats.set_psync_request(req.replid_or_dash(), seq_i64);
     let replica = stats.snapshot().replica;
     let ip = stats.peer.ip();
-    link.record_live_books_of(&replica, stats.id);
-    let (verdict, facts) = link
-        .guard
-        .judge_kvrocks(&replica, ip, req.replid.as_deref(), req.seq);
+    let (verdict, facts) = if unauthenticated {
+        (
+            crate::guard::verdict::Verdict::Pass,
+            "the master answered this connection -NOAUTH: it answers the PSYNC".to_string(),
+        )
+    } else {
+        link.record_live_books_of(&replica, stats.id);
+        link.guard
+            .judge_kvrocks(&replica, ip, req.replid.as_deref(), req.seq)
+    };
     let route = route::route(cfg.guard, &verdict, Some(FULL_SYNC_ANSWER));
     let decision = DecisionCtx {
         replica: &replica,
@@ -133,9 +165,13 @@ async fn psync(
     r.send(&raw_reply).await?;
     decision.log(&link.guard, cfg.guard, &line);
     if line == "+OK" {
-        let ids = link
-            .guard
-            .kv_started(&replica, stats.id, req.replid.as_deref(), req.seq);
+        let ids = link.guard.kv_started(
+            &replica,
+            stats.id,
+            stats.peer,
+            req.replid.as_deref(),
+            req.seq,
+        );
         stats.begin_kvrocks(req.replid.as_deref(), req.seq, &ids);
         link.counters.partial_syncs.fetch_add(1, Relaxed);
         let scanner = WalScanner::new(req.seq);
@@ -145,7 +181,7 @@ async fn psync(
         link.counters.psync_rejected.fetch_add(1, Relaxed);
         // The 2.7.0 replica resends the two-argument form after this one; every other
         // refusal makes it run a full sync.
-        if !line.contains("wrong number of arguments") {
+        if !unauthenticated && !line.contains("wrong number of arguments") {
             link.guard.kv_refused(&replica, ip);
         }
         return Ok(None);

@@ -280,7 +280,8 @@ impl AdminState {
 const LINK: &[&str] = &["link"];
 const VERDICT: &[&str] = &["link", "verdict", "reason", "action"];
 const SESSION: &[&str] = &["link", "session", "replica"];
-const REFUSAL: &[&str] = &["reason"];
+const ADMIN_REFUSAL: &[&str] = &["reason"];
+const REFUSAL: &[&str] = &["link", "reason"];
 
 /// One metric family of a scrape: its descriptor (name, HELP, label names) and its samples,
 /// each with its label values in the descriptor's order.
@@ -396,6 +397,15 @@ impl Scrape {
                 })
             })
             .collect();
+        let connection_refusals = links
+            .iter()
+            .flat_map(|l| {
+                l.admission
+                    .refusals()
+                    .into_iter()
+                    .map(|(reason, n)| (vec![l.name.clone(), reason.to_string()], n as f64))
+            })
+            .collect();
         let families = vec![
             Family::new(
                 "replguard_sessions_active",
@@ -417,6 +427,13 @@ impl Scrape {
                 "Connections refused at max_sessions.",
                 LINK,
                 counter(|l| l.counters.sessions_refused.load(Relaxed)),
+            )?,
+            Family::new(
+                "replguard_connections_refused_total",
+                COUNTER,
+                "Connections refused or cut by a limit, by reason (allow_from, max_connections_per_ip, max_clients, max_sessions, first_command_timeout, handshake_timeout, ip_address).",
+                REFUSAL,
+                connection_refusals,
             )?,
             Family::new(
                 "replguard_session_errors_total",
@@ -586,7 +603,7 @@ impl Scrape {
                 "replguard_admin_refusals_total",
                 COUNTER,
                 "Admin requests and connections refused, by reason.",
-                REFUSAL,
+                ADMIN_REFUSAL,
                 Refusal::ALL
                     .iter()
                     .map(|r| (vec![r.code().to_string()], refusals.get(*r) as f64))
@@ -990,7 +1007,7 @@ mod tests {
             text.contains("# TYPE replguard_verdicts_total counter\n"),
             "{text}"
         );
-        assert_eq!(text.matches("# TYPE ").count(), 26, "{text}");
-        assert_eq!(text.matches("# HELP ").count(), 26, "{text}");
+        assert_eq!(text.matches("# TYPE ").count(), 27, "{text}");
+        assert_eq!(text.matches("# HELP ").count(), 27, "{text}");
     }
 }

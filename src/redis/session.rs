@@ -3,13 +3,17 @@
 //!
 //! The flow of one session:
 //! 1. Dial the link's master (connect timeout), TCP_NODELAY on both sockets.
-//! 2. Handshake: read one command from the replica, forward it, read exactly one reply from the
-//!    master, forward it. Bare newlines are forwarded and never answered. replguard may add its
-//!    own `AUTH` (link credentials) and `REPLCONF ip-address`; their replies are swallowed.
+//! 2. Handshake: read one command from the replica (within the link's deadlines), forward it,
+//!    read exactly one reply from the master, forward it. Bare newlines are forwarded and never
+//!    answered. The replica authenticates with its own `AUTH` (`masterauth`); replguard never
+//!    adds credentials of its own. It may add `REPLCONF ip-address` (its reply is swallowed).
 //!    `REPLCONF capa dual-channel` is removed so a Valkey replica syncs over this one connection.
+//!    The first replication command moves the connection to a replica's place on the link.
 //! 3. A command that no replica sends in its handshake turns the session into a plain
 //!    bidirectional pipe: an ordinary client passes through unchanged.
-//! 4. `PSYNC` goes through [`crate::guard::route::route`]; its reply decides the relay's starting point:
+//! 4. `PSYNC` goes through [`crate::guard::route::route`] (unless the master already answered
+//!    this connection `-NOAUTH`: then it goes as sent, for the master to answer); its reply
+//!    decides the relay's starting point:
 //!    `+FULLRESYNC` (payload then stream), `+CONTINUE` (stream), an error (back to the handshake,
 //!    where the replica may fall back to `SYNC`).
 //! 5. Relay: master-to-replica bytes are watched by [`Downstream`] and forwarded unchanged; after a
@@ -19,7 +23,9 @@
 //!    its own replication id and offset. Shutdown cancels the session the same way.
 
 use crate::config::LinkConfig;
-use crate::conn::handshake::{exchange, next_command, replconf, replication_command, Handshake};
+use crate::conn::handshake::{
+    exchange, next_command, refuse, replconf, replication_command, Handshake,
+};
 use crate::conn::passthrough::passthrough;
 use crate::conn::pump::{pump, Gate, Observer, Step, DOWN_BUF, UP_BUF};
 use crate::conn::stats::{SessionState, SessionStats};
@@ -47,28 +53,33 @@ pub(crate) async fn run(
     stats: &SessionStats,
 ) -> Result<()> {
     let t = &cfg.timeouts;
-    let mut hs = Handshake::default();
+    let mut hs = Handshake::new(stats.started, t);
     let step = t.handshake_step();
 
     loop {
-        let (cmd, raw) = next_command(&mut r, &hs, step).await?;
+        let (cmd, raw) = next_command(&mut r, &mut hs, step).await?;
         let name = cmd.name();
         match name.as_str() {
             "" => m.send(&raw).await?,
             "PING" | "AUTH" => exchange(&mut r, &mut m, &mut hs, &name, &raw, step).await?,
             "REPLCONF" => {
-                replication_command(link.credentials().as_ref(), &mut m, &mut hs, step).await?;
-                replconf(&cmd, stats, &mut hs);
+                replication_command(&link.admission, stats, &mut r, &mut hs).await?;
+                if let Err(refusal) = replconf(&cmd, stats, &mut hs) {
+                    return Err(refuse(&mut r, refusal).await);
+                }
                 let rewritten = without_dual_channel(&cmd);
                 m.send(rewritten.as_deref().unwrap_or(&raw)).await?;
                 if !is_ack(&cmd) {
                     let reply = m.reply(step, "a REPLCONF reply").await?;
+                    hs.master_replied(&reply);
                     r.send(&reply).await?;
                 }
             }
             "PSYNC" | "SYNC" => {
-                replication_command(link.credentials().as_ref(), &mut m, &mut hs, step).await?;
-                announce_ip(cfg, &mut m, &mut hs, stats, step).await?;
+                replication_command(&link.admission, stats, &mut r, &mut hs).await?;
+                if !hs.unauthenticated {
+                    announce_ip(cfg, &mut m, &mut hs, stats, step).await?;
+                }
                 let req = if name == "SYNC" {
                     Some(PsyncRequest {
                         replid: "?".into(),
@@ -80,15 +91,23 @@ pub(crate) async fn run(
                 if let Some(q) = &req {
                     stats.set_psync_request(&q.replid, q.offset);
                 }
-                // The master's own view first, so the verdict sees a failover or a restart
-                // that happened since the last poll.
-                if !link.refresh_master(crate::link::PSYNC_INFO_TIMEOUT).await {
-                    warn!("cannot read the master's INFO: judging this PSYNC on the ledger alone");
-                }
                 let replica = stats.snapshot().replica;
-                link.record_live_books_of(&replica, stats.id);
                 let (verdict, facts) = match &req {
-                    Some(q) => link.guard.judge(&replica, &q.replid, q.offset),
+                    // The master refused this connection's credentials already: its answer
+                    // to the PSYNC is the one the client gets, and no books are touched.
+                    _ if hs.unauthenticated => (
+                        Verdict::Pass,
+                        "the master answered this connection -NOAUTH: it answers the PSYNC".into(),
+                    ),
+                    Some(q) => {
+                        // The master's own view first, so the verdict sees a failover or a
+                        // restart that happened since the last poll.
+                        if !link.refresh_master(crate::link::PSYNC_INFO_TIMEOUT).await {
+                            warn!("cannot read the master's INFO: judging this PSYNC on the ledger alone");
+                        }
+                        link.record_live_books_of(&replica, stats.id);
+                        link.guard.judge(&replica, &q.replid, q.offset)
+                    }
                     None => (
                         Verdict::Pass,
                         "unparseable PSYNC: the master answers it".into(),
@@ -114,7 +133,10 @@ pub(crate) async fn run(
                 }
                 let down = if name == "SYNC" {
                     decision.log(&link.guard, cfg.guard, "(inline SYNC: payload follows)");
-                    link.guard.claim(&stats.snapshot().replica, stats.id);
+                    if !hs.unauthenticated {
+                        link.guard
+                            .claim(&stats.snapshot().replica, stats.id, stats.peer);
+                    }
                     stats.begin_full(None, None);
                     link.counters.full_syncs.fetch_add(1, Relaxed);
                     Downstream::full_sync()
@@ -192,6 +214,11 @@ async fn announce_ip<S: AsyncRead + AsyncWrite + Unpin>(
     m.send(&encode_command(&["REPLCONF", "ip-address", ip.as_str()]))
         .await?;
     let reply = m.reply(step, "the reply to REPLCONF ip-address").await?;
+    hs.master_replied(&reply);
+    if hs.unauthenticated {
+        // The connection did not authenticate: the master answers its PSYNC the same way.
+        return Ok(());
+    }
     if !reply.starts_with(b"+") {
         // The master keeps showing replguard's address; replication itself is unaffected.
         warn!(
@@ -231,7 +258,8 @@ where
         match first {
             None => continue, // keepalive while the master prepares
             Some("+FULLRESYNC") => {
-                link.guard.claim(&stats.snapshot().replica, stats.id);
+                link.guard
+                    .claim(&stats.snapshot().replica, stats.id, stats.peer);
                 stats.begin_full(replid, offset);
                 if let (Some(id), Some(off)) = (replid, offset) {
                     link.guard.saw_full_resync(id, off);
@@ -248,7 +276,7 @@ where
                 });
                 stats.begin_partial(replid, start);
                 let replica = stats.snapshot().replica;
-                link.guard.claim(&replica, stats.id);
+                link.guard.claim(&replica, stats.id, stats.peer);
                 if let Some(id) = replid {
                     link.guard.delivered(&replica, stats.id, id, start, true);
                 }
@@ -323,7 +351,10 @@ impl Observer for DownObserver<'_> {
                 err,
             })?;
         for e in &self.events {
-            on_event(self.link, self.stats, e)?;
+            if let Some(end) = on_event(self.link, self.stats, e) {
+                // The master's refusal goes to the replica, then the session ends.
+                return Ok(Step::Cut(chunk.len(), end));
+            }
         }
         Ok(match fed.hold_from {
             Some(at) => Step::Hold(at),
@@ -382,7 +413,8 @@ impl Observer for UpObserver<'_> {
     }
 }
 
-fn on_event(link: &LinkCtx, stats: &SessionStats, e: &Event) -> Result<()> {
+/// Books an event of the master's stream; the end of the session when it is one.
+fn on_event(link: &LinkCtx, stats: &SessionStats, e: &Event) -> Option<SessionEnd> {
     match e {
         Event::Keepalive => {}
         Event::RdbStart { len } => {
@@ -402,9 +434,9 @@ fn on_event(link: &LinkCtx, stats: &SessionStats, e: &Event) -> Result<()> {
                 diskless, "RDB payload relayed; streaming"
             );
         }
-        Event::Rejected(msg) => return Err(SessionEnd::SyncRefused(format!("-{msg}"))),
+        Event::Rejected(msg) => return Some(SessionEnd::SyncRefused(format!("-{msg}"))),
     }
-    Ok(())
+    None
 }
 
 #[cfg(test)]
@@ -430,7 +462,7 @@ mod tests {
         assert_eq!(without_dual_channel(&plain), None);
         let stats = SessionStats::new(1, "t", "127.0.0.1:1".parse().unwrap());
         let mut hs = Handshake::default();
-        replconf(&plain, &stats, &mut hs);
+        replconf(&plain, &stats, &mut hs).unwrap();
         assert_eq!(stats.snapshot().replica, "127.0.0.1:6380");
     }
 
@@ -460,7 +492,7 @@ mod tests {
             .0;
         let stats = SessionStats::new(1, "t", "127.0.0.1:1".parse().unwrap());
         let mut hs = Handshake::default();
-        replconf(&cmd, &stats, &mut hs);
+        replconf(&cmd, &stats, &mut hs).unwrap();
         assert!(hs.ip_announced);
     }
 }

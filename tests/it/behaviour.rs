@@ -88,28 +88,68 @@ fn ordinary_clients_pass_through_unchanged() {
 #[test]
 fn sessions_beyond_the_limit_are_refused_with_a_reason() {
     let m = Server::start(Kind::Redis, &[]);
-    let proxy = Proxy::start(Kind::Redis, m.port, "    max_sessions: 1\n");
-    let mut first = Client::connect(proxy.port).unwrap();
-    assert_eq!(first.text(&["PING"]), "PONG");
-    let mut second = raw_connect(proxy.port);
-    let got = String::from_utf8(read_to_close(&mut second)).unwrap();
-    assert_eq!(
-        got,
-        "-ERR replguard: link main is at its limit of 1 sessions\r\n"
+    let proxy = Proxy::start(
+        Kind::Redis,
+        m.port,
+        "    max_sessions: 1\n    max_clients: 1\n",
     );
-    drop(first);
-    // The permit comes back when the first session ends.
-    wait_for(LONG, "a free session slot", || {
+    let mut first = Client::connect(proxy.port).unwrap();
+    assert_eq!(first.text(&["REPLCONF", "listening-port", "7001"]), "OK");
+    // The replica moved to the replicas' budget: its client's place is free for a client...
+    let mut plain = wait_for(LONG, "a client's place", || {
         let mut c = Client::connect(proxy.port).ok()?;
         c.send(&["PING"]);
+        matches!(c.try_read(), Ok(Reply::SimpleString(_))).then_some(c)
+    });
+    // ...which holds the only one.
+    let mut third = raw_connect(proxy.port);
+    assert_eq!(
+        String::from_utf8(read_to_close(&mut third)).unwrap(),
+        "-ERR replguard: the link is at its limit of 1 connections that are not replicas (max_clients)\r\n"
+    );
+    assert_eq!(plain.text(&["PING"]), "PONG");
+    drop(plain);
+    // A second replica is refused at its first replication command.
+    let mut second = wait_for(LONG, "a client's place again", || {
+        let mut c = raw_connect(proxy.port);
+        c.write_all(b"PING\r\n").ok()?;
+        let mut got = [0u8; 7];
+        c.read_exact(&mut got).ok()?;
+        (&got == b"+PONG\r\n").then_some(c)
+    });
+    second
+        .write_all(&replguard::wire::resp::encode_command(&[
+            "REPLCONF",
+            "listening-port",
+            "7002",
+        ]))
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(read_to_close(&mut second)).unwrap(),
+        "-ERR replguard: the link is at its limit of 1 replica sessions (max_sessions)\r\n"
+    );
+    drop(first);
+    // The replica's place comes back when the first session ends.
+    wait_for(LONG, "a free replica place", || {
+        let mut c = Client::connect(proxy.port).ok()?;
+        c.send(&["REPLCONF", "listening-port", "7003"]);
         matches!(c.try_read(), Ok(Reply::SimpleString(_))).then_some(())
     });
-    assert!(
-        proxy.status()["links"][0]["sessions_refused"]
-            .as_u64()
-            .unwrap()
-            >= 1
-    );
+    // A refusal is counted as its session ends, just after the peer reads the answer.
+    wait_for(LONG, "the refusal at max_sessions counted", || {
+        (proxy.status()["links"][0]["sessions_refused"].as_u64()? >= 1).then_some(())
+    });
+    let metrics = proxy.http_get("/metrics");
+    for reason in ["max_clients", "max_sessions"] {
+        let line =
+            format!("replguard_connections_refused_total{{link=\"main\",reason=\"{reason}\"}} ");
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with(&line) && !l.ends_with(" 0")),
+            "{reason}: {metrics}"
+        );
+    }
 }
 
 /// A master double that answers the handshake and then sends `after_reply` as its sync.
@@ -226,8 +266,10 @@ fn master_loss_closes_the_replica_side() {
     drop(proxy);
 }
 
+/// A replica authenticates with its own `masterauth`; the link's `auth` serves replguard's own
+/// reads of the master and is never lent to a connection from the link port.
 #[test]
-fn link_credentials_authenticate_replicas_without_masterauth() {
+fn replicas_authenticate_with_their_own_masterauth() {
     let m = Server::start(Kind::Redis, &["--requirepass", "s3cret"]);
     m.client();
     let pwfile = tempfile::NamedTempFile::new().unwrap();
@@ -240,7 +282,7 @@ fn link_credentials_authenticate_replicas_without_masterauth() {
             pwfile.path().display()
         ),
     );
-    let r = replica_of(Kind::Redis, proxy.port, &[]);
+    let r = replica_of(Kind::Redis, proxy.port, &["--masterauth", "s3cret"]);
     wait_link_up(&r, LONG);
     let mut mc = m.client();
     assert_eq!(mc.text(&["AUTH", "s3cret"]), "OK");
@@ -805,9 +847,12 @@ fn admin_connections_are_bounded_and_closed_at_shutdown() {
     assert_eq!(read_to_close(&mut idle), b"");
 }
 
-/// What a replica announced as its address: it closes the label value, starts a series of its
-/// own on the next line and comments out the rest, with a backslash and a brace besides.
+/// What a client announces as its address, refused: it would close a label value, start a
+/// series of its own on the next line and comment out the rest, with a backslash and a brace
+/// besides.
 const HOSTILE_IP: &str = "1.2.3.4\"} 1\nevil_series 1\n# \\ }";
+/// An address a replica may announce: it names the replica in labels.
+const ANNOUNCED_IP: &str = "1.2.3.4";
 
 /// Parses Prometheus text with the reference parser (Python `prometheus_client`); returns
 /// every sample as `{"name", "labels", "value"}`.
@@ -859,10 +904,30 @@ fn metrics_parse_while_a_replica_announces_a_hostile_address() {
         ],
     );
     let proxy = Proxy::start(Kind::Redis, m.port, "");
+    // The hostile address is refused: a replica's identity is an IP address.
+    let mut hostile = raw_connect(proxy.port);
+    hostile
+        .write_all(&replguard::wire::resp::encode_command(&[
+            "REPLCONF",
+            "ip-address",
+            HOSTILE_IP,
+        ]))
+        .unwrap();
+    let got = String::from_utf8(read_to_close(&mut hostile)).unwrap();
+    assert!(
+        got.starts_with("-ERR replguard: REPLCONF ip-address ")
+            && got.ends_with(" is not an IP address\r\n"),
+        "{got:?}"
+    );
+    assert_eq!(got.matches("\r\n").count(), 1, "{got:?}");
+    drop(hostile);
+    wait_for(LONG, "the refused session to end", || {
+        proxy.try_sessions()?.is_empty().then_some(())
+    });
     let mut r = raw_connect(proxy.port);
     for cmd in [
         ["REPLCONF", "listening-port", "7000"],
-        ["REPLCONF", "ip-address", HOSTILE_IP],
+        ["REPLCONF", "ip-address", ANNOUNCED_IP],
     ] {
         r.write_all(&replguard::wire::resp::encode_command(&cmd))
             .unwrap();
@@ -874,7 +939,7 @@ fn metrics_parse_while_a_replica_announces_a_hostile_address() {
         "PSYNC", "?", "-1",
     ]))
     .unwrap();
-    let replica = format!("{HOSTILE_IP}:7000");
+    let replica = format!("{ANNOUNCED_IP}:7000");
     let session = wait_for(LONG, "the hostile replica's session to stream", || {
         proxy
             .sessions()
@@ -905,7 +970,7 @@ fn metrics_parse_while_a_replica_announces_a_hostile_address() {
         assert_eq!(
             found["labels"]["replica"],
             replica.as_str(),
-            "the announced address comes back intact as a label value"
+            "the announced address names the replica"
         );
     }
     assert!(

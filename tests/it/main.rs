@@ -15,4 +15,5 @@ mod kvrocks_real;
 mod load;
 mod reload;
 mod replication;
+mod security;
 mod tls;
