@@ -143,9 +143,11 @@ impl Rg {
 }
 
 /// The error a connection to `port` is answered with at once, if any.
+/// What a connection that shows itself a replica (`REPLCONF listening-port`) is answered, when
+/// it is an error.
 fn refusal(port: u16) -> Option<String> {
     let mut c = Client::connect_within(port, Duration::from_secs(5)).ok()?;
-    match c.try_read().ok()? {
+    match c.try_cmd(&["REPLCONF", "listening-port", "6399"]).ok()? {
         Reply::Error(e) => Some(e.to_string()),
         _ => None,
     }
@@ -192,8 +194,14 @@ fn max_sessions_is_resized_without_closing_sessions() {
     // Lowered below the sessions open: they stay, a new connection is refused.
     rg.reload(&[l("main", port, m.port, ", max_sessions: 1")]);
     let msg = wait_for(LONG, "a refusal", || refusal(port));
-    assert!(msg.contains("at its limit of 1 sessions"), "{msg}");
-    assert_eq!(rg.link("main").unwrap()["sessions_active"], 2);
+    assert!(
+        msg.contains("at its limit of 1 replica sessions (max_sessions)"),
+        "{msg}"
+    );
+    // The two replicas' sessions stay; the refused connection goes.
+    wait_for(LONG, "the refused connection to end", || {
+        (rg.link("main")?["sessions_active"] == 2).then_some(())
+    });
     assert_eq!(m.client().text(&["SET", "k", "2"]), "OK");
     wait_converged(&m, &r1, LONG);
     wait_converged(&m, &r2, LONG);
@@ -524,12 +532,20 @@ fn a_reload_with_nothing_new_says_so() {
 
 #[test]
 fn a_rotated_password_is_read_again() {
-    let m = Server::start(Kind::Redis, &["--requirepass", "one"]);
+    // The link's password serves replguard's own reads of the master (INFO): with the old one
+    // they fail and the ledger learns nothing of the master's lineage.
+    let m = Server::start(Kind::Redis, &["--requirepass", "two"]);
     let mut mc = m.client();
-    assert_eq!(mc.text(&["AUTH", "one"]), "OK");
+    assert_eq!(mc.text(&["AUTH", "two"]), "OK");
     assert_eq!(mc.text(&["SET", "k", "1"]), "OK");
+    let master_id = mc.info("replication")["master_replid"].clone();
     let [port] = free_ports();
-    let links = [l("main", port, m.port, ", auth: { password_file: pw }")];
+    let links = [l(
+        "main",
+        port,
+        m.port,
+        ", lineage_poll_ms: 100, auth: { password_file: pw }",
+    )];
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("pw"), "one\n").unwrap();
     // The password file sits beside the configuration file.
@@ -547,15 +563,23 @@ fn a_rotated_password_is_read_again() {
         wait_for(LONG, "replguard up", || rg.try_status());
         rg
     };
-    assert_eq!(mc.text(&["CONFIG", "SET", "requirepass", "two"]), "OK");
+    let knows_master = |rg: &Rg| {
+        rg.link("main")
+            .is_some_and(|l| l["ledger"]["lineage"].to_string().contains(&master_id))
+    };
+    assert!(!knows_master(&rg), "INFO read with a wrong password");
     std::fs::write(rg.dir.path().join("pw"), "two\n").unwrap();
     let line = rg.reload(&links);
     assert!(
         line.contains("changed=\"links.main.auth (password)\""),
         "{line}"
     );
-    let r = replica_of(Kind::Redis, port, &[]);
-    wait_for(LONG, "the replica synced with the new password", || {
+    wait_for(LONG, "the master's INFO read with the new password", || {
+        knows_master(&rg).then_some(())
+    });
+    // A replica authenticates with its own masterauth, never with the link's password.
+    let r = replica_of(Kind::Redis, port, &["--masterauth", "two"]);
+    wait_for(LONG, "the replica synced", || {
         let info = r.try_info("replication")?;
         (info.get("master_link_status")? == "up").then_some(())
     });
