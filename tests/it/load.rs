@@ -49,13 +49,19 @@ fn sustained_writes_with_a_replica_restart() {
     let offset = wait_converged(&m, &a, Duration::from_secs(120));
     wait_converged(&m, &b, Duration::from_secs(120));
 
-    // Once quiet, replguard's books agree with the servers.
+    // Once quiet, replguard's books agree with the servers. The master's offset is read in
+    // the same poll: its PING every repl-ping-replica-period moves it after convergence.
     let final_sessions = wait_for(
         Duration::from_secs(30),
-        "both replicas to ACK the last offset",
+        "both replicas to ACK the master's offset",
         || {
+            let mo: u64 = m
+                .try_info("replication")?
+                .get("master_repl_offset")?
+                .parse()
+                .ok()?;
             let ss = proxy.sessions();
-            (ss.len() == 2 && ss.iter().all(|s| s["ack_offset"].as_u64() == Some(offset)))
+            (ss.len() == 2 && ss.iter().all(|s| s["ack_offset"].as_u64() == Some(mo)))
                 .then_some(ss)
         },
     );
