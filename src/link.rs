@@ -71,6 +71,8 @@ pub struct LinkCtx {
     credentials: RwLock<Option<Credentials>>,
     /// TLS material for the link port and the dial; replaced on reload.
     tls: RwLock<LinkTls>,
+    /// The address its listener is bound to, once bound.
+    bound: std::sync::OnceLock<SocketAddr>,
     /// Counters that outlive sessions.
     pub counters: LinkCounters,
     /// Live sessions by id.
@@ -139,6 +141,7 @@ impl LinkCtx {
             master: RwLock::new(master),
             credentials: RwLock::new(credentials),
             tls: RwLock::new(tls),
+            bound: std::sync::OnceLock::new(),
             counters: LinkCounters::default(),
             sessions: DashMap::new(),
             flavour,
@@ -165,6 +168,16 @@ impl LinkCtx {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The address the link's listener is bound to.
+    pub fn bound(&self) -> Option<SocketAddr> {
+        self.bound.get().copied()
+    }
+
+    /// Notes the address the link's listener was bound to.
+    pub fn set_bound(&self, addr: SocketAddr) {
+        let _ = self.bound.set(addr);
     }
 
     /// The TLS material in force.

@@ -76,13 +76,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         links.push(link);
     }
     let token = config.admin.token().map_err(|p| anyhow::anyhow!("{p}"))?;
-    let mut own_addrs = vec![("admin listener".to_string(), admin_addr)];
-    own_addrs.extend(
-        links
-            .iter()
-            .zip(&link_addrs)
-            .map(|(l, a)| (format!("listener of link {}", l.name), *a)),
-    );
+    let own_addrs = vec![("admin listener".to_string(), admin_addr)];
     info!(listen = %admin_addr, max_connections = admin::MAX_CONNECTIONS,
           actions = if token.is_some() { "POST with the admin token" } else { "refused: no admin token configured" },
           "admin ready (GET /status, GET /metrics)");
@@ -129,6 +123,7 @@ async fn bind_link(
     };
     let link = LinkCtx::new(lc.clone(), state_dir, cancel, flavour)
         .with_context(|| format!("link {}", lc.name))?;
+    link.set_bound(listener.local_addr()?);
     Ok((Arc::new(link), listener))
 }
 

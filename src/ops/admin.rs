@@ -68,8 +68,8 @@ pub struct AdminState {
     pub started: Instant,
     /// The bearer token `POST` requests must carry; without one they are refused.
     pub token: Option<AdminToken>,
-    /// replguard's own listeners as bound (each link's and the admin one), with what they are:
-    /// never a re-point target.
+    /// replguard's own listeners as bound that are not a link's (the admin one), with what
+    /// they are: never a re-point target, and neither is the listener of any link in force.
     pub own_addrs: Vec<(String, SocketAddr)>,
     /// Refusals since start, by [`Refusal`].
     pub refusals: Refusals,
@@ -785,7 +785,13 @@ async fn link_action(
                     )
                 }
             };
-            if let Some((what, own)) = state.own_addrs.iter().find(|(_, own)| reaches(a, *own)) {
+            let links_in_force = state.links.load();
+            let own_addrs = state.own_addrs.iter().cloned().chain(
+                links_in_force
+                    .iter()
+                    .filter_map(|l| Some((format!("listener of link {}", l.name), l.bound()?))),
+            );
+            if let Some((what, own)) = own_addrs.into_iter().find(|(_, own)| reaches(a, *own)) {
                 return state.refuse(
                     Refusal::OwnAddress,
                     peer,

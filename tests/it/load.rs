@@ -61,8 +61,7 @@ fn sustained_writes_with_a_replica_restart() {
                 .parse()
                 .ok()?;
             let ss = proxy.sessions();
-            (ss.len() == 2 && ss.iter().all(|s| s["ack_offset"].as_u64() == Some(mo)))
-                .then_some(ss)
+            (ss.len() == 2 && ss.iter().all(|s| s["ack_offset"].as_u64() == Some(mo))).then_some(ss)
         },
     );
     let final_lag: u64 = final_sessions

@@ -38,7 +38,7 @@ fn l(name: &'static str, port: u16, master: u16, extra: &str) -> L {
 /// A configuration file with these links, `state_dir` beside it.
 fn yaml(dir: &Path, admin: u16, links: &[L]) -> String {
     let mut y = format!(
-        "state_dir: {}/state\nadmin: {{ listen: 127.0.0.1:{admin} }}\nlinks:\n",
+        "state_dir: {}/state\nadmin: {{ listen: 127.0.0.1:{admin}, token_env: REPLGUARD_TEST_ADMIN_TOKEN }}\nlinks:\n",
         dir.display()
     );
     for k in links {
@@ -64,7 +64,9 @@ impl Rg {
         let path = dir.path().join("rg.yaml");
         let admin = free_port();
         std::fs::write(&path, yaml(dir.path(), admin, links)).unwrap();
-        let proc = Replguard::run(&path, &dir.path().join("rg.log"), |_| {});
+        let proc = Replguard::run(&path, &dir.path().join("rg.log"), |c| {
+            c.env("REPLGUARD_TEST_ADMIN_TOKEN", ADMIN_TOKEN);
+        });
         let rg = Rg {
             dir,
             path,
@@ -378,6 +380,15 @@ fn a_link_added_to_the_file_starts_and_relays() {
 
     let line = rg.reload(&[a, l("b", pb, m2.port, ", max_sessions: 3")]);
     assert!(line.contains("changed=\"links.b (added)\""), "{line}");
+    // The added link's port is one of replguard's own: never a re-point target.
+    let post = format!(
+        "POST /links/a/master?addr=127.0.0.1:{pb} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\r\n"
+    );
+    let (head, body) = http_exchange(rg.admin, post.as_bytes()).unwrap();
+    assert!(
+        head.starts_with("HTTP/1.1 400") && body.contains("listener of link b"),
+        "{head}\n{body}"
+    );
     assert_eq!(rg.link_names(), ["a", "b"]);
     let r = replica_of(Kind::Redis, pb, &[]);
     wait_converged(&m2, &r, LONG);
@@ -448,8 +459,8 @@ fn fields_that_need_a_restart_are_named_and_keep_their_value() {
     let text = yaml(rg.dir.path(), rg.admin, &[l("main", other, m.port, "")])
         .replace("flavor: redis", "flavor: valkey")
         .replace(
-            &format!("listen: 127.0.0.1:{} }}", rg.admin),
-            &format!("listen: 127.0.0.1:{admin2} }}"),
+            &format!("listen: 127.0.0.1:{},", rg.admin),
+            &format!("listen: 127.0.0.1:{admin2},"),
         )
         .replace("/state\n", "/state2\n");
     let line = rg.hup_with(&text);
@@ -553,7 +564,9 @@ fn a_rotated_password_is_read_again() {
         let path = dir.path().join("rg.yaml");
         let admin = free_port();
         std::fs::write(&path, yaml(dir.path(), admin, &links)).unwrap();
-        let proc = Replguard::run(&path, &dir.path().join("rg.log"), |_| {});
+        let proc = Replguard::run(&path, &dir.path().join("rg.log"), |c| {
+            c.env("REPLGUARD_TEST_ADMIN_TOKEN", ADMIN_TOKEN);
+        });
         let rg = Rg {
             dir,
             path,
