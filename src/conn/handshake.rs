@@ -15,7 +15,7 @@ use super::admission::{Admission, Refusal};
 use super::stats::SessionStats;
 use super::{Peer, Result, SessionEnd};
 use crate::config::TimeoutsConfig;
-use crate::wire::resp::Command;
+use crate::wire::resp::{encode_command, Command};
 use bytes::BytesMut;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -34,6 +34,8 @@ pub struct Handshake {
     pub ip_announced: bool,
     /// The client sent a replication-only command, so it is a replica.
     pub is_replica: bool,
+    /// replguard asked the master whether this connection may talk to it ([`probe_auth`]).
+    probed: bool,
     /// Commands read so far.
     commands: u64,
     /// When the connection was accepted.
@@ -56,6 +58,7 @@ impl Handshake {
             unauthenticated: false,
             ip_announced: false,
             is_replica: false,
+            probed: false,
             commands: 0,
             started: Instant::from_std(started),
             first_command: t.first_command(),
@@ -152,6 +155,28 @@ where
     }
     hs.master_replied(&reply);
     r.send(&reply).await
+}
+
+/// Before a `PSYNC` or `SYNC` is judged: whether the master answers this connection at all. A
+/// connection that did not authenticate itself gets one `PING` sent on it to the master; a
+/// `-NOAUTH` answer means its `PSYNC` goes as sent, unjudged and without touching the books,
+/// and the client gets the master's own answer. Otherwise the verdict (and an answer of
+/// replguard's own, such as a hold) could reach a client the master would not serve.
+pub async fn probe_auth<T: AsyncRead + AsyncWrite + Unpin>(
+    m: &mut Peer<T>,
+    hs: &mut Handshake,
+    step: Duration,
+) -> Result<()> {
+    if hs.client_authed || hs.unauthenticated || hs.probed {
+        return Ok(());
+    }
+    hs.probed = true;
+    m.send(&encode_command(&["PING"])).await?;
+    let reply = m
+        .reply(step, "the master's answer to replguard's PING")
+        .await?;
+    hs.master_replied(&reply);
+    Ok(())
 }
 
 /// Notes what a `REPLCONF` says about the replica: its listening port and announced address.

@@ -19,7 +19,7 @@
 
 use crate::config::{GuardMode, LinkConfig};
 use crate::conn::handshake::{
-    exchange, next_command, refuse, replconf, replication_command, Handshake,
+    exchange, next_command, probe_auth, refuse, replconf, replication_command, Handshake,
 };
 use crate::conn::passthrough::passthrough;
 use crate::conn::pump::{pump, AtEof, Observer, Plain, Step, DOWN_BUF, UP_BUF};
@@ -73,6 +73,21 @@ pub(crate) async fn run(
             }
             "PSYNC" => {
                 replication_command(&link.admission, stats, &mut r, &mut hs).await?;
+                probe_auth(&mut m, &mut hs, step).await?;
+                if hs.unauthenticated {
+                    // The master does not serve this connection: its answer is the one the
+                    // client gets, with no verdict, no decision and no books.
+                    m.send(&raw).await?;
+                    let (_, line) = m.line(step, "the master's answer to the PSYNC").await?;
+                    hs.master_replied(&line);
+                    r.send(&line).await?;
+                    if line.starts_with(b"-") {
+                        continue;
+                    }
+                    return Err(SessionEnd::Unsupported(
+                        String::from_utf8_lossy(&line).trim_end().to_string(),
+                    ));
+                }
                 let Some(req) = KvPsync::parse(&cmd) else {
                     warn!(
                         command = %String::from_utf8_lossy(&raw).escape_debug(),

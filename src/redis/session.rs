@@ -24,7 +24,7 @@
 
 use crate::config::LinkConfig;
 use crate::conn::handshake::{
-    exchange, next_command, refuse, replconf, replication_command, Handshake,
+    exchange, next_command, probe_auth, refuse, replconf, replication_command, Handshake,
 };
 use crate::conn::passthrough::passthrough;
 use crate::conn::pump::{pump, Gate, Observer, Step, DOWN_BUF, UP_BUF};
@@ -77,9 +77,22 @@ pub(crate) async fn run(
             }
             "PSYNC" | "SYNC" => {
                 replication_command(&link.admission, stats, &mut r, &mut hs).await?;
-                if !hs.unauthenticated {
-                    announce_ip(cfg, &mut m, &mut hs, stats, step).await?;
+                probe_auth(&mut m, &mut hs, step).await?;
+                if hs.unauthenticated {
+                    // The master does not serve this connection: its answer is the one the
+                    // client gets, with no verdict, no decision and no books.
+                    m.send(&raw).await?;
+                    let reply = m.reply(step, "the master's answer to the PSYNC").await?;
+                    hs.master_replied(&reply);
+                    r.send(&reply).await?;
+                    if reply.starts_with(b"-") {
+                        continue;
+                    }
+                    return Err(SessionEnd::Unsupported(
+                        String::from_utf8_lossy(&reply).trim_end().to_string(),
+                    ));
                 }
+                announce_ip(cfg, &mut m, &mut hs, stats, step).await?;
                 let req = if name == "SYNC" {
                     Some(PsyncRequest {
                         replid: "?".into(),

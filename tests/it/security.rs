@@ -186,6 +186,44 @@ fn an_unauthenticated_psync_gets_noauth_and_no_data() {
 }
 
 #[test]
+fn an_unauthenticated_psync_is_not_judged_without_an_announced_address() {
+    // With announce_replica_ip off nothing else tells replguard the master would refuse this
+    // connection: it asks, and the master's -NOAUTH is what the client gets, with no verdict
+    // (whose refusal or hold would be replguard's own answer) and no books.
+    let m = master_with_password();
+    let rig = Rig::start(m.port, true, "    announce_replica_ip: false\n");
+    let id = wait_for(LONG, "the link's own INFO read of the master", || {
+        let st = rig.status();
+        st["links"][0]["ledger"]["lineage"][0]["replid"]
+            .as_str()
+            .map(str::to_string)
+    });
+    for psync in [
+        cmd(&["PSYNC", &id, "1000000"]),
+        cmd(&["PSYNC", &"f".repeat(40), "5"]),
+        cmd(&["SYNC"]),
+    ] {
+        let mut c = connect(rig.port);
+        c.write_all(&psync).unwrap();
+        let first = read_line(&mut c);
+        assert!(first.starts_with("-NOAUTH"), "{first:?}");
+        assert_no_data(&read_to_close(&mut c));
+    }
+    let st = rig.status();
+    let ledger = &st["links"][0]["ledger"];
+    assert!(
+        ledger["last_verdicts"]
+            .as_object()
+            .is_none_or(|v| v.is_empty()),
+        "{ledger}"
+    );
+    assert!(
+        ledger["replicas"].as_object().is_none_or(|v| v.is_empty()),
+        "{ledger}"
+    );
+}
+
+#[test]
 fn replconf_then_config_get_requirepass_gets_noauth() {
     let m = master_with_password();
     let rig = Rig::start(m.port, true, "");
@@ -421,14 +459,25 @@ fn a_real_kvrocks_replica_with_masterauth_syncs_and_resumes() {
     assert_eq!(mc.text(&["AUTH", PASSWORD]), "OK");
     let stat = |c: &mut Client, name: &str| -> u64 { c.info("stats")[name].parse().unwrap() };
 
-    // Nothing for a client that did not authenticate, whatever it asks.
-    for ask in [cmd(&["PSYNC", "0"]), cmd(&["_fetch_meta"])] {
+    // Nothing for a client that did not authenticate, whatever it asks: not even an answer of
+    // replguard's own (a resume beyond what an unknown replica was delivered would be refused
+    // by the guard), and no record in the ledger.
+    for ask in [
+        cmd(&["PSYNC", "0"]),
+        cmd(&["PSYNC", "X4N29DXBT7N4ZKU9", "500"]),
+        cmd(&["_fetch_meta"]),
+    ] {
         let mut c = connect(p.port);
         c.write_all(&ask).unwrap();
         let got = read_line(&mut c);
         assert!(got.starts_with("-NOAUTH"), "{got:?}");
     }
     assert_eq!(stat(&mut mc, "sync_full"), 0);
+    let books = p.status()["links"][0]["ledger"]["kvrocks"]["replicas"].clone();
+    assert!(
+        books.as_object().is_none_or(|m| m.is_empty()),
+        "unauthenticated clients left records: {books}"
+    );
 
     // The topology with the replica, set on the master as an authenticated client.
     let (mid, rid) = ("m".repeat(40), "r".repeat(40));
