@@ -110,16 +110,6 @@ impl LinkCtx {
         };
         let tls = LinkTls::load(cfg.tls.as_ref(), cfg.master_tls.as_ref(), master)
             .map_err(|e| anyhow::anyhow!("link {}: {e}", cfg.name))?;
-        if cfg
-            .master_tls
-            .as_ref()
-            .is_some_and(|t| t.cert_file.is_some())
-            && cfg.tls.as_ref().is_none_or(|t| t.client_ca_file.is_none())
-        {
-            warn!(link = %cfg.name,
-                  "master_tls presents replguard's client certificate for every replica session, \
-                   and the link port asks replicas for none: set tls.client_ca_file");
-        }
         let guard = Guard::open(
             state_dir,
             &cfg.name,
@@ -239,6 +229,7 @@ impl LinkCtx {
         *self.master.write().unwrap_or_else(|p| p.into_inner()) = addr;
         let mut cfg = (*self.cfg()).clone();
         cfg.master = addr.to_string();
+        self.guard.set_master(&cfg.master);
         self.set_cfg(cfg);
         let previous = std::mem::replace(
             &mut *self
@@ -294,6 +285,23 @@ impl LinkCtx {
                 }
             },
         };
+        // TLS files are read again whether or not their paths changed (renewed certificates
+        // keep their names); a `tls` or `master_tls` taken out of the file is taken off.
+        let dial = repoint.unwrap_or_else(|| self.master());
+        match LinkTls::load(next.tls.as_ref(), next.master_tls.as_ref(), dial) {
+            Ok(tls) => {
+                if next.tls.is_some() || next.master_tls.is_some() {
+                    info!(link = %self.name, "reload: TLS certificates read again");
+                }
+                *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
+            }
+            Err(e) => {
+                error!(link = %self.name, error = %e, "reload: the TLS material in force stays");
+                out.failed.push("tls");
+                next.tls = old.tls.clone();
+                next.master_tls = old.master_tls.clone();
+            }
+        }
         out.changed = changed_fields(&old, &next);
         if credentials != self.credentials() {
             if !out.changed.iter().any(|f| f.starts_with("auth")) {
@@ -379,10 +387,13 @@ pub async fn serve(
             Ok(p) => p,
             Err(refusal) => {
                 link.admission.refused(peer, &refusal);
-                let msg = refusal.answer();
+                // A TLS link port says nothing in clear: the refused client only sees a close.
+                let msg = (!link.tls().serves_tls()).then(|| refusal.answer());
                 tracker.spawn(async move {
                     let _ = timeout(REFUSAL_WRITE, async {
-                        sock.write_all(msg.as_bytes()).await?;
+                        if let Some(msg) = msg {
+                            sock.write_all(msg.as_bytes()).await?;
+                        }
                         sock.shutdown().await
                     })
                     .await;

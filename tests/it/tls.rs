@@ -225,3 +225,30 @@ fn sighup_reads_the_link_certificate_again() {
     rg.wait_log("the TLS material in force stays");
     assert!(ping(&b).is_some(), "a bad reload replaced the certificate");
 }
+
+#[test]
+fn a_client_refused_at_accept_on_a_tls_port_gets_no_clear_text() {
+    let certs = Certs::new();
+    let master = Server::start(Kind::Redis, &[]);
+    let link = format!(
+        "    allow_from: [10.0.0.0/8]\n    tls: {{ cert_file: {}, key_file: {} }}\n",
+        certs.path("server.crt").display(),
+        certs.path("server.key").display(),
+    );
+    let proxy = Proxy::start(Kind::Redis, master.port, &link);
+    let mut plain = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    plain.write_all(b"*1\r\n$4\r\nPING\r\n").unwrap();
+    let got = read_all(&mut plain);
+    assert!(
+        got.is_empty(),
+        "a refused client got {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    wait_for(LIMIT, "the refusal to be counted", || {
+        (proxy.metric(
+            "replguard_connections_refused_total",
+            "reason=\"allow_from\"",
+        ) >= 1.0)
+            .then_some(())
+    });
+}
