@@ -801,6 +801,15 @@ impl Config {
                 });
             }
         }
+        for (i, l) in self.links.iter().enumerate() {
+            let lends_cert = l.master_tls.as_ref().is_some_and(|t| t.cert_file.is_some());
+            if lends_cert && l.tls.as_ref().is_none_or(|t| t.client_ca_file.is_none()) {
+                out.push(ConfigProblem {
+                    path: format!("links[{i}].master_tls.cert_file"),
+                    message: "the master sees replguard's client certificate on every session of this link, and the link port asks replicas for none: set tls.client_ca_file so only replicas with a certificate of yours reach the master".into(),
+                });
+            }
+        }
         if let Some(t) = &token {
             if t.0.len() < MIN_ADMIN_TOKEN_LEN {
                 let field = if self.admin.token_file.is_some() {

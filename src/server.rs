@@ -48,6 +48,8 @@ pub struct Running {
     /// `state_dir` and `admin.listen` as started with: only a restart changes them.
     state_dir: PathBuf,
     admin_listen: String,
+    /// Where the admin token was read from at start (`token_file`, `token_env`).
+    admin_token_ref: (Option<PathBuf>, Option<String>),
     /// Held until the proxy has stopped and saved its ledgers.
     _state_lock: StateDirLock,
 }
@@ -104,6 +106,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         grace_ms: AtomicU64::new(config.shutdown_grace_ms),
         state_dir: config.state_dir.clone(),
         admin_listen: config.admin.listen.clone(),
+        admin_token_ref: (
+            config.admin.token_file.clone(),
+            config.admin.token_env.clone(),
+        ),
         _state_lock: state_lock,
     })
 }
@@ -188,6 +194,23 @@ impl Running {
                 &config.state_dir.display().to_string(),
             );
         }
+        let show = |r: &(Option<PathBuf>, Option<String>)| match r {
+            (Some(f), _) => format!("token_file {}", f.display()),
+            (None, Some(e)) => format!("token_env {e}"),
+            (None, None) => "no token".to_string(),
+        };
+        let token_ref = (
+            config.admin.token_file.clone(),
+            config.admin.token_env.clone(),
+        );
+        if token_ref != self.admin_token_ref {
+            needs_restart(
+                &mut not_applied,
+                "admin.token".into(),
+                &show(&self.admin_token_ref),
+                &show(&token_ref),
+            );
+        }
         if !same_addr(&config.admin.listen, &self.admin_listen) {
             needs_restart(
                 &mut not_applied,
@@ -228,18 +251,6 @@ impl Running {
                 }
                 not_applied.extend(r.failed.iter().map(|f| path(f)));
                 changed.extend(r.changed.iter().map(|f| path(f)));
-                let cfg = link.cfg();
-                if cfg.tls.is_some() || cfg.master_tls.is_some() {
-                    // Certificate files are read again whether or not their paths changed:
-                    // renewed certificates keep their names.
-                    match link.reload_tls(&cfg) {
-                        Ok(()) => info!(link = %lc.name, "reload: TLS certificates read again"),
-                        Err(e) => {
-                            error!(link = %lc.name, error = %e, "reload: the TLS material in force stays");
-                            not_applied.push(path("tls"));
-                        }
-                    }
-                }
                 links.push(link.clone());
                 continue;
             }

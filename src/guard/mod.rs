@@ -454,6 +454,13 @@ impl Guard {
         self.max_records.store(max, Relaxed);
     }
 
+    /// The link was re-pointed at `master`: the ledger file names it from the next save on
+    /// (which this makes due), so a restart whose configuration names it keeps the books.
+    pub fn set_master(&self, master: &str) {
+        self.store.set_master(master);
+        self.dirty.store(true, Relaxed);
+    }
+
     /// Puts a new `unknown_replica` policy in force for the verdicts to come.
     pub fn set_unknown_replica(&self, policy: UnknownReplica) {
         self.unknown_pass

@@ -108,7 +108,8 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[derive(Debug)]
 pub struct Store {
     path: PathBuf,
-    id: Identity,
+    /// Whose ledger this is; its master follows a re-point.
+    id: Mutex<Identity>,
     /// The generation of the newest snapshot on disk; held while writing.
     written: Mutex<u64>,
     /// The generation the next snapshot takes.
@@ -123,7 +124,7 @@ impl Store {
     pub fn new(state_dir: &Path, id: Identity) -> Store {
         Store {
             path: ledger_path(state_dir, &id.link),
-            id,
+            id: Mutex::new(id),
             written: Mutex::new(0),
             next_gen: AtomicU64::new(1),
             failures: AtomicU64::new(0),
@@ -137,7 +138,17 @@ impl Store {
     }
 
     pub fn load(&self) -> Result<Option<LedgerData>, LoadError> {
-        load(&self.path, &self.id)
+        load(&self.path, &self.identity())
+    }
+
+    fn identity(&self) -> Identity {
+        self.id.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The link now dials `master`: the file names it from the next save on, so a restart
+    /// with the configuration that names it keeps the ledger.
+    pub fn set_master(&self, master: &str) {
+        self.id.lock().unwrap_or_else(|p| p.into_inner()).master = master.to_string();
     }
 
     /// Takes the generation for a snapshot about to be made; call it while the data cannot
@@ -153,8 +164,9 @@ impl Store {
             return Ok(());
         }
         let mut data = data.clone();
-        data.link = Some(self.id.link.clone());
-        data.master = Some(self.id.master.clone());
+        let id = self.identity();
+        data.link = Some(id.link);
+        data.master = Some(id.master);
         let bytes = serde_json::to_vec_pretty(&data).map_err(std::io::Error::other)?;
         write_atomic(&self.path, &bytes)?;
         *written = gen;
@@ -185,7 +197,7 @@ impl Store {
         if last.is_none_or(|t| t.elapsed() >= SAVE_ERROR_LOG_EVERY) {
             *last = Some(Instant::now());
             error!(
-                link = %self.id.link,
+                link = %self.identity().link,
                 path = %self.path.display(),
                 error = %e,
                 failures = n,
