@@ -34,7 +34,8 @@ pub struct Handshake {
     pub ip_announced: bool,
     /// The client sent a replication-only command, so it is a replica.
     pub is_replica: bool,
-    /// replguard asked the master whether this connection may talk to it ([`probe_auth`]).
+    /// Whether the master serves this connection is known: it answered one of its commands
+    /// with something other than an error, or replguard asked ([`probe_auth`]).
     probed: bool,
     /// Commands read so far.
     commands: u64,
@@ -92,10 +93,14 @@ impl Handshake {
         (whole, "the next handshake command", Some(handshake))
     }
 
-    /// Notes a master's reply to one of this connection's commands.
+    /// Notes a master's reply to one of this connection's commands: `-NOAUTH` says the master
+    /// does not serve it; any answer that is not an error says it does (an error other than
+    /// `-NOAUTH`, such as an unknown command, can come before the master's own check).
     pub fn master_replied(&mut self, reply: &[u8]) {
         if reply.starts_with(b"-NOAUTH") {
             self.unauthenticated = true;
+        } else if !reply.starts_with(b"-") {
+            self.probed = true;
         }
     }
 }
@@ -158,7 +163,8 @@ where
 }
 
 /// Before a `PSYNC` or `SYNC` is judged: whether the master answers this connection at all. A
-/// connection that did not authenticate itself gets one `PING` sent on it to the master; a
+/// connection that did not authenticate itself, and whose commands the master has not answered
+/// yet (a client whose first command is `PSYNC`), gets one `PING` sent on it to the master; a
 /// `-NOAUTH` answer means its `PSYNC` goes as sent, unjudged and without touching the books,
 /// and the client gets the master's own answer. Otherwise the verdict (and an answer of
 /// replguard's own, such as a hold) could reach a client the master would not serve.
