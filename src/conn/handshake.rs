@@ -185,6 +185,34 @@ pub async fn probe_auth<T: AsyncRead + AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// A `PSYNC` or `SYNC` on a connection the master does not serve (`hs.unauthenticated`): it
+/// goes as sent and the client gets the master's answer, with no verdict, no decision and no
+/// books. After an error answer the handshake goes on (the client may `AUTH` and ask again);
+/// any other answer ends the session.
+pub async fn forward_unserved<S, T>(
+    r: &mut Peer<S>,
+    m: &mut Peer<T>,
+    hs: &mut Handshake,
+    raw: &[u8],
+    step: Duration,
+) -> Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    m.send(raw).await?;
+    let reply = m.reply(step, "the master's answer to the PSYNC").await?;
+    hs.master_replied(&reply);
+    r.send(&reply).await?;
+    if reply.starts_with(b"-") {
+        Ok(())
+    } else {
+        Err(SessionEnd::Unsupported(
+            String::from_utf8_lossy(&reply).trim_end().to_string(),
+        ))
+    }
+}
+
 /// Notes what a `REPLCONF` says about the replica: its listening port and announced address.
 /// An announced address must be an IP address: it names the replica's books.
 pub fn replconf(

@@ -19,7 +19,8 @@
 
 use crate::config::{GuardMode, LinkConfig};
 use crate::conn::handshake::{
-    exchange, next_command, probe_auth, refuse, replconf, replication_command, Handshake,
+    exchange, forward_unserved, next_command, probe_auth, refuse, replconf, replication_command,
+    Handshake,
 };
 use crate::conn::passthrough::passthrough;
 use crate::conn::pump::{pump, AtEof, Observer, Plain, Step, DOWN_BUF, UP_BUF};
@@ -75,18 +76,8 @@ pub(crate) async fn run(
                 replication_command(&link.admission, stats, &mut r, &mut hs).await?;
                 probe_auth(&mut m, &mut hs, step).await?;
                 if hs.unauthenticated {
-                    // The master does not serve this connection: its answer is the one the
-                    // client gets, with no verdict, no decision and no books.
-                    m.send(&raw).await?;
-                    let (_, line) = m.line(step, "the master's answer to the PSYNC").await?;
-                    hs.master_replied(&line);
-                    r.send(&line).await?;
-                    if line.starts_with(b"-") {
-                        continue;
-                    }
-                    return Err(SessionEnd::Unsupported(
-                        String::from_utf8_lossy(&line).trim_end().to_string(),
-                    ));
+                    forward_unserved(&mut r, &mut m, &mut hs, &raw, step).await?;
+                    continue;
                 }
                 let Some(req) = KvPsync::parse(&cmd) else {
                     warn!(
@@ -95,12 +86,7 @@ pub(crate) async fn run(
                     );
                     return passthrough(&link.counters, r, m, stats, raw).await;
                 };
-                let sent = Sent {
-                    req: &req,
-                    raw: &raw,
-                    unauthenticated: hs.unauthenticated,
-                };
-                match psync(link, cfg, &mut r, &mut m, stats, sent).await? {
+                match psync(link, cfg, &mut r, &mut m, stats, &req, &raw).await? {
                     Some((scanner, ids)) => {
                         return relay(link, cfg, r, m, stats, scanner, ids).await
                     }
@@ -117,15 +103,6 @@ pub(crate) async fn run(
     }
 }
 
-/// A PSYNC as the replica sent it.
-struct Sent<'a> {
-    req: &'a KvPsync,
-    raw: &'a [u8],
-    /// The master answered this connection `-NOAUTH` already: the PSYNC goes as sent and a
-    /// refusal touches no books.
-    unauthenticated: bool,
-}
-
 /// Judges and routes one PSYNC and relays the answer. `Some` when the master answered `+OK`
 /// and the stream follows; `None` when the replica was refused and the handshake goes on.
 async fn psync(
@@ -134,28 +111,18 @@ async fn psync(
     r: &mut Peer<Stream>,
     m: &mut Peer<Stream>,
     stats: &SessionStats,
-    sent: Sent<'_>,
+    req: &KvPsync,
+    raw: &[u8],
 ) -> Result<Option<(WalScanner, Vec<KvIdRange>)>> {
-    let Sent {
-        req,
-        raw,
-        unauthenticated,
-    } = sent;
     let step = cfg.timeouts.handshake_step();
     let seq_i64 = i64::try_from(req.seq).unwrap_or(i64::MAX);
     stats.set_psync_request(req.replid_or_dash(), seq_i64);
     let replica = stats.snapshot().replica;
     let ip = stats.peer.ip();
-    let (verdict, facts) = if unauthenticated {
-        (
-            crate::guard::verdict::Verdict::Pass,
-            "the master answered this connection -NOAUTH: it answers the PSYNC".to_string(),
-        )
-    } else {
-        link.record_live_books_of(&replica, stats.id);
-        link.guard
-            .judge_kvrocks(&replica, ip, req.replid.as_deref(), req.seq)
-    };
+    link.record_live_books_of(&replica, stats.id);
+    let (verdict, facts) = link
+        .guard
+        .judge_kvrocks(&replica, ip, req.replid.as_deref(), req.seq);
     let route = route::route(cfg.guard, &verdict, Some(FULL_SYNC_ANSWER));
     let decision = DecisionCtx {
         replica: &replica,
@@ -196,7 +163,7 @@ async fn psync(
         link.counters.psync_rejected.fetch_add(1, Relaxed);
         // The 2.7.0 replica resends the two-argument form after this one; every other
         // refusal makes it run a full sync.
-        if !unauthenticated && !line.contains("wrong number of arguments") {
+        if !line.contains("wrong number of arguments") {
             link.guard.kv_refused(&replica, ip);
         }
         return Ok(None);

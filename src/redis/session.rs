@@ -24,7 +24,8 @@
 
 use crate::config::LinkConfig;
 use crate::conn::handshake::{
-    exchange, next_command, probe_auth, refuse, replconf, replication_command, Handshake,
+    exchange, forward_unserved, next_command, probe_auth, refuse, replconf, replication_command,
+    Handshake,
 };
 use crate::conn::passthrough::passthrough;
 use crate::conn::pump::{pump, Gate, Observer, Step, DOWN_BUF, UP_BUF};
@@ -78,21 +79,13 @@ pub(crate) async fn run(
             "PSYNC" | "SYNC" => {
                 replication_command(&link.admission, stats, &mut r, &mut hs).await?;
                 probe_auth(&mut m, &mut hs, step).await?;
-                if hs.unauthenticated {
-                    // The master does not serve this connection: its answer is the one the
-                    // client gets, with no verdict, no decision and no books.
-                    m.send(&raw).await?;
-                    let reply = m.reply(step, "the master's answer to the PSYNC").await?;
-                    hs.master_replied(&reply);
-                    r.send(&reply).await?;
-                    if reply.starts_with(b"-") {
-                        continue;
-                    }
-                    return Err(SessionEnd::Unsupported(
-                        String::from_utf8_lossy(&reply).trim_end().to_string(),
-                    ));
+                if !hs.unauthenticated {
+                    announce_ip(cfg, &mut m, &mut hs, stats, step).await?;
                 }
-                announce_ip(cfg, &mut m, &mut hs, stats, step).await?;
+                if hs.unauthenticated {
+                    forward_unserved(&mut r, &mut m, &mut hs, &raw, step).await?;
+                    continue;
+                }
                 let req = if name == "SYNC" {
                     Some(PsyncRequest {
                         replid: "?".into(),
@@ -106,12 +99,6 @@ pub(crate) async fn run(
                 }
                 let replica = stats.snapshot().replica;
                 let (verdict, facts) = match &req {
-                    // The master refused this connection's credentials already: its answer
-                    // to the PSYNC is the one the client gets, and no books are touched.
-                    _ if hs.unauthenticated => (
-                        Verdict::Pass,
-                        "the master answered this connection -NOAUTH: it answers the PSYNC".into(),
-                    ),
                     Some(q) => {
                         // The master's own view first, so the verdict sees a failover or a
                         // restart that happened since the last poll.
@@ -146,10 +133,8 @@ pub(crate) async fn run(
                 }
                 let down = if name == "SYNC" {
                     decision.log(&link.guard, cfg.guard, "(inline SYNC: payload follows)");
-                    if !hs.unauthenticated {
-                        link.guard
-                            .claim(&stats.snapshot().replica, stats.id, stats.peer);
-                    }
+                    link.guard
+                        .claim(&stats.snapshot().replica, stats.id, stats.peer);
                     stats.begin_full(None, None);
                     link.counters.full_syncs.fetch_add(1, Relaxed);
                     Downstream::full_sync()
