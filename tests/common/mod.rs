@@ -357,6 +357,14 @@ impl Server {
         self.spawn();
     }
 
+    /// SIGKILL, and waits for the process to be gone; `start_again` starts it again.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Starts the process again after `stop`.
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "stop it first");

@@ -7,6 +7,7 @@ mod common;
 
 mod admin;
 mod behaviour;
+mod chaos;
 mod cli;
 mod fuzz_corpus;
 mod guard;
