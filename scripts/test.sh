@@ -37,6 +37,7 @@ REPLGUARD_E2E_WRITES=${REPLGUARD_E2E_WRITES:-1000} REPLGUARD_E2E_SYNC_ROUNDS=${R
 if [ "${REPLGUARD_FUZZ_SECS:-3}" != 0 ]; then
   scripts/fuzz.sh "${REPLGUARD_FUZZ_SECS:-3}"
 fi
+REPLGUARD_CHAOS_FAULTS=20 scripts/chaos.sh 2>&1 | tee -a "$results"
 real_kvrocks=$(grep -cE 'test .*real_kvrocks_.* ok' "$results" || true)
 echo "real-Kvrocks tests: $real_kvrocks ran"
 passed=$(grep -oE 'test result: ok\. [0-9]+ passed' "$results" | awk '{s += $4} END {print s + 0}')

@@ -117,7 +117,8 @@ struct WriterControl {
 /// (its value counts the one in doubt), so the writer pauses only after an acknowledged write.
 struct SteadyWriter {
     control: Arc<(Mutex<WriterControl>, Condvar)>,
-    /// The last counter value the master acknowledged.
+    /// The highest counter value the master acknowledged: a lower answer after it (a master
+    /// that lost writes counts again from an older value) leaves it as it is.
     acked: Arc<AtomicU64>,
     /// Writes that failed (connection lost, refused while the master loads).
     failed: Arc<AtomicU64>,
@@ -162,7 +163,7 @@ impl SteadyWriter {
                 };
                 match client.try_cmd(&["EVAL", WRITE, "1", COUNTER, "chaos:k:"]) {
                     Ok(Reply::Integer(v)) => {
-                        ack.store(u64::try_from(v).unwrap(), Ordering::SeqCst);
+                        ack.fetch_max(u64::try_from(v).unwrap(), Ordering::SeqCst);
                         in_doubt = false;
                     }
                     // Refused (the master is loading its RDB): not applied.
@@ -212,12 +213,20 @@ impl SteadyWriter {
                 self.join();
                 panic!("the writer did not pause within {SETTLE_LIMIT:?}");
             }
-            c = cv.wait_timeout(c, left.min(Duration::from_millis(200))).unwrap().0;
+            c = cv
+                .wait_timeout(c, left.min(Duration::from_millis(200)))
+                .unwrap()
+                .0;
         }
     }
 
     fn acked(&self) -> u64 {
         self.acked.load(Ordering::SeqCst)
+    }
+
+    /// After a loss was reported: the master's counter is the reference again.
+    fn rebase(&self, counter: u64) {
+        self.acked.store(counter, Ordering::SeqCst);
     }
 
     /// Ends the thread; a panic in it is raised here.
@@ -303,9 +312,11 @@ impl Topology {
         self.starts += 1;
         let rg = Replguard::run(&self.bin.path, &self.log_path(self.starts), |_| {});
         let admin = self.bin.admin;
-        wait_for(Duration::from_secs(20), "replguard's admin listener", || {
-            try_http(admin, "GET", "/status")
-        });
+        wait_for(
+            Duration::from_secs(20),
+            "replguard's admin listener",
+            || try_http(admin, "GET", "/status"),
+        );
         self.replguard = Some(rg);
     }
 
@@ -375,9 +386,7 @@ impl Topology {
             let value: f64 = value.parse().unwrap();
             let name = match series.split_once('{') {
                 Some(("replguard_full_syncs_total", _)) => "replguard full syncs".to_string(),
-                Some(("replguard_partial_syncs_total", _)) => {
-                    "replguard partial syncs".to_string()
-                }
+                Some(("replguard_partial_syncs_total", _)) => "replguard partial syncs".to_string(),
                 Some(("replguard_holds_total", _)) => "replguard holds".to_string(),
                 Some(("replguard_verdicts_total", labels)) => {
                     let label = |k: &str| {
@@ -475,7 +484,14 @@ impl Topology {
                 )
             );
             let log = r.log();
-            for l in log.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev() {
+            for l in log
+                .lines()
+                .rev()
+                .take(8)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+            {
                 out += &format!("    {l}\n");
             }
         }
@@ -492,16 +508,22 @@ impl Topology {
             out += "  replguard: /status unreachable\n";
         }
         let log = std::fs::read_to_string(self.log_path(self.starts)).unwrap_or_default();
-        for l in log.lines().rev().take(12).collect::<Vec<_>>().into_iter().rev() {
+        for l in log
+            .lines()
+            .rev()
+            .take(12)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
             out += &format!("    {l}\n");
         }
         out
     }
 
     /// With writes paused and every replica at the master's offset: the acknowledged writes on
-    /// the master, and each replica's data equal to the master's. Returns (lost-write problems,
-    /// indexes of divergent replicas with what differs).
-    fn check(&self, acked: u64) -> (Vec<String>, Vec<(usize, String)>) {
+    /// the master and on each replica, and each replica's data equal to the master's.
+    fn check(&self, acked: u64) -> Findings {
         let mut lost = Vec::new();
         let mut mc = self.master.client();
         let counter = |c: &mut Client| -> u64 {
@@ -540,14 +562,16 @@ impl Topology {
             }
         }
         if missing > 3 {
-            lost.push(format!("{missing} keys differ from the acknowledged writes"));
+            lost.push(format!(
+                "{missing} keys differ from the acknowledged writes"
+            ));
         }
         let digest = mc.digest();
         let mut divergent = Vec::new();
         for (i, r) in self.replicas.iter().enumerate() {
             let mut rc = r.client();
             let on_replica = counter(&mut rc);
-            if on_replica != acked {
+            if on_master == acked && on_replica != acked {
                 lost.push(format!(
                     "replica {}'s counter is {on_replica}, the last acknowledged write {acked}",
                     i + 1
@@ -570,7 +594,26 @@ impl Topology {
                 ));
             }
         }
-        (lost, divergent)
+        Findings {
+            lost,
+            master_counter: on_master,
+            divergent,
+        }
+    }
+
+    /// After the master lost acknowledged writes: its keys are made those the writer would have
+    /// left at the counter it has, so the next checks start from there.
+    fn restore_keys(&self, counter: u64) {
+        let mut c = self.master.client();
+        for i in 0..KEYS {
+            let key = format!("chaos:k:{i}");
+            match last_written(counter, i) {
+                Some(v) => assert_eq!(c.text(&["SET", &key, &v.to_string()]), "OK"),
+                None => {
+                    c.int(&["DEL", &key]);
+                }
+            }
+        }
     }
 
     /// Resyncs replica `i` from scratch: a new id of its own, which replguard has never seen.
@@ -580,6 +623,16 @@ impl Topology {
         let port = self.bin.port.to_string();
         assert_eq!(c.text(&["REPLICAOF", "127.0.0.1", &port]), "OK");
     }
+}
+
+/// What a check found.
+struct Findings {
+    /// Acknowledged writes missing on the master, or on a replica.
+    lost: Vec<String>,
+    /// The master's counter.
+    master_counter: u64,
+    /// Replicas whose data differs from the master's, with what differs.
+    divergent: Vec<(usize, String)>,
 }
 
 /// The value the writer last stored under key `i` once `acked` writes were acknowledged: the
@@ -688,20 +741,29 @@ fn chaos_run() {
                 println!("chaos: SETTLE FAILED {what}\n{d}");
                 settle_failures.push(what);
                 failures_in_a_row += 1;
-                assert!(
-                    failures_in_a_row < MAX_SETTLE_FAILURES,
-                    "{MAX_SETTLE_FAILURES} settles in a row failed; stopping"
-                );
+                if failures_in_a_row == MAX_SETTLE_FAILURES {
+                    println!("chaos: {MAX_SETTLE_FAILURES} settles in a row failed; the run stops");
+                    break;
+                }
                 continue;
             }
         };
         failures_in_a_row = 0;
         let acked = writer.acked();
-        let (lost, divergent) = t.check(acked);
+        let Findings {
+            lost,
+            master_counter,
+            divergent,
+        } = t.check(acked);
         let settle = settling.elapsed();
-        for l in lost {
-            println!("chaos: LOST WRITE after #{n} {fault}: {l}");
-            lost_writes.push(format!("#{n} {fault}: {l}"));
+        if !lost.is_empty() {
+            let what = lost.join("; ");
+            println!("chaos: LOST WRITES after #{n} {fault}: {what}");
+            lost_writes.push(format!("#{n} {fault}: {what}"));
+        }
+        if master_counter != acked {
+            t.restore_keys(master_counter);
+            writer.rebase(master_counter);
         }
         for (i, what) in &divergent {
             println!(
@@ -711,7 +773,7 @@ fn chaos_run() {
             divergences.push(format!("#{n} {fault}: {what}"));
             t.resync(*i);
         }
-        if !divergent.is_empty() {
+        if !divergent.is_empty() || master_counter != acked {
             t.wait_offsets(SETTLE_LIMIT)
                 .unwrap_or_else(|d| panic!("a resynced replica did not catch up:\n{d}"));
         }
@@ -770,7 +832,7 @@ fn chaos_run() {
         );
     }
     println!(
-        "chaos: divergences {}, lost writes {}, failed settles {}",
+        "chaos: divergences {}, faults followed by lost writes {}, failed settles {}",
         divergences.len(),
         lost_writes.len(),
         settle_failures.len()
