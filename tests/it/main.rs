@@ -9,6 +9,7 @@ mod admin;
 mod behaviour;
 mod cli;
 mod fuzz_corpus;
+mod group;
 mod guard;
 mod kvrocks;
 mod kvrocks_real;
