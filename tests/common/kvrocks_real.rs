@@ -230,13 +230,19 @@ pub struct KeyWriter {
 
 impl KeyWriter {
     pub fn start(port: u16) -> KeyWriter {
+        Self::start_at(port, 0)
+    }
+
+    /// A writer whose first key is `w<first>` (a writer on a new master continues the keys of
+    /// the one before).
+    pub fn start_at(port: u16, first: u64) -> KeyWriter {
         let gate = Arc::new((Mutex::new(Gate::default()), Condvar::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let written = Arc::new(AtomicU64::new(0));
+        let written = Arc::new(AtomicU64::new(first));
         let (g, s, w) = (gate.clone(), stop.clone(), written.clone());
         let handle = std::thread::spawn(move || {
             let mut c = Client::connect(port).unwrap();
-            let mut n = 0u64;
+            let mut n = first;
             while !s.load(Ordering::Relaxed) {
                 {
                     let (m, cv) = &*g;
@@ -245,6 +251,10 @@ impl KeyWriter {
                         st.idle = true;
                         cv.notify_all();
                         st = cv.wait_timeout(st, Duration::from_millis(50)).unwrap().0;
+                    }
+                    // Stopped while paused: not one write more.
+                    if s.load(Ordering::Relaxed) {
+                        break;
                     }
                     st.idle = false;
                 }
@@ -272,12 +282,19 @@ impl KeyWriter {
         }
     }
 
-    /// Waits until the writer stands still; returns how many keys it wrote.
+    /// Waits until the writer stands still; returns one past the last key it wrote (how many
+    /// keys were written, for a writer that started at `w0`).
     pub fn pause(&self) -> u64 {
         let (m, cv) = &*self.gate;
         let mut st = m.lock().unwrap();
         st.paused = true;
+        let start = std::time::Instant::now();
         while !st.idle {
+            let finished = self.handle.as_ref().is_none_or(JoinHandle::is_finished);
+            assert!(
+                !finished && start.elapsed() < Duration::from_secs(60),
+                "the writer did not pause (it stopped, or a write hung)"
+            );
             st = cv.wait_timeout(st, Duration::from_millis(50)).unwrap().0;
         }
         self.written.load(Ordering::Relaxed)
