@@ -11,6 +11,7 @@ mod cli;
 mod fuzz_corpus;
 mod guard;
 mod kvrocks;
+mod kvrocks_cluster;
 mod kvrocks_real;
 mod load;
 mod reload;
