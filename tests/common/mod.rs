@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub mod kvrocks_cluster;
 pub mod kvrocks_double;
 pub mod kvrocks_real;
 pub mod tls;

@@ -12,6 +12,7 @@ mod fuzz_corpus;
 mod group;
 mod guard;
 mod kvrocks;
+mod kvrocks_cluster;
 mod kvrocks_real;
 mod load;
 mod reload;
