@@ -358,6 +358,12 @@ impl Server {
         self.spawn();
     }
 
+    /// Replaces the arguments given after the defaults from the next start on (a node whose
+    /// role changed comes back with another `--replicaof`, or none).
+    pub fn set_args(&mut self, args: &[String]) {
+        self.extra = args.to_vec();
+    }
+
     /// SIGKILL, and waits for the process to be gone; `start_again` starts it again.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
