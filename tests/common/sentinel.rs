@@ -16,6 +16,10 @@ pub const MASTER_NAME: &str = "sentinel-g";
 pub const DOWN_AFTER_MS: u64 = 1000;
 /// Sentinel's `failover-timeout`.
 pub const FAILOVER_TIMEOUT_MS: u64 = 3000;
+/// How often a Sentinel reads a replica's `INFO` while nothing fails (sentinel.c's
+/// `SENTINEL_INFO_PERIOD`): a replica pointing at another address than the master's is seen,
+/// and re-pointed once `failover-timeout` has passed, only at such a read.
+pub const SENTINEL_INFO_PERIOD_MS: u64 = 10_000;
 /// C's `replica-priority`: worse than A's and B's (100), so Sentinel promotes B when A dies and
 /// A when B dies, never C.
 pub const C_PRIORITY: &str = "200";
@@ -298,6 +302,8 @@ fn pairs(r: Reply) -> Option<HashMap<String, String>> {
 /// down.
 pub struct Deployment {
     pub sentinels: Vec<Sentinel>,
+    /// When the Sentinels were started.
+    pub sentinels_started: Instant,
     pub links: Option<LinkSet>,
     pub nodes: Vec<Node>,
     pub kind: Kind,
@@ -371,12 +377,14 @@ impl Deployment {
         for r in &nodes[1..] {
             wait_converged(&nodes[0].server, &r.server, Duration::from_secs(30));
         }
+        let sentinels_started = Instant::now();
         let sentinels = sentinel_ports
             .iter()
             .map(|p| Sentinel::start(kind, *p, known[0]))
             .collect();
         Deployment {
             sentinels,
+            sentinels_started,
             links,
             nodes,
             kind,

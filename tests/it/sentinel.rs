@@ -3,8 +3,9 @@
 //! the Sentinels monitoring the master's link; and the same failovers directly, for the figures.
 //!
 //! The scenario, on each server kind:
-//! 1. Two failover-timeouts with nothing happening: no replica is re-pointed around replguard,
-//!    every Sentinel sees the master at its link.
+//! 1. Two failover-timeouts (and one of Sentinel's INFO periods past the first) with nothing
+//!    happening: no replica is re-pointed around replguard, every Sentinel sees the master at
+//!    its link.
 //! 2. A is killed under writes; Sentinel promotes B (C has the worse `replica-priority`); C
 //!    resumes through B's link, partially where the server would; writes follow Sentinel to B.
 //! 3. A restarts (empty: it never saved) and Sentinel makes it a replica of B, through B's link.
@@ -254,10 +255,15 @@ fn scenario(kind: Kind, via_replguard: bool) {
         "every Sentinel to see A, both replicas and the two other Sentinels",
         || sentinels_see(&d, known[A], &known[B..]).then_some(()),
     );
-    let quiet = Duration::from_millis(2 * FAILOVER_TIMEOUT_MS);
-    let watch = Instant::now();
+    // Two failover-timeouts from now, and long enough for every Sentinel to have read each
+    // replica's INFO after its first failover-timeout (when a replica pointing elsewhere than
+    // the master's address would be re-pointed), with a few seconds to spare.
+    let quiet_until = (Instant::now() + Duration::from_millis(2 * FAILOVER_TIMEOUT_MS)).max(
+        d.sentinels_started
+            + Duration::from_millis(FAILOVER_TIMEOUT_MS + SENTINEL_INFO_PERIOD_MS + 3000),
+    );
     let mut samples = 0;
-    while watch.elapsed() < quiet {
+    while Instant::now() < quiet_until {
         for r in [B, C] {
             if let Some(p) = d.nodes[r].try_master_port() {
                 samples += 1;
