@@ -54,6 +54,21 @@ fn valkey_sentinel_direct() {
     scenario(Kind::Valkey, false);
 }
 
+#[test]
+fn the_example_config_is_valid() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_replguard"))
+        .args(["check", "--config", "config/sentinel.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "config/sentinel.yaml: valid (3 links)\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success());
+}
+
 /// Whether every Sentinel sees the master at `master`, knows a replica at each of `replicas`
 /// (not down), and knows the two other Sentinels.
 fn sentinels_see(d: &Deployment, master: u16, replicas: &[u16]) -> bool {
