@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 /// Keys on A before the replicas start.
 const KEYS: u64 = 20_000;
 /// The links' group.
-const GROUP: Option<&str> = None;
+const GROUP: Option<&str> = Some(MASTER_NAME);
 /// Bound of every wait for a failover step.
 const WAIT: Duration = Duration::from_secs(30);
 /// Writes acknowledged by a master before it is killed, and by the promoted one after.
