@@ -311,6 +311,12 @@ fn scenario(kind: Kind, via_replguard: bool) {
         );
     }
 
+    if let Some(l) = &d.links {
+        for name in ["la", "lb", "lc"] {
+            assert_eq!(l.link(name)["group"].as_str(), GROUP, "{name}'s group");
+        }
+    }
+
     // 2. A dies under writes; B is promoted; C follows B.
     let b_before = d.nodes[B].syncs();
     let first = failover(&mut d, A, B, C, "first");
