@@ -38,9 +38,7 @@ pub struct Node {
 impl Node {
     /// `INFO replication` for polling; `None` also while the node is down.
     pub fn try_repl(&self) -> Option<HashMap<String, String>> {
-        if self.server.child.is_none() {
-            return None;
-        }
+        self.server.child.as_ref()?;
         self.server.try_info("replication")
     }
 
