@@ -264,7 +264,7 @@ fn scenario(kind: Kind, via_replguard: bool) {
     let mut d = Deployment::start(kind, via_replguard, GROUP, KEYS);
     let known: Vec<u16> = d.nodes.iter().map(|n| n.known_port).collect();
 
-    // 1. Settled, then two failover-timeouts in which nothing may move.
+    // 1. Settled, then a quiet window in which nothing may move.
     wait_for(
         WAIT,
         "every Sentinel to see A, both replicas and the two other Sentinels",
