@@ -81,8 +81,8 @@ struct Node {
 /// The books of a link, or of every link of a group: the ledger and its file, and who writes
 /// which replica's records.
 pub struct Books {
-    /// `link <name>` or `group <name>`, for log lines.
-    owner: String,
+    /// The link whose books these are, when they are one link's.
+    link: Option<String>,
     /// The group, when the books are a group's.
     group: Option<String>,
     /// Most replica records the ledger keeps (`max_replica_records`).
@@ -158,29 +158,34 @@ impl Books {
         max_records: usize,
     ) -> Arc<Books> {
         let store = Store::new(state_dir, Identity::link(link, master));
-        Self::open(format!("link {link}"), None, store, max_records)
+        Self::open(Some(link), None, store, max_records)
     }
 
     /// Loads the ledger of group `group`, shared by the links that name it.
     pub fn open_group(state_dir: &std::path::Path, group: &str, max_records: usize) -> Arc<Books> {
         let store = Store::for_group(state_dir, group);
-        Self::open(format!("group {group}"), Some(group), store, max_records)
+        Self::open(None, Some(group), store, max_records)
     }
 
-    fn open(owner: String, group: Option<&str>, store: Store, max_records: usize) -> Arc<Books> {
+    fn open(
+        link: Option<&str>,
+        group: Option<&str>,
+        store: Store,
+        max_records: usize,
+    ) -> Arc<Books> {
         let data = match store.load() {
             Ok(Some(d)) => d,
             Ok(None) => {
-                info!(ledger = %owner, path = %store.path().display(), "no ledger yet: starting with no knowledge");
+                info!(link, group, path = %store.path().display(), "no ledger yet: starting with no knowledge");
                 LedgerData::new()
             }
             Err(e) => {
-                error!(ledger = %owner, "{e}");
+                error!(link, group, "{e}");
                 LedgerData::new()
             }
         };
         let books = Books {
-            owner,
+            link: link.map(str::to_string),
             group: group.map(str::to_string),
             max_records: std::sync::atomic::AtomicUsize::new(max_records),
             store: Arc::new(store),
@@ -194,9 +199,9 @@ impl Books {
     /// Folds `data` (a ledger file's content) into the books: lineage merged, the newer record
     /// of each replica kept; `from` names where it came from, for the log.
     fn take_in(&self, mut data: LedgerData, from: Option<&std::path::Path>) {
-        let owner = self.owner.as_str();
+        let (link, group) = (self.link.as_deref(), self.group.as_deref());
         let max = self.max_records.load(Relaxed);
-        log_pruned(owner, max, data.prune_replicas(max));
+        self.log_pruned(max, data.prune_replicas(max));
         let open: Vec<String> = data
             .replicas
             .iter()
@@ -212,7 +217,8 @@ impl Books {
             .collect();
         if !open.is_empty() {
             warn!(
-                ledger = owner,
+                link,
+                group,
                 replicas = %open.join(", "),
                 "replguard did not stop cleanly last time: these replicas' sessions were open, so their recorded offsets are lower bounds; a resume beyond them is forced to a full sync"
             );
@@ -222,12 +228,13 @@ impl Books {
         if let Some(path) = from {
             st.data.absorb(data);
             self.dirty.store(true, Relaxed);
-            info!(ledger = owner, from = %path.display(), epochs = st.data.epochs.len(),
+            info!(link, group, from = %path.display(), epochs = st.data.epochs.len(),
                   replicas = st.data.replicas.len(), "a link's own ledger joined the group's");
         } else {
             st.data = data;
             info!(
-                ledger = owner,
+                link,
+                group,
                 epochs = st.data.epochs.len(),
                 replicas = st.data.replicas.len(),
                 "ledger loaded"
@@ -256,6 +263,21 @@ impl Books {
         }
     }
 
+    /// One log line per replica record pruned.
+    fn log_pruned(&self, max: usize, pruned: Vec<(String, Pruned)>) {
+        for (replica, rec) in pruned {
+            warn!(
+                link = self.link.as_deref(),
+                group = self.group.as_deref(),
+                replica = replica.as_str(),
+                peer = rec.peer().unwrap_or("-"),
+                updated_unix = rec.updated_unix(),
+                max_replica_records = max,
+                "ledger holds too many replica records: pruned the oldest (that replica is unknown from now on)"
+            );
+        }
+    }
+
     /// The group these books belong to, if any.
     pub fn group(&self) -> Option<&str> {
         self.group.as_deref()
@@ -271,7 +293,7 @@ impl Books {
             st.kv_refused.remove(k);
             st.holds_logged.remove(k);
         }
-        log_pruned(&self.owner, max, pruned);
+        self.log_pruned(max, pruned);
     }
 
     /// Saves the ledger if it changed since the last save (on the blocking pool, through the
@@ -771,20 +793,6 @@ pub struct GuardSnapshot {
     pub ledger_file: std::path::PathBuf,
     pub ledger_save_failures: u64,
     pub ledger_last_save_error: Option<String>,
-}
-
-/// One log line per replica record pruned.
-fn log_pruned(ledger: &str, max: usize, pruned: Vec<(String, Pruned)>) {
-    for (replica, rec) in pruned {
-        warn!(
-            ledger,
-            replica = replica.as_str(),
-            peer = rec.peer().unwrap_or("-"),
-            updated_unix = rec.updated_unix(),
-            max_replica_records = max,
-            "ledger holds too many replica records: pruned the oldest (that replica is unknown from now on)"
-        );
-    }
 }
 
 /// The Kvrocks facts a verdict used, in one line.
