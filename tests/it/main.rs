@@ -18,4 +18,5 @@ mod load;
 mod reload;
 mod replication;
 mod security;
+mod sentinel;
 mod tls;
