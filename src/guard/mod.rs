@@ -990,4 +990,36 @@ mod tests {
         assert!(la.snapshot().stale_master.is_none());
         assert!(!la.snapshot().allow_empty_master);
     }
+
+    #[test]
+    fn a_link_joining_a_group_brings_its_own_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let own = Guard::open(
+            dir.path(),
+            "la",
+            "127.0.0.1:7001",
+            UnknownReplica::Full,
+            false,
+            100,
+        );
+        own.observe("la", &view(A, NO_REPLID, -1, 500, false));
+        own.claim("r", 1, "127.0.0.1:40000".parse().unwrap());
+        own.delivered("r", 1, A, 500, false);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(own.save_if_dirty());
+        drop(own);
+        let books = Books::open_group(dir.path(), "g", 100);
+        books.join(dir.path(), "la", "127.0.0.1:7001");
+        let lb = Guard::new("lb", books.clone(), UnknownReplica::Full, false);
+        lb.observe("lb", &view(B, A, 501, 520, false));
+        assert_eq!(lb.judge("r", A, 501).0, Verdict::Pass);
+        assert!(!dir.path().join("la.ledger.json").exists());
+        assert!(dir.path().join("la.ledger.json.joined-g").exists());
+        rt.block_on(books.save_if_dirty());
+        let back = Books::open_group(dir.path(), "g", 100);
+        assert_eq!(back.state().data.replicas["r"].offset, 500);
+        assert_eq!(back.state().data.group.as_deref(), Some("g"));
+    }
 }
