@@ -49,6 +49,9 @@ pub struct Decision {
 /// atomics, and `last` (decisions for /status) is written after the books' lock is released.
 pub struct Guard {
     books: Arc<Books>,
+    /// In a group, the link's name: the Kvrocks books of a group are kept per link (see
+    /// [`Guard::kv_key`]).
+    kv_scope: Option<String>,
     /// What the link's keeper learned about the node behind it.
     node: Mutex<Node>,
     /// The identities the node behind this link presents when it is itself a replica: the
@@ -334,12 +337,13 @@ impl Guard {
         max_records: usize,
     ) -> Guard {
         let books = Books::open_link(state_dir, link, master, max_records);
-        Guard::new(books, policy, allow_empty)
+        Guard::new(link, books, policy, allow_empty)
     }
 
     /// The guard of link `link` over `books` (its own, or its group's).
-    pub fn new(books: Arc<Books>, policy: UnknownReplica, allow_empty: bool) -> Guard {
+    pub fn new(link: &str, books: Arc<Books>, policy: UnknownReplica, allow_empty: bool) -> Guard {
         Guard {
+            kv_scope: books.group.is_some().then(|| link.to_string()),
             books,
             node: Mutex::new(Node::default()),
             node_identities: Mutex::new(Vec::new()),
@@ -351,6 +355,17 @@ impl Guard {
             holds: AtomicU64::new(0),
             last: DashMap::new(),
             kv_gaps: AtomicU64::new(0),
+        }
+    }
+
+    /// The key of a Kvrocks replica's books. A Kvrocks node's sequences are its own: a
+    /// replica's record from one node's link says nothing of another node's history at the
+    /// same sequence (Kvrocks without `use-rsid-psync` carries no id to tell them apart), so in
+    /// a group each link keeps its own Kvrocks records, under `<link>/<replica>`.
+    fn kv_key<'a>(&self, replica: &'a str) -> std::borrow::Cow<'a, str> {
+        match &self.kv_scope {
+            Some(link) => format!("{link}/{replica}").into(),
+            None => replica.into(),
         }
     }
 
@@ -390,6 +405,8 @@ impl Guard {
         replid: Option<&str>,
         seq: u64,
     ) -> (Verdict, String) {
+        let key = self.kv_key(replica);
+        let replica: &str = &key;
         let st = self.state();
         let data = &st.data;
         let uncertain = st.uncertain.contains(replica);
@@ -410,6 +427,8 @@ impl Guard {
 
     /// A Kvrocks replica was refused a resume (by the master or by replguard): it must full-sync.
     pub fn kv_refused(&self, replica: &str, ip: IpAddr) {
+        let key = self.kv_key(replica);
+        let replica: &str = &key;
         let mut st = self.state();
         let count = st.kv_fetches.get(&ip).map_or(0, |b| b.complete);
         st.kv_refused.insert(replica.to_string(), (ip, count));
@@ -448,6 +467,8 @@ impl Guard {
         replid: Option<&str>,
         seq: u64,
     ) -> Vec<KvIdRange> {
+        let key = self.kv_key(replica);
+        let replica: &str = &key;
         let mut st = self.state();
         st.owners
             .insert(replica.to_string(), (session, peer.to_string()));
@@ -473,6 +494,8 @@ impl Guard {
         ids: &[KvIdRange],
         open: bool,
     ) {
+        let key = self.kv_key(replica);
+        let replica: &str = &key;
         let mut st = self.state();
         if st.owns(replica, session) && st.data.kvrocks.deliver(replica, next_seq, ids, open) {
             self.mark_dirty();
@@ -496,6 +519,8 @@ impl Guard {
 
     /// Records a gap in the stream delivered to a Kvrocks replica.
     pub fn kv_gap(&self, replica: &str, gap: KvGap) {
+        let key = self.kv_key(replica);
+        let replica: &str = &key;
         self.kv_gaps.fetch_add(1, Relaxed);
         let mut st = self.state();
         st.data.kvrocks.update(replica, |r| {
@@ -913,8 +938,8 @@ mod tests {
     fn the_links_of_a_group_judge_on_one_history() {
         let dir = tempfile::tempdir().unwrap();
         let books = Books::open_group(dir.path(), "g", 100);
-        let la = Guard::new(books.clone(), UnknownReplica::Full, false);
-        let lb = Guard::new(books.clone(), UnknownReplica::Full, false);
+        let la = Guard::new("l", books.clone(), UnknownReplica::Full, false);
+        let lb = Guard::new("l", books.clone(), UnknownReplica::Full, false);
         la.set_node_addresses(&["127.0.0.1:7001".parse().unwrap()]);
         lb.set_node_addresses(&["127.0.0.1:7002".parse().unwrap()]);
         la.observe("la", &view(A, NO_REPLID, -1, 500, false));
@@ -948,8 +973,8 @@ mod tests {
     fn a_stale_master_holds_until_released_or_gone() {
         let dir = tempfile::tempdir().unwrap();
         let books = Books::open_group(dir.path(), "g", 100);
-        let la = Guard::new(books.clone(), UnknownReplica::Full, false);
-        let lb = Guard::new(books, UnknownReplica::Full, false);
+        let la = Guard::new("l", books.clone(), UnknownReplica::Full, false);
+        let lb = Guard::new("l", books, UnknownReplica::Full, false);
         la.observe("la", &view(A, NO_REPLID, -1, 500, false));
         lb.observe("lb", &view(B, A, 501, 600, false));
         lb.claim("r", 1, "127.0.0.1:40000".parse().unwrap());
@@ -964,5 +989,37 @@ mod tests {
         la.observe("la", &view(B, A, 501, 590, true));
         assert!(la.snapshot().stale_master.is_none());
         assert!(!la.snapshot().allow_empty_master);
+    }
+
+    #[test]
+    fn a_link_joining_a_group_brings_its_own_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let own = Guard::open(
+            dir.path(),
+            "la",
+            "127.0.0.1:7001",
+            UnknownReplica::Full,
+            false,
+            100,
+        );
+        own.observe("la", &view(A, NO_REPLID, -1, 500, false));
+        own.claim("r", 1, "127.0.0.1:40000".parse().unwrap());
+        own.delivered("r", 1, A, 500, false);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(own.save_if_dirty());
+        drop(own);
+        let books = Books::open_group(dir.path(), "g", 100);
+        books.join(dir.path(), "la", "127.0.0.1:7001");
+        let lb = Guard::new("lb", books.clone(), UnknownReplica::Full, false);
+        lb.observe("lb", &view(B, A, 501, 520, false));
+        assert_eq!(lb.judge("r", A, 501).0, Verdict::Pass);
+        assert!(!dir.path().join("la.ledger.json").exists());
+        assert!(dir.path().join("la.ledger.json.joined-g").exists());
+        rt.block_on(books.save_if_dirty());
+        let back = Books::open_group(dir.path(), "g", 100);
+        assert_eq!(back.state().data.replicas["r"].offset, 500);
+        assert_eq!(back.state().data.group.as_deref(), Some("g"));
     }
 }

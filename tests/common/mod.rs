@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 pub mod kvrocks_cluster;
 pub mod kvrocks_double;
 pub mod kvrocks_real;
+pub mod sentinel;
 pub mod tls;
 
 /// Which server family a test runs against.

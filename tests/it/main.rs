@@ -19,4 +19,5 @@ mod load;
 mod reload;
 mod replication;
 mod security;
+mod sentinel;
 mod tls;
