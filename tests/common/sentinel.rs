@@ -194,6 +194,17 @@ pub struct Sentinel {
 impl Sentinel {
     /// A Sentinel on `port` monitoring the master at `master_port` (quorum 2).
     pub fn start(kind: Kind, port: u16, master_port: u16) -> Sentinel {
+        Self::start_with(kind, port, master_port, DOWN_AFTER_MS, FAILOVER_TIMEOUT_MS)
+    }
+
+    /// [`Sentinel::start`] with another `down-after-milliseconds` and `failover-timeout`.
+    pub fn start_with(
+        kind: Kind,
+        port: u16,
+        master_port: u16,
+        down_after_ms: u64,
+        failover_timeout_ms: u64,
+    ) -> Sentinel {
         let dir = tempfile::Builder::new()
             .prefix("replguard-sentinel-")
             .tempdir()
@@ -204,8 +215,8 @@ impl Sentinel {
             format!(
                 "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {dir}/sentinel.log\n\
                  sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
-                 sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}\n\
-                 sentinel failover-timeout {MASTER_NAME} {FAILOVER_TIMEOUT_MS}\n\
+                 sentinel down-after-milliseconds {MASTER_NAME} {down_after_ms}\n\
+                 sentinel failover-timeout {MASTER_NAME} {failover_timeout_ms}\n\
                  sentinel parallel-syncs {MASTER_NAME} 1\n",
                 dir = dir.path().display(),
             ),

@@ -23,12 +23,12 @@
 //! and `REPLGUARD_CHAOS_SEED` (default from the clock; printed, so the same faults can be drawn
 //! again; which replica Sentinel promotes is Sentinel's choice).
 
+use crate::common::sentinel::{Sentinel, MASTER_NAME};
 use crate::common::*;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -48,7 +48,7 @@ const WRITE: &str = "local v = redis.call('INCR', KEYS[1]) \
 const MAX_SETTLE_FAILURES: u32 = 3;
 /// The nodes' names, in the order of their links.
 const NAMES: [&str; 3] = ["A", "B", "C"];
-/// The links' group, and the Sentinels' name for the master set.
+/// The links' group.
 const GROUP: &str = "chaos";
 /// Sentinel's `down-after-milliseconds`: longer than any fault keeps a node or replguard down,
 /// so Sentinel fails over only when the run asks it to.
@@ -299,114 +299,12 @@ impl Drop for SteadyWriter {
     }
 }
 
-/// A real Sentinel (`redis-server <config> --sentinel`) monitoring the group's master at a link;
-/// killed when dropped.
-struct Sentinel {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Child,
-}
-
-impl Sentinel {
-    fn start(port: u16, master_link: u16) -> Sentinel {
-        let dir = tempfile::Builder::new()
-            .prefix("replguard-chaos-sentinel-")
-            .tempdir()
-            .unwrap();
-        let conf = dir.path().join("sentinel.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {dir}/sentinel.log\n\
-                 sentinel monitor {GROUP} 127.0.0.1 {master_link} 2\n\
-                 sentinel down-after-milliseconds {GROUP} {SENTINEL_DOWN_AFTER_MS}\n\
-                 sentinel failover-timeout {GROUP} {SENTINEL_FAILOVER_TIMEOUT_MS}\n",
-                dir = dir.path().display(),
-            ),
-        )
-        .unwrap();
-        let child = Command::new(Kind::Redis.binary())
-            .arg(&conf)
-            .arg("--sentinel")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sentinel starts");
-        let s = Sentinel { port, dir, child };
-        wait_for(Duration::from_secs(20), "the Sentinel to answer", || {
-            s.try_cmd(&["PING"])
-        });
-        s
-    }
-
-    fn try_cmd(&self, args: &[&str]) -> Option<Reply> {
-        Client::connect_within(self.port, Duration::from_secs(2))
-            .ok()?
-            .try_cmd(args)
-            .ok()
-    }
-
-    /// The master's port as this Sentinel answers `SENTINEL GET-MASTER-ADDR-BY-NAME`.
-    fn try_master_port(&self) -> Option<u16> {
-        let r = strings(self.try_cmd(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", GROUP])?)?;
-        r.get(1)?.parse().ok()
-    }
-
-    /// `SENTINEL REPLICAS`, each as a map.
-    fn try_replicas(&self) -> Option<Vec<HashMap<String, String>>> {
-        match self.try_cmd(&["SENTINEL", "REPLICAS", GROUP])? {
-            Reply::Array(items) => items.into_iter().map(pairs).collect(),
-            _ => None,
-        }
-    }
-
-    fn log_tail(&self, lines: usize) -> Vec<String> {
-        tail(&self.dir.path().join("sentinel.log"), lines)
-    }
-}
-
-impl Drop for Sentinel {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// An array reply of strings.
-fn strings(r: Reply) -> Option<Vec<String>> {
-    match r {
-        Reply::Array(items) => items
-            .into_iter()
-            .map(|f| match f {
-                Reply::BulkString(b) | Reply::SimpleString(b) => {
-                    Some(String::from_utf8_lossy(&b).into_owned())
-                }
-                _ => None,
-            })
-            .collect(),
-        _ => None,
-    }
-}
-
-/// A flat array of field, value, field, value... as a map.
-fn pairs(r: Reply) -> Option<HashMap<String, String>> {
-    let v = strings(r)?;
-    Some(
-        v.chunks(2)
-            .filter(|p| p.len() == 2)
-            .map(|p| (p[0].clone(), p[1].clone()))
-            .collect(),
-    )
-}
-
-/// The last `n` lines of a file.
-fn tail(path: &std::path::Path, n: usize) -> Vec<String> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+/// The last `n` lines of `text`, indented for a report.
+fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..]
         .iter()
-        .map(|l| l.to_string())
+        .map(|l| format!("    {l}\n"))
         .collect()
 }
 
@@ -486,7 +384,15 @@ impl Topology {
             .unwrap_or_else(|d| panic!("the replicas never synced:\n{d}"));
         t.sentinels = [s1, s2, s3]
             .iter()
-            .map(|p| Sentinel::start(*p, la))
+            .map(|p| {
+                Sentinel::start_with(
+                    Kind::Redis,
+                    *p,
+                    la,
+                    SENTINEL_DOWN_AFTER_MS,
+                    SENTINEL_FAILOVER_TIMEOUT_MS,
+                )
+            })
             .collect();
         t
     }
@@ -584,7 +490,10 @@ impl Topology {
                 sentinel.try_replicas()
             ));
         }
-        match sentinel.try_cmd(&["SENTINEL", "FAILOVER", GROUP]) {
+        let asked = Client::connect_within(sentinel.port, Duration::from_secs(2))
+            .ok()
+            .and_then(|mut c| c.try_cmd(&["SENTINEL", "FAILOVER", MASTER_NAME]).ok());
+        match asked {
             Some(Reply::SimpleString(ok)) if ok == b"OK" => {}
             other => return Err(format!("SENTINEL FAILOVER answered {other:?}")),
         }
@@ -614,9 +523,7 @@ impl Topology {
                     .map(Sentinel::try_master_port)
                     .collect::<Vec<_>>()
             );
-            for l in self.sentinels[0].log_tail(15) {
-                why += &format!("    {l}\n");
-            }
+            why += &last_lines(&self.sentinels[0].log(), 15);
             return Err(why);
         };
         self.master = p;
@@ -730,11 +637,7 @@ impl Topology {
                     ]
                 )
             );
-            let log = node.log();
-            let lines: Vec<&str> = log.lines().collect();
-            for l in &lines[lines.len().saturating_sub(8)..] {
-                out += &format!("    {l}\n");
-            }
+            out += &last_lines(&node.log(), 8);
         }
         if let Some(st) = try_http(self.admin, "GET", "/status")
             .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
@@ -751,9 +654,8 @@ impl Topology {
         } else {
             out += "  replguard: /status unreachable\n";
         }
-        for l in tail(&self.log_path(self.starts), 12) {
-            out += &format!("    {l}\n");
-        }
+        let log = std::fs::read_to_string(self.log_path(self.starts)).unwrap_or_default();
+        out += &last_lines(&log, 12);
         out
     }
 
