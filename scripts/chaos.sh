@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The chaos run (tests/it/chaos.rs): a Redis 7.0 master and two replicas behind the replguard
-# binary, under a steady writer, and a seeded sequence of faults (replguard kill -9 and SIGTERM,
-# replica kill -9 and clean restarts, the master cutting its replica links, clean master
-# restarts). After each fault, with writes paused, every replica must reach the master's offset
-# and hold the master's data, and no acknowledged write may be lost.
+# The chaos run (tests/it/chaos.rs): three Redis 7.0 nodes, each behind its own link of the
+# replguard binary (one link group), three Sentinels on the master's link, a steady writer, and a
+# seeded sequence of faults: replguard kill -9 and SIGTERM, replica kill -9 and clean restarts,
+# the master cutting its replica links, clean master restarts, Sentinel failovers. After each
+# fault, with writes paused, every replica must reach the master's offset and hold the master's
+# data (DEBUG DIGEST), and no acknowledged write may be lost.
 #   scripts/chaos.sh [FAULTS [SEED]]   or   REPLGUARD_CHAOS_FAULTS=500 REPLGUARD_CHAOS_SEED=42 scripts/chaos.sh
 # FAULTS defaults to 20; SEED to one from the clock, printed first so the run can be repeated.
 set -euo pipefail
