@@ -467,29 +467,39 @@ impl Topology {
         Ok(format!("down {} ms", down.as_millis()))
     }
 
-    /// `SENTINEL FAILOVER` once a Sentinel sees both replicas fit to be promoted; waits until
-    /// every Sentinel names another node's link as the master and the old master replicates
-    /// from it. Writes must be paused and the replicas caught up.
+    /// `SENTINEL FAILOVER` once every Sentinel has read both replicas as replicas of the master
+    /// since they last changed; waits until every Sentinel names another node's link as the
+    /// master and the old master replicates from it. Writes must be paused and the replicas
+    /// caught up.
     fn sentinel_failover(&mut self) -> Result<String, String> {
         let old = self.master;
         let old_link = self.links[old].to_string();
-        let sentinel = &self.sentinels[0];
-        let fit = wait_for_or(FAILOVER_LIMIT, || {
-            let rs = sentinel.try_replicas()?;
+        // A Sentinel reads a replica's INFO every 10 s. One whose last reading of a node is
+        // from before that node became a replica (an old master it converted, a node restarted)
+        // still counts it a master for 8 s and more, and converts the promoted node straight
+        // back before the leader's new epoch reaches it: the failover is aborted after
+        // failover-timeout. So every Sentinel must have read both replicas as what they are.
+        let fresh = |s: &Sentinel| {
+            let rs = s.try_replicas()?;
             let fit = rs.len() == 2
                 && rs.iter().all(|r| {
-                    r.get("flags").map(String::as_str) == Some("slave")
-                        && r.get("master-link-status").map(String::as_str) == Some("ok")
+                    let is = |k: &str, v: &str| r.get(k).map(String::as_str) == Some(v);
+                    is("flags", "slave")
+                        && is("role-reported", "slave")
+                        && is("master-link-status", "ok")
                         && r.get("master-port") == Some(&old_link)
                 });
             fit.then_some(())
-        });
-        if fit.is_none() {
+        };
+        let sentinels = &self.sentinels;
+        if wait_for_or(FAILOVER_LIMIT, || sentinels.iter().try_for_each(fresh)).is_none() {
             return Err(format!(
-                "Sentinel did not see both replicas fit to be promoted within {FAILOVER_LIMIT:?}: {:?}",
-                sentinel.try_replicas()
+                "the Sentinels did not read both replicas as replicas of the master within {FAILOVER_LIMIT:?}: {:?}",
+                sentinels.iter().map(Sentinel::try_replicas).collect::<Vec<_>>()
             ));
         }
+        let sentinel = &sentinels[0];
+        let asked_at = Instant::now();
         let asked = Client::connect_within(sentinel.port, Duration::from_secs(2))
             .ok()
             .and_then(|mut c| c.try_cmd(&["SENTINEL", "FAILOVER", MASTER_NAME]).ok());
@@ -527,7 +537,11 @@ impl Topology {
             return Err(why);
         };
         self.master = p;
-        Ok(format!("{} promoted", NAMES[p]))
+        Ok(format!(
+            "{} promoted, the old master its replica {} ms after SENTINEL FAILOVER",
+            NAMES[p],
+            asked_at.elapsed().as_millis()
+        ))
     }
 
     /// Each node's sync counts and replguard's, by name.
