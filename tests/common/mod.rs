@@ -481,13 +481,24 @@ impl Proxy {
     }
 
     fn start_flavor(flavor: &str, master_port: u16, guard: &str, link_extra: &str) -> Proxy {
+        Self::start_at(
+            flavor,
+            &format!("127.0.0.1:{master_port}"),
+            guard,
+            link_extra,
+        )
+    }
+
+    /// One link whose `master` is `master` as written (an IP address or a host name with a
+    /// port).
+    pub fn start_at(flavor: &str, master: &str, guard: &str, link_extra: &str) -> Proxy {
         init_logging();
         let state_dir = tempfile::tempdir().unwrap();
         let [port, admin_port] = free_ports();
         let token_file = state_dir.path().join("admin.token");
         std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).unwrap();
         let yaml = format!(
-            "state_dir: {}\nadmin:\n  listen: 127.0.0.1:{admin_port}\n  token_file: {}\nlinks:\n  - name: main\n    listen: 127.0.0.1:{port}\n    master: 127.0.0.1:{master_port}\n    flavor: {flavor}\n    guard: {guard}\n    lineage_poll_ms: 200\n{link_extra}",
+            "state_dir: {}\nadmin:\n  listen: 127.0.0.1:{admin_port}\n  token_file: {}\nlinks:\n  - name: main\n    listen: 127.0.0.1:{port}\n    master: {master}\n    flavor: {flavor}\n    guard: {guard}\n    lineage_poll_ms: 200\n{link_extra}",
             state_dir.path().display(),
             token_file.display(),
         );
@@ -515,6 +526,23 @@ impl Proxy {
             self.rt.block_on(server::start(cfg.clone())).ok()
         });
         self.running = Some(running);
+    }
+
+    /// The configuration it runs with (what `resume` and `reload` read).
+    pub fn yaml(&self) -> &str {
+        &self.yaml
+    }
+
+    /// Replaces the configuration: `resume` and `reload` read it from now on.
+    pub fn set_yaml(&mut self, yaml: String) {
+        self.yaml = yaml;
+    }
+
+    /// What SIGHUP does: checks the configuration and puts it in force.
+    pub fn reload(&self) {
+        let cfg = Config::from_yaml(&self.yaml, "test.yaml").expect("test config is valid");
+        let running = self.running.as_ref().expect("running");
+        self.rt.block_on(running.reload(&cfg));
     }
 
     /// Graceful shutdown; `resume` starts it again.

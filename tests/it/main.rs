@@ -13,6 +13,7 @@ mod guard;
 mod kvrocks;
 mod kvrocks_real;
 mod load;
+mod master_addr;
 mod reload;
 mod replication;
 mod security;
