@@ -28,7 +28,7 @@ use crate::conn::stats::{LinkCounters, SessionSnapshot, SessionState, SessionSta
 use crate::conn::tls::LinkTls;
 use crate::conn::{Peer, SessionEnd, Side, Stream};
 use crate::guard::ledger::now_unix;
-use crate::guard::Guard;
+use crate::guard::{Books, Guard};
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
@@ -116,32 +116,29 @@ pub struct LinkCtx {
 }
 
 impl LinkCtx {
-    /// Builds a link from a validated configuration; `cancel` is the process-wide token, parent
-    /// of the link's own.
+    /// Builds a link from a validated configuration, its `books` (opened under the master
+    /// `start` chose) and that master; `cancel` is the process-wide token, parent of the link's
+    /// own.
     pub fn new(
         cfg: LinkConfig,
-        state_dir: &Path,
+        books: Arc<Books>,
+        start: MasterAtStart,
         cancel: &CancellationToken,
         flavour: Box<dyn Flavour>,
     ) -> anyhow::Result<Self> {
-        let master_file = kept_master_path(state_dir, &cfg.name);
-        let (master, source, ledger_master) = master_at_start(&cfg, &master_file)?;
+        let MasterAtStart {
+            addr: master,
+            source,
+            file: master_file,
+            ..
+        } = start;
         let credentials = match &cfg.auth {
             Some(a) => Some(a.resolve().map_err(anyhow::Error::msg)?),
             None => None,
         };
         let tls = LinkTls::load(cfg.tls.as_ref(), cfg.master_tls.as_ref(), &master)
             .map_err(|e| anyhow::anyhow!("link {}: {e}", cfg.name))?;
-        // The ledger file names the master it was kept for: the one in force, as the re-point
-        // wrote it there.
-        let guard = Guard::open(
-            state_dir,
-            &cfg.name,
-            &ledger_master,
-            cfg.unknown_replica,
-            cfg.allow_empty_master,
-            cfg.max_replica_records,
-        );
+        let guard = Guard::new(books, cfg.unknown_replica, cfg.allow_empty_master);
         let stop = cancel.child_token();
         Ok(LinkCtx {
             name: cfg.name.clone(),
@@ -207,6 +204,22 @@ impl LinkCtx {
     /// Notes the address the link's listener was bound to.
     pub fn set_bound(&self, addr: SocketAddr) {
         let _ = self.bound.set(addr);
+        self.name_node();
+    }
+
+    /// Tells the guard which addresses the node behind the link presents as a replica: the
+    /// link's own (what a node of a group announces) and the node's (a name's: what it resolved
+    /// to at the last dial).
+    fn name_node(&self) {
+        let node = match self.master_state() {
+            MasterState {
+                addr: MasterAddr::Ip(a),
+                ..
+            } => Some(a),
+            MasterState { dialled, .. } => dialled,
+        };
+        let addrs: Vec<SocketAddr> = self.bound.get().copied().into_iter().chain(node).collect();
+        self.guard.set_node_addresses(&addrs);
     }
 
     /// The TLS material in force.
@@ -285,6 +298,9 @@ impl LinkCtx {
         }
         let (before, failing) = (m.dialled.replace(addr), m.dial_error.take());
         drop(m);
+        if master.is_name() && before != Some(addr) {
+            self.name_node();
+        }
         if master.is_name() && (before != Some(addr) || failing.is_some()) {
             info!(link = %self.name, master = %master, address = %addr,
                   previous = %before.map_or_else(|| "-".to_string(), |a| a.to_string()),
@@ -384,6 +400,7 @@ impl LinkCtx {
         };
         self.guard.set_master(ledger_master);
         let Some(old) = old else { return };
+        self.name_node();
         let previous = std::mem::replace(
             &mut *self
                 .session_cancel
@@ -418,6 +435,10 @@ impl LinkCtx {
             out.needs_restart.push("listen");
         }
         next.listen = old.listen.clone();
+        if next.group != old.group {
+            out.needs_restart.push("group");
+            next.group = old.group.clone();
+        }
         if next.flavor != old.flavor {
             out.needs_restart.push("flavor");
             next.flavor = old.flavor;
@@ -868,6 +889,35 @@ fn who_wins(configured: &str, kept: Option<&KeptMaster>) -> AtStart {
         None => AtStart::Configuration,
         Some(k) if same_master(&k.configured_master, configured) => AtStart::Repoint,
         Some(_) => AtStart::Superseded,
+    }
+}
+
+/// The master a link starts with: the configuration's, or a re-point kept in `state_dir` (see
+/// the module's documentation). It is chosen before the link's ledger is opened, as the ledger
+/// file names the master it was kept for.
+#[derive(Debug)]
+pub struct MasterAtStart {
+    addr: MasterAddr,
+    source: MasterSource,
+    /// How the link's own ledger file names the master: as the re-point wrote it there, or as
+    /// the configuration does.
+    pub ledger_master: String,
+    /// Where a re-point of the link is kept.
+    file: PathBuf,
+}
+
+impl MasterAtStart {
+    /// Chooses, and logs which won when a re-point was kept; a kept re-point that lost to the
+    /// configuration is removed.
+    pub fn choose(cfg: &LinkConfig, state_dir: &Path) -> anyhow::Result<MasterAtStart> {
+        let file = kept_master_path(state_dir, &cfg.name);
+        let (addr, source, ledger_master) = master_at_start(cfg, &file)?;
+        Ok(MasterAtStart {
+            addr,
+            source,
+            ledger_master,
+            file,
+        })
     }
 }
 

@@ -6,7 +6,7 @@
 
 use crate::config::{Flavor, GuardMode, UnknownReplica};
 use crate::conn::stats::SessionSnapshot;
-use crate::guard::ledger::{Epoch, KvBooks, ReplicaRecord};
+use crate::guard::ledger::{Epoch, KvBooks, ReplicaRecord, StaleMaster};
 use crate::guard::{Decision, GuardSnapshot};
 use crate::link::{LinkCtx, MasterSource};
 use serde::Serialize;
@@ -37,6 +37,8 @@ struct LinkStatus {
     /// Why the last dial of the master failed, until one succeeds.
     master_dial_error: Option<String>,
     flavor: Flavor,
+    /// The group whose ledger the link shares, if any.
+    group: Option<String>,
     guard: GuardMode,
     max_sessions: usize,
     sessions_active: usize,
@@ -59,6 +61,8 @@ struct LinkStatus {
 struct LedgerStatus {
     allow_empty_master: bool,
     empty_master: Option<String>,
+    /// The group whose ledger this is (shared by its links), if any.
+    group: Option<String>,
     holds: u64,
     kvrocks: KvBooks,
     kvrocks_stream_gaps: u64,
@@ -68,6 +72,7 @@ struct LedgerStatus {
     ledger_save_failures: u64,
     lineage: Vec<Epoch>,
     replicas: BTreeMap<String, ReplicaRecord>,
+    stale_master: Option<StaleMaster>,
     unknown_replica: UnknownReplica,
     unsafe_resumes_accepted: u64,
 }
@@ -77,6 +82,7 @@ impl From<GuardSnapshot> for LedgerStatus {
         LedgerStatus {
             allow_empty_master: g.allow_empty_master,
             empty_master: g.empty_master,
+            group: g.group,
             holds: g.holds,
             kvrocks: g.data.kvrocks,
             kvrocks_stream_gaps: g.kvrocks_stream_gaps,
@@ -86,6 +92,7 @@ impl From<GuardSnapshot> for LedgerStatus {
             ledger_save_failures: g.ledger_save_failures,
             lineage: g.data.epochs,
             replicas: g.data.replicas,
+            stale_master: g.stale_master,
             unknown_replica: g.unknown_replica,
             unsafe_resumes_accepted: g.unsafe_resumes_accepted,
         }
@@ -122,6 +129,7 @@ pub fn document(links: &[Arc<LinkCtx>], started: Instant) -> String {
                 master_dialled: m.dialled.map(|a| a.to_string()),
                 master_dial_error: m.dial_error,
                 flavor: cfg.flavor,
+                group: cfg.group.clone(),
                 guard: cfg.guard,
                 max_sessions: cfg.max_sessions,
                 sessions_active: sessions.len(),
@@ -149,8 +157,8 @@ mod tests {
     use super::*;
     use crate::guard::ledger::LedgerData;
 
-    /// The `ledger` object reads as the one the guard used to build with `json!`: the keys of
-    /// every object in alphabetical order, each value as it was.
+    /// The `ledger` object reads as the one the guard used to build with `json!` (with `group`
+    /// and `stale_master` since): the keys of every object in alphabetical order.
     #[test]
     fn the_ledger_object_keeps_its_shape() {
         let mut data = LedgerData::new();
@@ -175,6 +183,8 @@ mod tests {
             data: data.clone(),
             kvrocks_stream_gaps: 4,
             last_verdicts: BTreeMap::from([("10.0.0.1:6380".to_string(), decision.clone())]),
+            stale_master: None,
+            group: Some("g".into()),
             ledger_file: "/s/main.json".into(),
             ledger_save_failures: 5,
             ledger_last_save_error: Some("disk full".into()),
@@ -183,6 +193,8 @@ mod tests {
             "unknown_replica": UnknownReplica::Full,
             "allow_empty_master": true,
             "empty_master": Some("b".repeat(40)),
+            "group": "g",
+            "stale_master": null,
             "unsafe_resumes_accepted": 2,
             "holds": 3,
             "lineage": data.epochs,
