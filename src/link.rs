@@ -755,9 +755,9 @@ pub async fn keep(link: Arc<LinkCtx>, cancel: CancellationToken) {
     }
 }
 
-/// Connects to the first of `addrs` that accepts, in order, each given an equal share of the
-/// time left before `deadline`; an address that reaches `own` (the link's listener) is
-/// skipped. `Err`: what each address answered, prefixed with the address when `named` (for
+/// Connects to the first of `addrs` that accepts, in order, each but the last given an equal
+/// share of the time left before `deadline` (the caller bounds the last, and the whole); an
+/// address that reaches `own` (the link's listener) is skipped. `Err`: what each address answered, prefixed with the address when `named` (for
 /// an IP master the address is already in the message around it).
 async fn connect_first(
     addrs: &[SocketAddr],
@@ -780,7 +780,14 @@ async fn connect_first(
         }
         let left = deadline.saturating_duration_since(Instant::now());
         let share = left / u32::try_from(addrs.len() - i).unwrap_or(u32::MAX);
-        match timeout(share, TcpStream::connect(a)).await {
+        let connect = TcpStream::connect(a);
+        let answer = if i + 1 == addrs.len() {
+            // The last address has what is left: the caller's bound ends its dial.
+            Ok(connect.await)
+        } else {
+            timeout(share, connect).await
+        };
+        match answer {
             Ok(Ok(s)) => return Ok((s, a)),
             Ok(Err(e)) => why.push(format!("{}{e}", at(a))),
             Err(_) => why.push(format!(
