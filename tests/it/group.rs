@@ -226,7 +226,11 @@ fn a_link_pointed_back_at_the_old_master_holds_its_replica() {
     let a = Server::start(Kind::Redis, &["--repl-ping-replica-period", "3600"]);
     let b = replica_of(Kind::Redis, a.port, &["--repl-ping-replica-period", "3600"]);
     let proxy = Proxy::start(Kind::Redis, a.port, "");
-    let r = replica_of(Kind::Redis, proxy.port, &["--repl-ping-replica-period", "3600"]);
+    let r = replica_of(
+        Kind::Redis,
+        proxy.port,
+        &["--repl-ping-replica-period", "3600"],
+    );
     write(&a, "before", 300);
     wait_converged(&a, &b, LIMIT);
     wait_converged(&a, &r, LIMIT);
@@ -245,13 +249,20 @@ fn a_link_pointed_back_at_the_old_master_holds_its_replica() {
             .filter(|v| v["verdict"] == "hold")
     });
     assert_eq!(v["reason_code"], "stale_master", "{v}");
-    assert_eq!(r.client().digest(), digest, "the replica kept the newer writes");
+    assert_eq!(
+        r.client().digest(),
+        digest,
+        "the replica kept the newer writes"
+    );
     assert_eq!(r.client().int(&["DBSIZE"]), 500);
     let st = proxy.status();
     let stale = &st["links"][0]["ledger"]["stale_master"];
     assert_eq!(
         stale["newer"].as_str(),
-        b.client().info("replication").get("master_replid").map(String::as_str),
+        b.client()
+            .info("replication")
+            .get("master_replid")
+            .map(String::as_str),
         "{stale}"
     );
     // The operator's release lets the old master's full sync through: the newer writes go.
