@@ -341,13 +341,16 @@ impl LinkCtx {
     /// Points the link at another master on an operator's word (failover following), and keeps
     /// it in `state_dir` so that a restart dials it too while the configuration names the master
     /// it names now; a re-point back to the configuration's master removes what was kept.
-    /// `Err`: the re-point is in force but could not be kept, and why.
+    /// `Err`: the re-point is in force, but a restart would not find it as it is (why, and
+    /// what a restart would do).
     pub async fn repoint(&self, addr: MasterAddr) -> Result<(), String> {
         let _one_at_a_time = self.master_change.lock().await;
         let configured = self.cfg().master.clone();
         let back_to_configuration = MasterAddr::parse(&configured).is_ok_and(|c| c == addr);
         if back_to_configuration {
-            let kept = self.drop_kept().await;
+            let kept = self.drop_kept().await.map_err(|e| {
+                format!("{e}: a restart would dial the earlier re-point until the file is removed")
+            });
             self.set_master(addr, MasterSource::Configuration, &configured)
                 .await;
             return kept;
@@ -363,10 +366,15 @@ impl LinkCtx {
         let kept = tokio::task::spawn_blocking(move || rec.save(&path))
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-            .map_err(|e| format!("cannot write {}: {e}", self.master_file.display()));
+            .map_err(|e| {
+                format!(
+                    "the re-point is not kept (cannot write {}: {e}): a restart would dial the configuration's master",
+                    self.master_file.display()
+                )
+            });
         if let Err(e) = &kept {
-            error!(link = %self.name, error = %e, configured = %record.configured_master,
-                   "the re-point is in force but not kept: a restart would dial the configuration's master");
+            error!(link = %self.name, master = %record.master, configured = %record.configured_master,
+                   error = %e, "the re-point is in force but not kept in state_dir");
         }
         let source = MasterSource::Repoint {
             at_unix: record.set_at_unix,

@@ -870,9 +870,7 @@ async fn link_action(
                 ));
             }
             if let Err(e) = kept {
-                answer.push_str(&format!(
-                    "warning: the re-point is not kept ({e}): a restart would dial the configuration's master\n"
-                ));
+                answer.push_str(&format!("warning: {e}\n"));
             }
             text(StatusCode::OK, answer)
         }

@@ -423,3 +423,25 @@ fn a_repoint_survives_a_restart_redis() {
 fn a_repoint_survives_a_restart_valkey() {
     a_repoint_survives_a_restart(Kind::Valkey);
 }
+
+/// A re-point that cannot be written to `state_dir` is in force, and the answer and the log
+/// say a restart would not find it.
+#[test]
+fn a_repoint_that_cannot_be_kept_says_so() {
+    let m1 = Server::start(Kind::Redis, &QUIET);
+    let m2 = Server::start(Kind::Redis, &QUIET);
+    let proxy = Proxy::start(Kind::Redis, m1.port, "");
+    // A folder where the file goes: the atomic replace cannot put a file there.
+    std::fs::create_dir(proxy.state_dir.path().join("main.master.json")).unwrap();
+    let to = format!("127.0.0.1:{}", m2.port);
+    let body = proxy.http_post(&format!("/links/main/master?addr={to}"));
+    assert!(
+        body.starts_with(&format!(
+            "link main now dials {to}\nwarning: the re-point is not kept (cannot write "
+        )) && body.ends_with("): a restart would dial the configuration's master\n"),
+        "{body}"
+    );
+    assert_eq!(link_status(&proxy)["master"], to);
+    let line = wait_logged(LONG, &["the re-point is in force but not kept", &to]);
+    assert!(line.contains(" ERROR "), "{line}");
+}
