@@ -115,9 +115,10 @@ impl Syncs {
 
 pub struct Cluster {
     pub via: Via,
-    pub nodes: Vec<Node>,
-    /// The replguard holding the six links (`Via::Links` only).
+    /// The replguard holding the six links (`Via::Links` only). Dropped before the nodes, so its
+    /// sessions end with a shutdown and not with nodes going away under them.
     pub guard: Option<Guard>,
+    pub nodes: Vec<Node>,
     /// A hash tag per shard: `{tag}` keys hash into that shard's slots.
     pub tags: [String; 3],
 }
@@ -644,6 +645,10 @@ pub struct ClusterWriter {
 
 const WRITER_BATCH: u64 = 10;
 
+/// How long the writer waits after a connection to a node failed (a killed node's address),
+/// as a client's retry would.
+const IO_ERROR_PAUSE: Duration = Duration::from_millis(25);
+
 impl ClusterWriter {
     pub fn start(c: &Cluster, max: u64) -> ClusterWriter {
         let stop = Arc::new(AtomicBool::new(false));
@@ -665,6 +670,7 @@ impl ClusterWriter {
                             Err(_) => {
                                 bk.lock().unwrap().io_errors += 1;
                                 route[s] = (route[s] + 1) % addrs.len();
+                                std::thread::sleep(IO_ERROR_PAUSE);
                                 continue;
                             }
                         }
@@ -686,8 +692,10 @@ impl ClusterWriter {
                     let mut b = bk.lock().unwrap();
                     let Ok(replies) = replies else {
                         b.io_errors += 1;
+                        drop(b);
                         conns[s] = None;
                         route[s] = (route[s] + 1) % addrs.len();
+                        std::thread::sleep(IO_ERROR_PAUSE);
                         continue;
                     };
                     for (n, r) in (first..).zip(replies) {
