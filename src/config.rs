@@ -190,6 +190,16 @@ pub enum Flavor {
     Kvrocks,
 }
 
+impl Flavor {
+    /// The replication protocol: Redis and Valkey share PSYNC2, Kvrocks has its own.
+    pub fn family(self) -> &'static str {
+        match self {
+            Flavor::Redis | Flavor::Valkey => "psync2",
+            Flavor::Kvrocks => "kvrocks",
+        }
+    }
+}
+
 impl fmt::Display for Flavor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -230,6 +240,38 @@ impl fmt::Display for GuardMode {
     }
 }
 
+/// What is wrong with `links[i]`'s group `g`, if anything: its name, or a setting the links
+/// of one group must share because they share one ledger.
+fn group_problem(links: &[LinkConfig], i: usize, g: &str) -> Option<String> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.';
+    if g.is_empty() || g.len() > 64 || !g.chars().all(ok) || g.starts_with('.') {
+        return Some(format!(
+            "{g:?}: a group name is 1 to 64 ASCII letters, digits, '-', '_' and '.', not starting with '.' (it names the group's ledger file and a metric label)"
+        ));
+    }
+    let link = &links[i];
+    let (j, first) = links
+        .iter()
+        .enumerate()
+        .find(|(_, l)| l.group.as_deref() == Some(g))?;
+    if j == i {
+        return None;
+    }
+    if first.flavor.family() != link.flavor.family() {
+        return Some(format!(
+            "group {g} has a {} link (links[{j}], {}): the links of a group front nodes of one server family",
+            first.flavor, first.name
+        ));
+    }
+    if first.max_replica_records != link.max_replica_records {
+        return Some(format!(
+            "max_replica_records is {} here and {} on links[{j}] ({}), of the same group {g}: the group's links share one ledger, so they must agree",
+            link.max_replica_records, first.max_replica_records, first.name
+        ));
+    }
+    None
+}
+
 /// One link: a listener for replicas and the master it leads to.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -242,6 +284,10 @@ pub struct LinkConfig {
     pub master: String,
     /// The server family of the master.
     pub flavor: Flavor,
+    /// The replication group whose nodes this link fronts with others (a Sentinel master set,
+    /// a Redis Cluster, a Kvrocks cluster): the links of a group share one ledger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     /// Lineage guard mode.
     pub guard: GuardMode,
     /// Most replica sessions (connections that sent a replication command) open at once.
@@ -637,6 +683,11 @@ impl Config {
                     format!("{:?} is already the name of links[{first}]", link.name),
                 );
             }
+            if let Some(g) = &link.group {
+                if let Some(m) = group_problem(&self.links, i, g) {
+                    push(p("group"), m);
+                }
+            }
             match parse_addr(&link.listen) {
                 Ok(a) => {
                     if let Some((other, b)) = binds.iter().find(|(_, b)| binds_overlap(a, *b)) {
@@ -912,6 +963,7 @@ const LINK_FIELDS: &[Field] = &[
         Ty::Choice(&["redis", "valkey", "kvrocks"]),
     ),
     field("guard", Required, Ty::Choice(&["enforce", "observe"])),
+    field("group", Optional, Ty::Text("a group name")),
     field("max_sessions", Defaulted, Ty::Count),
     field("max_clients", Defaulted, Ty::Count),
     field("max_connections_per_ip", Defaulted, Ty::Count),
@@ -1685,6 +1737,43 @@ links:
         );
     }
 
+    #[test]
+    fn the_links_of_a_group_agree_on_what_their_shared_ledger_needs() {
+        let link = |name: &str, port: u16, flavor: &str, extra: &str| {
+            format!(
+                "  - {{ name: {name}, listen: 127.0.0.1:{port}, master: 127.0.0.1:{}, flavor: {flavor}, guard: enforce{extra} }}\n",
+                port + 100
+            )
+        };
+        let cfg = |links: &[String]| {
+            format!(
+                "state_dir: s\nadmin: {{ listen: 127.0.0.1:1 }}\nlinks:\n{}",
+                links.concat()
+            )
+        };
+        let ok = cfg(&[
+            link("a", 7001, "redis", ", group: g"),
+            link("b", 7002, "valkey", ", group: g"),
+            link("c", 7003, "kvrocks", ", group: k"),
+            link("d", 7004, "redis", ""),
+        ]);
+        assert!(problems(&ok).is_empty(), "{:?}", problems(&ok));
+        let bad = cfg(&[
+            link("a", 7001, "redis", ", group: g"),
+            link("b", 7002, "kvrocks", ", group: g"),
+            link("c", 7003, "redis", ", group: g, max_replica_records: 5"),
+            link("d", 7004, "redis", ", group: \"../x\""),
+        ]);
+        assert_eq!(
+            problems(&bad),
+            vec![
+                "links[1].group: group g has a redis link (links[0], a): the links of a group front nodes of one server family",
+                "links[2].group: max_replica_records is 5 here and 1024 on links[0] (a), of the same group g: the group's links share one ledger, so they must agree",
+                "links[3].group: \"../x\": a group name is 1 to 64 ASCII letters, digits, '-', '_' and '.', not starting with '.' (it names the group's ledger file and a metric label)",
+            ]
+        );
+    }
+
     /// The problems of a link given as `fields` (YAML, indented 4) after the GOOD top.
     fn link_problems(fields: &str) -> Vec<String> {
         problems(&format!(
@@ -1892,6 +1981,7 @@ links:
                 listen: "127.0.0.1:2".into(),
                 master: "127.0.0.1:3".into(),
                 flavor: Flavor::Valkey,
+                group: Some("g".into()),
                 guard: GuardMode::Observe,
                 max_sessions: 1,
                 max_clients: 1,

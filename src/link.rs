@@ -14,11 +14,10 @@ use crate::conn::admission::{Admission, Refusal};
 use crate::conn::stats::{LinkCounters, SessionSnapshot, SessionState, SessionStats};
 use crate::conn::tls::LinkTls;
 use crate::conn::{Peer, SessionEnd, Side, Stream};
-use crate::guard::Guard;
+use crate::guard::{Books, Guard};
 use dashmap::DashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
@@ -99,7 +98,7 @@ impl LinkCtx {
     /// of the link's own.
     pub fn new(
         cfg: LinkConfig,
-        state_dir: &Path,
+        books: Arc<Books>,
         cancel: &CancellationToken,
         flavour: Box<dyn Flavour>,
     ) -> anyhow::Result<Self> {
@@ -110,14 +109,7 @@ impl LinkCtx {
         };
         let tls = LinkTls::load(cfg.tls.as_ref(), cfg.master_tls.as_ref(), master)
             .map_err(|e| anyhow::anyhow!("link {}: {e}", cfg.name))?;
-        let guard = Guard::open(
-            state_dir,
-            &cfg.name,
-            &cfg.master,
-            cfg.unknown_replica,
-            cfg.allow_empty_master,
-            cfg.max_replica_records,
-        );
+        let guard = Guard::new(books, cfg.unknown_replica, cfg.allow_empty_master);
         let stop = cancel.child_token();
         Ok(LinkCtx {
             name: cfg.name.clone(),
@@ -168,6 +160,20 @@ impl LinkCtx {
     /// Notes the address the link's listener was bound to.
     pub fn set_bound(&self, addr: SocketAddr) {
         let _ = self.bound.set(addr);
+        self.name_node();
+    }
+
+    /// Tells the guard which addresses the node behind the link presents as a replica: the
+    /// link's own (what a node of a group announces) and the node's.
+    fn name_node(&self) {
+        let addrs: Vec<SocketAddr> = self
+            .bound
+            .get()
+            .copied()
+            .into_iter()
+            .chain([self.master()])
+            .collect();
+        self.guard.set_node_addresses(&addrs);
     }
 
     /// The TLS material in force.
@@ -231,6 +237,7 @@ impl LinkCtx {
         cfg.master = addr.to_string();
         self.guard.set_master(&cfg.master);
         self.set_cfg(cfg);
+        self.name_node();
         let previous = std::mem::replace(
             &mut *self
                 .session_cancel
@@ -262,6 +269,10 @@ impl LinkCtx {
             out.needs_restart.push("listen");
         }
         next.listen = old.listen.clone();
+        if next.group != old.group {
+            out.needs_restart.push("group");
+            next.group = old.group.clone();
+        }
         if next.flavor != old.flavor {
             out.needs_restart.push("flavor");
             next.flavor = old.flavor;

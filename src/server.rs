@@ -17,6 +17,7 @@
 
 use crate::config::{Config, Flavor, LinkConfig};
 use crate::guard::store::StateDirLock;
+use crate::guard::Books;
 use crate::kvrocks::Kvrocks;
 use crate::link::{self, same_addr, Flavour, LinkCtx, Links};
 use crate::ops::admin::{self, AdminState};
@@ -61,9 +62,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let state_lock = StateDirLock::acquire(&config.state_dir)?;
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let mut bound = Vec::new();
+    let mut bound: Vec<(Arc<LinkCtx>, TcpListener)> = Vec::new();
     for lc in &config.links {
-        bound.push(bind_link(lc, &config.state_dir, &cancel).await?);
+        let books = group_books(bound.iter().map(|(l, _)| l), lc);
+        bound.push(bind_link(lc, &config.state_dir, &cancel, books).await?);
     }
     let admin_listener = TcpListener::bind(&config.admin.listen)
         .await
@@ -114,11 +116,26 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     })
 }
 
-/// Binds a link's listener and builds the link (its ledger loaded); nothing runs yet.
+/// The books of `lc`'s group when one of `links` already keeps them.
+fn group_books<'a>(
+    links: impl IntoIterator<Item = &'a Arc<LinkCtx>>,
+    lc: &LinkConfig,
+) -> Option<Arc<Books>> {
+    let g = lc.group.as_deref()?;
+    links
+        .into_iter()
+        .map(|l| l.guard.books())
+        .find(|b| b.group() == Some(g))
+        .cloned()
+}
+
+/// Binds a link's listener and builds the link (its ledger loaded, or its group's `books`
+/// when another link of the group keeps them already); nothing runs yet.
 async fn bind_link(
     lc: &LinkConfig,
     state_dir: &Path,
     cancel: &CancellationToken,
+    books: Option<Arc<Books>>,
 ) -> anyhow::Result<(Arc<LinkCtx>, TcpListener)> {
     let listener = TcpListener::bind(&lc.listen)
         .await
@@ -127,7 +144,12 @@ async fn bind_link(
         Flavor::Redis | Flavor::Valkey => Box::new(Redis),
         Flavor::Kvrocks => Box::new(Kvrocks),
     };
-    let link = LinkCtx::new(lc.clone(), state_dir, cancel, flavour)
+    let books = books.unwrap_or_else(|| match &lc.group {
+        Some(g) => Books::open_group(state_dir, g, lc.max_replica_records),
+        None => Books::open_link(state_dir, &lc.name, &lc.master, lc.max_replica_records),
+    });
+    books.join(state_dir, &lc.name, &lc.master);
+    let link = LinkCtx::new(lc.clone(), books, cancel, flavour)
         .with_context(|| format!("link {}", lc.name))?;
     link.set_bound(listener.local_addr()?);
     Ok((Arc::new(link), listener))
@@ -243,8 +265,10 @@ impl Running {
                 let path = |f: &str| format!("links.{}.{f}", lc.name);
                 let old = link.cfg();
                 for f in &r.needs_restart {
+                    let group = |g: &Option<String>| g.clone().unwrap_or_else(|| "none".into());
                     let (in_force, file) = match *f {
                         "listen" => (old.listen.clone(), lc.listen.clone()),
+                        "group" => (group(&old.group), group(&lc.group)),
                         _ => (old.flavor.to_string(), lc.flavor.to_string()),
                     };
                     needs_restart(&mut not_applied, path(f), &in_force, &file);
@@ -254,7 +278,8 @@ impl Running {
                 links.push(link.clone());
                 continue;
             }
-            let added = match bind_link(lc, &self.state_dir, &self.cancel).await {
+            let books = group_books(kept.iter().chain(&links), lc);
+            let added = match bind_link(lc, &self.state_dir, &self.cancel, books).await {
                 Ok((link, listener)) => spawn_link(&link, listener).map(|()| link),
                 Err(e) => Err(e),
             };

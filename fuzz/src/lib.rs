@@ -418,10 +418,7 @@ fn near(x: u64) -> [u64; 4] {
 /// The ledger loader (`guard::store::parse`), then what the guard does with a loaded ledger:
 /// verdicts over its records and updates to it with the values peers can send.
 pub fn ledger(data: &[u8]) {
-    let id = Identity {
-        link: "main".into(),
-        master: "127.0.0.1:6379".into(),
-    };
+    let id = Identity::link("main", "127.0.0.1:6379");
     let Ok(d) = store::parse(data, &id) else {
         return;
     };
@@ -439,7 +436,25 @@ pub fn ledger(data: &[u8]) {
             let _ = d.same_lineage(a, b);
         }
     }
+    // A master serving any of the ids (or restarted from one) may be stale.
+    let stale = ids.iter().find_map(|a| {
+        d.stale_master(&MasterView {
+            replid: (*a).to_string(),
+            replid2: ids.get(1).copied().unwrap_or(NO_REPLID).to_string(),
+            second_offset: 1,
+            offset: 0,
+            empty: false,
+            replica: false,
+        })
+    });
+    // Joining another ledger (a link's own, into a group's) keeps it a ledger.
+    let mut joined = d.clone();
+    joined.absorb(d.clone());
+    assert_eq!(joined.replicas.len(), d.replicas.len());
     for (name, rec) in d.replicas.iter().take(4) {
+        if let Some(s) = &stale {
+            let _ = d.past_stale(rec, s);
+        }
         for (replica, unclean) in [(Some(rec), rec.open), (None, false)] {
             for offset in near(rec.offset).into_iter().chain([MAX_OFFSET]) {
                 for replid in [rec.replid.as_str(), ids[0]] {
@@ -448,6 +463,7 @@ pub fn ledger(data: &[u8]) {
                         replica,
                         unclean_stop: unclean,
                         empty_master: ids.first().copied(),
+                        stale_master: stale.as_ref(),
                         allow_empty_master: offset % 2 == 0,
                         unknown_replica: Default::default(),
                     };
@@ -502,6 +518,7 @@ pub fn ledger(data: &[u8]) {
                 second_offset: off as i64,
                 offset: off,
                 empty: false,
+                replica: false,
             };
             let _ = m.is_unrelated(&v);
             m.observe_master(&v);

@@ -87,6 +87,11 @@ pub struct ReplicaRecord {
     /// records written before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<String>,
+    /// Not a delivery: the group saw this node serve `replid` as its master (up to `offset`
+    /// when last read). Its data under that id is the id's own history, to wherever it
+    /// reached, so it may resume under it as a replica of the node that took over.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub source: bool,
 }
 
 /// Everything the ledger file holds.
@@ -98,6 +103,9 @@ pub struct LedgerData {
     pub link: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub master: Option<String>,
+    /// The group this ledger belongs to, when its links share it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     /// Bumped on every change; orders forks against deliveries.
     pub seq: u64,
     pub epochs: Vec<Epoch>,
@@ -316,6 +324,17 @@ impl Pruned {
     }
 }
 
+/// A master serving a superseded lineage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StaleMaster {
+    /// The id it serves (or served before a restart) that handed over to another.
+    pub replid: String,
+    /// The newest id of the lineage that took over.
+    pub newer: String,
+    /// Where the hand-over happened.
+    pub switch: u64,
+}
+
 /// What the master says about itself in `INFO replication` (and `INFO keyspace`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MasterView {
@@ -326,6 +345,9 @@ pub struct MasterView {
     pub offset: u64,
     /// The master holds no keys.
     pub empty: bool,
+    /// The node reports itself a replica (`role:slave`): its ids and offset are its master's,
+    /// as far as it has them.
+    pub replica: bool,
 }
 
 impl LedgerData {
@@ -406,6 +428,11 @@ impl LedgerData {
         if e.superseded.as_ref() == Some(&switch) {
             return false;
         }
+        if e.superseded.as_ref().is_some_and(|s| s.by != switch.by) {
+            // Another id already took over from `old`: a second claim is a stale or split
+            // branch (an old master restarted from its data), not the lineage's continuation.
+            return false;
+        }
         if e.last_offset >= at {
             e.add_fork(at, seq);
         }
@@ -428,7 +455,12 @@ impl LedgerData {
     /// (A master that never fed a replica through this link is never "unrelated": Redis itself
     /// takes a fresh id when its first replica attaches.)
     pub fn is_unrelated(&self, v: &MasterView) -> bool {
-        let fed: Vec<&str> = self.replicas.values().map(|r| r.replid.as_str()).collect();
+        let fed: Vec<&str> = self
+            .replicas
+            .values()
+            .filter(|r| !r.source)
+            .map(|r| r.replid.as_str())
+            .collect();
         !fed.is_empty()
             && fed.iter().all(|id| {
                 !self.same_lineage(id, &v.replid)
@@ -460,8 +492,120 @@ impl LedgerData {
                 updated_unix: now_unix(),
                 open,
                 peer: None,
+                source: false,
             },
         );
+    }
+
+    /// Notes that the node known as `node` (its identity as a replica) serves `replid` as
+    /// master, at `offset` now; `false` when the record already said so.
+    pub fn vouch_source(&mut self, node: &str, replid: &str, offset: u64) -> bool {
+        let same = self
+            .replicas
+            .get(node)
+            .is_some_and(|r| r.source && r.replid == replid && r.offset == offset);
+        if same {
+            return false;
+        }
+        let seq = self.bump();
+        self.replicas.insert(
+            node.to_string(),
+            ReplicaRecord {
+                replid: replid.to_string(),
+                offset,
+                seq,
+                updated_unix: now_unix(),
+                open: false,
+                peer: None,
+                source: true,
+            },
+        );
+        true
+    }
+
+    /// Whether a master showing `v` serves a lineage this ledger knows was handed over to
+    /// another: its id (or, restarted, its previous id) switched to a different id. Then
+    /// replicas filled from the newer lineage would be rolled back by a sync from it.
+    pub fn stale_master(&self, v: &MasterView) -> Option<StaleMaster> {
+        let handed = |id: &str, continued_by: Option<&str>| {
+            let e = self.epoch(id)?;
+            let sw = e.superseded.as_ref()?;
+            if Some(sw.by.as_str()) == continued_by {
+                return None;
+            }
+            let newer = self.chain(id).last().map(|e| e.replid.clone())?;
+            Some(StaleMaster {
+                replid: id.to_string(),
+                newer,
+                switch: sw.at,
+            })
+        };
+        handed(&v.replid, None).or_else(|| {
+            (v.replid2 != NO_REPLID && v.second_offset > 0)
+                .then(|| handed(&v.replid2, Some(&v.replid)))
+                .flatten()
+        })
+    }
+
+    /// Whether `rec` holds history past `stale`'s switch: it was delivered an id that took
+    /// over from the stale master's (directly or further down the chain).
+    pub fn past_stale(&self, rec: &ReplicaRecord, stale: &StaleMaster) -> bool {
+        self.chain(&stale.replid)
+            .iter()
+            .skip(1)
+            .any(|e| e.replid == rec.replid)
+    }
+
+    /// Folds in another ledger of the same nodes (a link's own, as the link joins a group):
+    /// ids merged (offsets widened; a switch either side knew kept, this one's first), and of
+    /// each replica the record updated last. Forks from either side are dated after every
+    /// record, since the two ledgers' sequence numbers do not compare: a record then vouches
+    /// past a fork only once it is written again.
+    pub fn absorb(&mut self, other: LedgerData) {
+        let seq = self.seq.max(other.seq).saturating_add(1);
+        for e in other.epochs {
+            match self.epoch_mut(&e.replid) {
+                None => self.epochs.push(e),
+                Some(mine) => {
+                    mine.first_offset = mine.first_offset.min(e.first_offset);
+                    mine.last_offset = mine.last_offset.max(e.last_offset);
+                    if mine.superseded.is_none() {
+                        mine.superseded = e.superseded;
+                    }
+                    for f in e.forks {
+                        mine.add_fork(f.at, seq);
+                    }
+                }
+            }
+        }
+        for e in &mut self.epochs {
+            for f in &mut e.forks {
+                f.seq = seq;
+            }
+        }
+        self.seq = seq;
+        for (k, r) in other.replicas {
+            let newer = self
+                .replicas
+                .get(&k)
+                .is_none_or(|mine| r.updated_unix > mine.updated_unix);
+            if newer {
+                self.replicas.insert(k, r);
+            }
+        }
+        for id in other.kvrocks.master_replids {
+            self.kvrocks.saw_master_replid(&id);
+        }
+        for (k, r) in other.kvrocks.replicas {
+            let newer = self
+                .kvrocks
+                .replicas
+                .get(&k)
+                .is_none_or(|mine| r.updated_unix > mine.updated_unix);
+            if newer {
+                self.kvrocks.replicas.insert(k, r);
+            }
+        }
     }
 
     /// Prunes replica records, oldest first (by last update), until at most `max` are left in
@@ -559,6 +703,7 @@ mod tests {
             second_offset: second,
             offset,
             empty: false,
+            replica: false,
         }
     }
 
@@ -662,5 +807,83 @@ mod tests {
         assert!(text.contains(r#""peer":"127.0.0.1:50000""#), "{text}");
         let back: LedgerData = serde_json::from_str(&text).unwrap();
         assert_eq!(back, l);
+    }
+
+    #[test]
+    fn a_second_claim_on_a_handed_over_id_is_a_stale_branch() {
+        let mut l = LedgerData::new();
+        l.observe_master(&view(A, NO_REPLID, -1, 500));
+        // B promoted at 501; then the old master restarts from its data: new id C, A as its
+        // previous id up to 451.
+        l.observe_master(&view(B, A, 501, 600));
+        let restarted = view(C, A, 451, 450);
+        let s = l.stale_master(&restarted).expect("stale");
+        assert_eq!((s.replid.as_str(), s.newer.as_str(), s.switch), (A, B, 501));
+        assert!(!l.supersede(A, C, 451), "the first successor stays");
+        assert_eq!(l.epoch(A).unwrap().superseded.as_ref().unwrap().by, B);
+        // The old master that never restarted, still serving A.
+        let s = l.stale_master(&view(A, NO_REPLID, -1, 500)).unwrap();
+        assert_eq!(s.newer, B);
+        // The promoted node and its successors are not stale.
+        assert_eq!(l.stale_master(&view(B, A, 501, 700)), None);
+        l.observe_master(&view(C, B, 701, 800));
+        assert_eq!(l.stale_master(&view(B, A, 501, 700)).unwrap().newer, C);
+        assert_eq!(l.stale_master(&view(C, B, 701, 900)), None);
+        // Who is past the stale master: records on ids that took over from its id.
+        let rec = |replid: &str| ReplicaRecord {
+            replid: replid.into(),
+            offset: 1,
+            seq: 1,
+            updated_unix: 0,
+            open: false,
+            peer: None,
+            source: false,
+        };
+        let s = l.stale_master(&view(A, NO_REPLID, -1, 500)).unwrap();
+        assert!(l.past_stale(&rec(B), &s) && l.past_stale(&rec(C), &s));
+        assert!(!l.past_stale(&rec(A), &s));
+    }
+
+    #[test]
+    fn a_master_node_is_vouched_for_and_never_counts_as_fed() {
+        let mut l = LedgerData::new();
+        assert!(l.vouch_source("127.0.0.1:7001", A, 100));
+        assert!(!l.vouch_source("127.0.0.1:7001", A, 100));
+        assert!(l.vouch_source("127.0.0.1:7001", A, 120));
+        assert!(l.replicas["127.0.0.1:7001"].source);
+        // A master that restarts empty fed no replica through the link: not "unrelated".
+        let mut empty = view(B, NO_REPLID, -1, 0);
+        empty.empty = true;
+        assert!(!l.is_unrelated(&empty));
+        l.deliver("127.0.0.1:7002", A, 100, false);
+        assert!(l.is_unrelated(&empty));
+        assert!(!l.replicas["127.0.0.1:7002"].source);
+    }
+
+    #[test]
+    fn a_links_own_ledger_joins_a_groups() {
+        let mut group = LedgerData::new();
+        group.observe_master(&view(A, NO_REPLID, -1, 500));
+        group.deliver("r1", A, 400, false);
+        group.replicas.get_mut("r1").unwrap().updated_unix = 10;
+        let mut own = LedgerData::new();
+        own.observe_master(&view(A, NO_REPLID, -1, 300));
+        own.see(A, 200); // a fork at 201, in the link's own numbering
+        own.observe_master(&view(B, A, 301, 350));
+        own.deliver("r1", A, 100, false);
+        own.replicas.get_mut("r1").unwrap().updated_unix = 5;
+        own.deliver("r2", B, 350, false);
+        own.kvrocks.saw_master_replid(C);
+        group.absorb(own);
+        let a = group.epoch(A).unwrap();
+        assert_eq!((a.first_offset, a.last_offset), (300, 500));
+        assert_eq!(a.superseded.as_ref().unwrap().by, B);
+        assert!(
+            a.forks.iter().all(|f| f.seq == group.seq),
+            "forks dated after every record"
+        );
+        assert_eq!(group.replicas["r1"].offset, 400, "the newer record wins");
+        assert_eq!(group.replicas["r2"].replid, B);
+        assert!(group.kvrocks.knows_master_replid(C));
     }
 }

@@ -11,7 +11,7 @@ pub mod store;
 pub mod verdict;
 
 use crate::guard::ledger::{
-    KvGap, KvIdRange, KvRecord, LedgerData, MasterView, Pruned, ReplicaRecord,
+    KvGap, KvIdRange, KvRecord, LedgerData, MasterView, Pruned, ReplicaRecord, StaleMaster,
 };
 use crate::guard::store::{Identity, Store};
 use crate::guard::verdict::{kvrocks, psync2, UnknownReplica, Verdict};
@@ -42,21 +42,23 @@ pub struct Decision {
     pub answer: String,
 }
 
-/// The guard state of a link. Everything a verdict reads or a session writes is in [`State`]
-/// behind one lock, taken briefly and never held across an await or together with another
-/// lock; the counters are atomics, and `last` (decisions for /status) is written after the
-/// state lock is released.
+/// The guard of one link. The books (ledger, ownership, Kvrocks full-sync books) are
+/// [`Books`], shared by every link of a group; what concerns the node behind this link (an
+/// empty or stale master, the operator's release, the policy, the counters) is its own.
+/// Locks are taken briefly, never across an await, and never two at once; the counters are
+/// atomics, and `last` (decisions for /status) is written after the books' lock is released.
 pub struct Guard {
-    /// The link's name, for log lines.
-    link: String,
-    /// Most replica records the ledger keeps (`max_replica_records`).
-    max_records: std::sync::atomic::AtomicUsize,
-    store: Arc<Store>,
-    state: Mutex<State>,
+    books: Arc<Books>,
+    /// What the link's keeper learned about the node behind it.
+    node: Mutex<Node>,
+    /// The identities the node behind this link presents when it is itself a replica: the
+    /// link's listener and the node's own address (`ip:port`).
+    node_identities: Mutex<Vec<String>>,
+    /// Verdicts given on this link, by (verdict, reason code, action).
+    counts: Mutex<BTreeMap<(&'static str, &'static str, &'static str), u64>>,
     allow_empty: AtomicBool,
     /// `allow_empty_master` from the configuration: allowed whatever the operator did at runtime.
     allow_empty_config: AtomicBool,
-    dirty: AtomicBool,
     /// `unknown_replica` in force: `true` for `pass`.
     unknown_pass: AtomicBool,
     /// Resumes the master accepted although the verdict was ForceFull (observe mode).
@@ -67,16 +69,35 @@ pub struct Guard {
     pub kv_gaps: AtomicU64,
 }
 
+/// What a link knows about the node behind it, from its keeper.
+#[derive(Debug, Default)]
+struct Node {
+    /// The master's current id when it showed a brand-new, empty lineage.
+    empty_master: Option<String>,
+    /// The master serves a lineage the ledger knows was handed over to another.
+    stale: Option<StaleMaster>,
+}
+
+/// The books of a link, or of every link of a group: the ledger and its file, and who writes
+/// which replica's records.
+pub struct Books {
+    /// `link <name>` or `group <name>`, for log lines.
+    owner: String,
+    /// The group, when the books are a group's.
+    group: Option<String>,
+    /// Most replica records the ledger keeps (`max_replica_records`).
+    max_records: std::sync::atomic::AtomicUsize,
+    store: Arc<Store>,
+    state: Mutex<State>,
+    dirty: AtomicBool,
+}
+
 /// The part of a guard behind its lock.
 #[derive(Default)]
 struct State {
     data: LedgerData,
     /// Replicas whose record was open when replguard last stopped without a clean shutdown.
     uncertain: HashSet<String>,
-    /// The master's current id when it showed a brand-new, empty lineage.
-    empty_master: Option<String>,
-    /// Verdicts by (verdict, reason code, action).
-    counts: BTreeMap<(&'static str, &'static str, &'static str), u64>,
     /// Kvrocks: full syncs relayed per replica address.
     kv_fetches: HashMap<IpAddr, FetchBook>,
     /// Kvrocks: replicas refused a resume, with their address and its full-sync count then.
@@ -123,41 +144,60 @@ impl State {
     }
 }
 
-impl Guard {
+impl Books {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Loads the ledger of `link` (whose configuration names `master`); a missing, corrupt or
-    /// foreign file is reported and means no knowledge.
-    pub fn open(
+    /// Loads the ledger of link `link` (whose configuration names `master`); a missing,
+    /// corrupt or foreign file is reported and means no knowledge.
+    pub fn open_link(
         state_dir: &std::path::Path,
         link: &str,
         master: &str,
-        policy: UnknownReplica,
-        allow_empty: bool,
         max_records: usize,
-    ) -> Guard {
-        let store = Store::new(
-            state_dir,
-            Identity {
-                link: link.to_string(),
-                master: master.to_string(),
-            },
-        );
-        let mut data = match store.load() {
+    ) -> Arc<Books> {
+        let store = Store::new(state_dir, Identity::link(link, master));
+        Self::open(format!("link {link}"), None, store, max_records)
+    }
+
+    /// Loads the ledger of group `group`, shared by the links that name it.
+    pub fn open_group(state_dir: &std::path::Path, group: &str, max_records: usize) -> Arc<Books> {
+        let store = Store::for_group(state_dir, group);
+        Self::open(format!("group {group}"), Some(group), store, max_records)
+    }
+
+    fn open(owner: String, group: Option<&str>, store: Store, max_records: usize) -> Arc<Books> {
+        let data = match store.load() {
             Ok(Some(d)) => d,
             Ok(None) => {
-                info!(link, path = %store.path().display(), "no ledger yet: starting with no knowledge");
+                info!(ledger = %owner, path = %store.path().display(), "no ledger yet: starting with no knowledge");
                 LedgerData::new()
             }
             Err(e) => {
-                error!(link, "{e}");
+                error!(ledger = %owner, "{e}");
                 LedgerData::new()
             }
         };
-        log_pruned(link, max_records, data.prune_replicas(max_records));
-        let uncertain: HashSet<String> = data
+        let books = Books {
+            owner,
+            group: group.map(str::to_string),
+            max_records: std::sync::atomic::AtomicUsize::new(max_records),
+            store: Arc::new(store),
+            state: Mutex::new(State::default()),
+            dirty: AtomicBool::new(false),
+        };
+        books.take_in(data, None);
+        Arc::new(books)
+    }
+
+    /// Folds `data` (a ledger file's content) into the books: lineage merged, the newer record
+    /// of each replica kept; `from` names where it came from, for the log.
+    fn take_in(&self, mut data: LedgerData, from: Option<&std::path::Path>) {
+        let owner = self.owner.as_str();
+        let max = self.max_records.load(Relaxed);
+        log_pruned(owner, max, data.prune_replicas(max));
+        let open: Vec<String> = data
             .replicas
             .iter()
             .filter(|(_, r)| r.open)
@@ -170,31 +210,120 @@ impl Guard {
                     .map(|(k, _)| k.clone()),
             )
             .collect();
-        if !uncertain.is_empty() {
+        if !open.is_empty() {
             warn!(
-                link,
-                replicas = %uncertain.iter().cloned().collect::<Vec<_>>().join(", "),
+                ledger = owner,
+                replicas = %open.join(", "),
                 "replguard did not stop cleanly last time: these replicas' sessions were open, so their recorded offsets are lower bounds; a resume beyond them is forced to a full sync"
             );
         }
-        info!(
-            link,
-            epochs = data.epochs.len(),
-            replicas = data.replicas.len(),
-            "ledger loaded"
-        );
+        let mut st = self.state();
+        st.uncertain.extend(open);
+        if let Some(path) = from {
+            st.data.absorb(data);
+            self.dirty.store(true, Relaxed);
+            info!(ledger = owner, from = %path.display(), epochs = st.data.epochs.len(),
+                  replicas = st.data.replicas.len(), "a link's own ledger joined the group's");
+        } else {
+            st.data = data;
+            info!(
+                ledger = owner,
+                epochs = st.data.epochs.len(),
+                replicas = st.data.replicas.len(),
+                "ledger loaded"
+            );
+        }
+        self.prune(&mut st);
+    }
+
+    /// Link `link` (whose configuration names `master`) joins these group books: a ledger it
+    /// kept on its own is folded in and moved aside, so its replicas stay known.
+    pub fn join(&self, state_dir: &std::path::Path, link: &str, master: &str) {
+        let Some(group) = self.group.as_deref() else {
+            return;
+        };
+        let own = Store::new(state_dir, Identity::link(link, master));
+        match own.load() {
+            Ok(Some(data)) => {
+                self.take_in(data, Some(own.path()));
+                let aside = own.path().with_extension(format!("json.joined-{group}"));
+                if let Err(e) = std::fs::rename(own.path(), &aside) {
+                    warn!(link, error = %e, "cannot move the link's own ledger aside");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => error!(link, "{e}"),
+        }
+    }
+
+    /// The group these books belong to, if any.
+    pub fn group(&self) -> Option<&str> {
+        self.group.as_deref()
+    }
+
+    /// Prunes the oldest replica records beyond `max_replica_records`, with what they owned.
+    fn prune(&self, st: &mut State) {
+        let max = self.max_records.load(Relaxed);
+        let pruned = st.data.prune_replicas(max);
+        for (k, _) in &pruned {
+            st.owners.remove(k);
+            st.uncertain.remove(k);
+            st.kv_refused.remove(k);
+            st.holds_logged.remove(k);
+        }
+        log_pruned(&self.owner, max, pruned);
+    }
+
+    /// Saves the ledger if it changed since the last save (on the blocking pool, through the
+    /// file's one writer); a failed save leaves it due.
+    pub async fn save_if_dirty(&self) {
+        if self.dirty.swap(false, Relaxed) {
+            let (gen, snapshot) = {
+                let st = self.state();
+                (self.store.generation(), st.data.clone())
+            };
+            if !self.store.save(gen, snapshot).await {
+                self.dirty.store(true, Relaxed);
+            }
+        }
+    }
+}
+
+impl Guard {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.books.state()
+    }
+
+    fn node(&self) -> MutexGuard<'_, Node> {
+        self.node.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn mark_dirty(&self) {
+        self.books.dirty.store(true, Relaxed);
+    }
+
+    /// Loads the ledger of a link on its own (no group): see [`Books::open_link`].
+    pub fn open(
+        state_dir: &std::path::Path,
+        link: &str,
+        master: &str,
+        policy: UnknownReplica,
+        allow_empty: bool,
+        max_records: usize,
+    ) -> Guard {
+        let books = Books::open_link(state_dir, link, master, max_records);
+        Guard::new(books, policy, allow_empty)
+    }
+
+    /// The guard of link `link` over `books` (its own, or its group's).
+    pub fn new(books: Arc<Books>, policy: UnknownReplica, allow_empty: bool) -> Guard {
         Guard {
-            link: link.to_string(),
-            max_records: std::sync::atomic::AtomicUsize::new(max_records),
-            store: Arc::new(store),
-            state: Mutex::new(State {
-                data,
-                uncertain,
-                ..State::default()
-            }),
+            books,
+            node: Mutex::new(Node::default()),
+            node_identities: Mutex::new(Vec::new()),
+            counts: Mutex::new(BTreeMap::new()),
             allow_empty: AtomicBool::new(allow_empty),
             allow_empty_config: AtomicBool::new(allow_empty),
-            dirty: AtomicBool::new(false),
             unknown_pass: AtomicBool::new(policy == UnknownReplica::Pass),
             unsafe_accepted: AtomicU64::new(0),
             holds: AtomicU64::new(0),
@@ -203,18 +332,27 @@ impl Guard {
         }
     }
 
+    /// The books this guard keeps (shared by its group's links).
+    pub fn books(&self) -> &Arc<Books> {
+        &self.books
+    }
+
     /// Judges a PSYNC; also returns the ledger facts used, in words for the log.
     pub fn judge(&self, replica: &str, replid: &str, offset: i64) -> (Verdict, String) {
+        let (empty, stale) = {
+            let node = self.node();
+            (node.empty_master.clone(), node.stale.clone())
+        };
         let st = self.state();
         let data = &st.data;
         let uncertain = st.uncertain.contains(replica);
-        let empty = st.empty_master.clone();
         let rec = data.replicas.get(replica);
         let facts = psync2::Facts {
             ledger: data,
             replica: rec,
             unclean_stop: uncertain,
             empty_master: empty.as_deref(),
+            stale_master: stale.as_ref(),
             allow_empty_master: self.allow_empty.load(Relaxed),
             unknown_replica: self.unknown_replica(),
         };
@@ -257,8 +395,8 @@ impl Guard {
             r.full_sync_pending = true;
             r.open = false;
         });
-        self.prune(&mut st);
-        self.dirty.store(true, Relaxed);
+        self.books.prune(&mut st);
+        self.mark_dirty();
     }
 
     /// A `_fetch_meta` from `ip`: a full sync (with a checkpoint of its own) begins.
@@ -297,9 +435,9 @@ impl Guard {
         st.data
             .kvrocks
             .update(replica, |r| r.peer = Some(peer.to_string()));
-        self.prune(&mut st);
+        self.books.prune(&mut st);
         drop(st);
-        self.dirty.store(true, Relaxed);
+        self.mark_dirty();
         ids
     }
 
@@ -315,7 +453,7 @@ impl Guard {
     ) {
         let mut st = self.state();
         if st.owns(replica, session) && st.data.kvrocks.deliver(replica, next_seq, ids, open) {
-            self.dirty.store(true, Relaxed);
+            self.mark_dirty();
         }
     }
 
@@ -330,7 +468,7 @@ impl Guard {
     /// A batch from the master carried `replid`.
     pub fn kv_master_id(&self, replid: &str) {
         if self.state().data.kvrocks.saw_master_replid(replid) {
-            self.dirty.store(true, Relaxed);
+            self.mark_dirty();
         }
     }
 
@@ -341,22 +479,22 @@ impl Guard {
         st.data.kvrocks.update(replica, |r| {
             r.gap.get_or_insert(gap);
         });
-        self.prune(&mut st);
+        self.books.prune(&mut st);
         drop(st);
-        self.dirty.store(true, Relaxed);
+        self.mark_dirty();
     }
 
     /// Counts a decision and keeps it as the replica's last.
     pub fn record(&self, replica: &str, verdict: &Verdict, d: Decision) {
         let code = verdict.reason().map_or("none", |r| r.code());
-        {
-            let mut st = self.state();
-            *st.counts
-                .entry((verdict.name(), code, d.action))
-                .or_default() += 1;
-            if !matches!(verdict, Verdict::Hold(_)) {
-                st.holds_logged.remove(replica);
-            }
+        *self
+            .counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((verdict.name(), code, d.action))
+            .or_default() += 1;
+        if !matches!(verdict, Verdict::Hold(_)) {
+            self.state().holds_logged.remove(replica);
         }
         self.last.insert(replica.to_string(), d);
     }
@@ -382,37 +520,105 @@ impl Guard {
         }
     }
 
-    /// Folds in the master's own view; detects a brand-new empty lineage.
+    /// Folds in the master's own view; detects a brand-new empty lineage, and a master that
+    /// serves a lineage the ledger knows was handed over to another.
+    ///
+    /// In a group, only a node that is master speaks for the lineage: a replica node's view
+    /// trails its master's and is left out, and a master node's data is vouched for as its
+    /// own, for the day it rejoins as a replica.
     pub fn observe(&self, link: &str, v: &MasterView) {
-        let mut st = self.state();
-        let unrelated = st.data.is_unrelated(v);
-        {
-            let em = &mut st.empty_master;
-            let same = em.as_deref() == Some(v.replid.as_str());
-            if same && v.empty {
-                // Still the same empty master.
-            } else if unrelated && v.empty {
-                error!(
-                    link,
-                    master_replid = %v.replid,
-                    "the master came back EMPTY with a new replication id unrelated to this link's history: replicas this link filled are HELD (answered -LOADING) so a full sync cannot wipe them; allow with POST /links/{link}/allow-empty-master or allow_empty_master: true"
-                );
-                *em = Some(v.replid.clone());
-            } else if let Some(old) = em.take() {
-                info!(link, master_replid = %old, empty = v.empty, "empty-master hold lifted: the master has data or a different lineage");
+        let grouped = self.books.group.is_some();
+        if grouped && v.replica {
+            let mut node = self.node();
+            if node.empty_master.take().is_some() | node.stale.take().is_some() {
+                info!(link, "hold lifted: the node is a replica now");
                 self.allow_empty
                     .store(self.allow_empty_config.load(Relaxed), Relaxed);
             }
+            return;
         }
-        if st.data.observe_master(v) {
-            self.dirty.store(true, Relaxed);
+        let identities = self.node_identities();
+        let (unrelated, stale, changed) = {
+            let mut st = self.state();
+            let unrelated = st.data.is_unrelated(v);
+            let stale = (!v.replica).then(|| st.data.stale_master(v)).flatten();
+            let mut changed = st.data.observe_master(v);
+            if grouped {
+                for id in &identities {
+                    changed |= st.data.vouch_source(id, &v.replid, v.offset);
+                }
+            }
+            (unrelated, stale, changed)
+        };
+        if changed {
+            self.mark_dirty();
         }
+        let mut node = self.node();
+        let was_held = node.empty_master.is_some() || node.stale.is_some();
+        let em = &mut node.empty_master;
+        let same = em.as_deref() == Some(v.replid.as_str());
+        if same && v.empty {
+            // Still the same empty master.
+        } else if unrelated && v.empty {
+            error!(
+                link,
+                master_replid = %v.replid,
+                "the master came back EMPTY with a new replication id unrelated to this link's history: replicas this link filled are HELD (answered -LOADING) so a full sync cannot wipe them; allow with POST /links/{link}/allow-empty-master or allow_empty_master: true"
+            );
+            *em = Some(v.replid.clone());
+        } else if let Some(old) = em.take() {
+            info!(link, master_replid = %old, empty = v.empty, "empty-master hold lifted: the master has data or a different lineage");
+        }
+        if node.stale != stale {
+            match &stale {
+                Some(s) => error!(
+                    link,
+                    master_replid = %v.replid,
+                    superseded = %s.replid,
+                    switch = s.switch,
+                    newer = %s.newer,
+                    "the master serves a STALE lineage: its id {} handed over to another at offset {}, and the newer lineage (now {}) has data it lacks; replicas filled from the newer lineage are HELD (answered -LOADING) so a sync from it cannot roll them back; point the link at the newer master, or allow with POST /links/{link}/allow-empty-master or allow_empty_master: true",
+                    s.replid, s.switch, s.newer
+                ),
+                None => {
+                    info!(link, master_replid = %v.replid, "stale-master hold lifted: the master no longer serves a superseded lineage")
+                }
+            }
+            node.stale = stale;
+        }
+        let held = node.empty_master.is_some() || node.stale.is_some();
+        if was_held && !held {
+            self.allow_empty
+                .store(self.allow_empty_config.load(Relaxed), Relaxed);
+        }
+    }
+
+    /// The identities the node behind this link presents as a replica.
+    fn node_identities(&self) -> Vec<String> {
+        self.node_identities
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Names the node behind this link: the addresses it may present as a replica (its
+    /// link's listener when it announces that, and its own address).
+    pub fn set_node_addresses(&self, addrs: &[SocketAddr]) {
+        let ids = addrs
+            .iter()
+            .filter(|a| !a.ip().is_unspecified())
+            .map(|a| format!("{}:{}", a.ip(), a.port()))
+            .collect();
+        *self
+            .node_identities
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = ids;
     }
 
     /// Notes a `+FULLRESYNC <id> <offset>`: the master serves `id` at `offset`.
     pub fn saw_full_resync(&self, replid: &str, offset: u64) {
         self.state().data.extend(replid, offset);
-        self.dirty.store(true, Relaxed);
+        self.mark_dirty();
     }
 
     /// Records that `replica` has been delivered `replid` up to `offset`; `open` while its
@@ -433,8 +639,8 @@ impl Guard {
             if let Some(r) = data.replicas.get_mut(replica) {
                 r.peer = peer;
             }
-            self.prune(&mut st);
-            self.dirty.store(true, Relaxed);
+            self.books.prune(&mut st);
+            self.mark_dirty();
         }
         st.uncertain.remove(replica);
     }
@@ -451,14 +657,14 @@ impl Guard {
     /// Puts a new `max_replica_records` in force; records beyond it are pruned (oldest first)
     /// when the next one is written.
     pub fn set_max_replica_records(&self, max: usize) {
-        self.max_records.store(max, Relaxed);
+        self.books.max_records.store(max, Relaxed);
     }
 
     /// The link was re-pointed at `master`: the ledger file names it from the next save on
     /// (which this makes due), so a restart whose configuration names it keeps the books.
     pub fn set_master(&self, master: &str) {
-        self.store.set_master(master);
-        self.dirty.store(true, Relaxed);
+        self.books.store.set_master(master);
+        self.mark_dirty();
     }
 
     /// Puts a new `unknown_replica` policy in force for the verdicts to come.
@@ -475,58 +681,50 @@ impl Guard {
         self.allow_empty.store(allow, Relaxed);
     }
 
-    /// Prunes the oldest replica records beyond `max_replica_records`, with what they owned.
-    fn prune(&self, st: &mut State) {
-        let max = self.max_records.load(Relaxed);
-        let pruned = st.data.prune_replicas(max);
-        for (k, _) in &pruned {
-            st.owners.remove(k);
-            st.uncertain.remove(k);
-            st.kv_refused.remove(k);
-            st.holds_logged.remove(k);
-        }
-        log_pruned(&self.link, max, pruned);
-    }
-
     /// Lets held replicas sync from the empty master.
     pub fn allow_empty_master(&self) -> Option<String> {
         self.allow_empty.store(true, Relaxed);
-        self.state().empty_master.clone()
+        self.node().empty_master.clone()
     }
 
     pub fn empty_master(&self) -> Option<String> {
-        self.state().empty_master.clone()
+        self.node().empty_master.clone()
     }
 
-    /// Saves the ledger if it changed since the last save (on the blocking pool, through the
-    /// file's one writer); a failed save leaves it due.
+    /// The superseded lineage the master serves, while it does.
+    pub fn stale_master(&self) -> Option<StaleMaster> {
+        self.node().stale.clone()
+    }
+
+    /// Saves the books if they changed since the last save.
     pub async fn save_if_dirty(&self) {
-        if self.dirty.swap(false, Relaxed) {
-            let (gen, snapshot) = {
-                let st = self.state();
-                (self.store.generation(), st.data.clone())
-            };
-            if !self.store.save(gen, snapshot).await {
-                self.dirty.store(true, Relaxed);
-            }
-        }
+        self.books.save_if_dirty().await;
     }
 
     /// Failed ledger saves since start, and the last error while saves fail.
     pub fn save_failures(&self) -> (u64, Option<String>) {
-        (self.store.failures.load(Relaxed), self.store.last_error())
+        (
+            self.books.store.failures.load(Relaxed),
+            self.books.store.last_error(),
+        )
     }
 
     pub fn counts(&self) -> Vec<((&'static str, &'static str, &'static str), u64)> {
-        self.state().counts.iter().map(|(k, v)| (*k, *v)).collect()
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect()
     }
 
     /// What the guard knows now, for the `/status` document (shaped by [`crate::ops::status`]).
     pub fn snapshot(&self) -> GuardSnapshot {
-        let (data, empty_master) = {
-            let st = self.state();
-            (st.data.clone(), st.empty_master.clone())
+        let (empty_master, stale_master) = {
+            let node = self.node();
+            (node.empty_master.clone(), node.stale.clone())
         };
+        let data = self.state().data.clone();
         let last_verdicts = self
             .last
             .iter()
@@ -541,9 +739,11 @@ impl Guard {
             data,
             kvrocks_stream_gaps: self.kv_gaps.load(Relaxed),
             last_verdicts,
-            ledger_file: self.store.path().to_path_buf(),
-            ledger_save_failures: self.store.failures.load(Relaxed),
-            ledger_last_save_error: self.store.last_error(),
+            group: self.books.group.clone(),
+            stale_master,
+            ledger_file: self.books.store.path().to_path_buf(),
+            ledger_save_failures: self.books.store.failures.load(Relaxed),
+            ledger_last_save_error: self.books.store.last_error(),
         }
     }
 }
@@ -564,16 +764,20 @@ pub struct GuardSnapshot {
     pub kvrocks_stream_gaps: u64,
     /// Each replica's last decision, by replica.
     pub last_verdicts: BTreeMap<String, Decision>,
+    /// The group whose ledger this is, if any.
+    pub group: Option<String>,
+    /// The master serves a lineage the ledger knows was handed over to another.
+    pub stale_master: Option<StaleMaster>,
     pub ledger_file: std::path::PathBuf,
     pub ledger_save_failures: u64,
     pub ledger_last_save_error: Option<String>,
 }
 
 /// One log line per replica record pruned.
-fn log_pruned(link: &str, max: usize, pruned: Vec<(String, Pruned)>) {
+fn log_pruned(ledger: &str, max: usize, pruned: Vec<(String, Pruned)>) {
     for (replica, rec) in pruned {
         warn!(
-            link,
+            ledger,
             replica = replica.as_str(),
             peer = rec.peer().unwrap_or("-"),
             updated_unix = rec.updated_unix(),
@@ -676,4 +880,81 @@ fn describe(
         s.push_str(&format!("; master is empty with new id {e}"));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guard::ledger::NO_REPLID;
+
+    const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    fn view(replid: &str, replid2: &str, second: i64, offset: u64, replica: bool) -> MasterView {
+        MasterView {
+            replid: replid.into(),
+            replid2: replid2.into(),
+            second_offset: second,
+            offset,
+            empty: false,
+            replica,
+        }
+    }
+
+    #[test]
+    fn the_links_of_a_group_judge_on_one_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let books = Books::open_group(dir.path(), "g", 100);
+        let la = Guard::new(books.clone(), UnknownReplica::Full, false);
+        let lb = Guard::new(books.clone(), UnknownReplica::Full, false);
+        la.set_node_addresses(&["127.0.0.1:7001".parse().unwrap()]);
+        lb.set_node_addresses(&["127.0.0.1:7002".parse().unwrap()]);
+        la.observe("la", &view(A, NO_REPLID, -1, 500, false));
+        // A replica node's view trails its master's: it is no fork, and no source.
+        lb.observe("lb", &view(A, NO_REPLID, -1, 10, true));
+        assert!(books.state().data.epoch(A).unwrap().forks.is_empty());
+        assert!(!books.state().data.replicas.contains_key("127.0.0.1:7002"));
+        // A replica served through la ...
+        la.claim("127.0.0.1:7003", 1, "127.0.0.1:40000".parse().unwrap());
+        la.delivered("127.0.0.1:7003", 1, A, 500, false);
+        // ... resumes through lb once lb's node took over: the shared record vouches.
+        lb.observe("lb", &view(B, A, 501, 520, false));
+        assert_eq!(lb.judge("127.0.0.1:7003", A, 501).0, Verdict::Pass);
+        // The old master, seen serving A through la, rejoins through lb up to the switch.
+        assert_eq!(lb.judge("127.0.0.1:7001", A, 501).0, Verdict::Pass);
+        assert_eq!(lb.judge("127.0.0.1:7001", A, 530).0.name(), "force_full");
+        // A link on its own still forces a full sync for a replica it never served.
+        let alone = Guard::open(
+            dir.path(),
+            "alone",
+            "127.0.0.1:7002",
+            UnknownReplica::Full,
+            false,
+            100,
+        );
+        alone.observe("alone", &view(B, A, 501, 520, false));
+        assert_eq!(alone.judge("127.0.0.1:7003", A, 501).0.name(), "force_full");
+    }
+
+    #[test]
+    fn a_stale_master_holds_until_released_or_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let books = Books::open_group(dir.path(), "g", 100);
+        let la = Guard::new(books.clone(), UnknownReplica::Full, false);
+        let lb = Guard::new(books, UnknownReplica::Full, false);
+        la.observe("la", &view(A, NO_REPLID, -1, 500, false));
+        lb.observe("lb", &view(B, A, 501, 600, false));
+        lb.claim("r", 1, "127.0.0.1:40000".parse().unwrap());
+        lb.delivered("r", 1, B, 600, false);
+        // la's node still serves A: it would roll r back.
+        la.observe("la", &view(A, NO_REPLID, -1, 500, false));
+        assert_eq!(la.snapshot().stale_master.unwrap().newer, B);
+        assert_eq!(la.judge("r", B, 601).0.name(), "hold");
+        la.allow_empty_master();
+        assert_ne!(la.judge("r", B, 601).0.name(), "hold");
+        // Demoted, it no longer serves anything: the hold and the release end.
+        la.observe("la", &view(B, A, 501, 590, true));
+        assert!(la.snapshot().stale_master.is_none());
+        assert!(!la.snapshot().allow_empty_master);
+    }
 }

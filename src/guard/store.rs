@@ -37,12 +37,39 @@ pub fn ledger_path(state_dir: &Path, link: &str) -> PathBuf {
     state_dir.join(format!("{link}.ledger.json"))
 }
 
-/// Whose ledger a file is.
+/// The ledger file of a group, shared by its links (in a folder of its own, so no link name
+/// can collide with it).
+pub fn group_ledger_path(state_dir: &Path, group: &str) -> PathBuf {
+    state_dir
+        .join("groups")
+        .join(format!("{group}.ledger.json"))
+}
+
+/// Whose ledger a file is: one link's (and the master its configuration names), or a group's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    pub link: String,
-    /// The master as the link's configuration names it.
-    pub master: String,
+    pub link: Option<String>,
+    /// The master as the link's configuration names it (a link's ledger only).
+    pub master: Option<String>,
+    pub group: Option<String>,
+}
+
+impl Identity {
+    pub fn link(link: &str, master: &str) -> Identity {
+        Identity {
+            link: Some(link.to_string()),
+            master: Some(master.to_string()),
+            group: None,
+        }
+    }
+
+    pub fn group(group: &str) -> Identity {
+        Identity {
+            link: None,
+            master: None,
+            group: Some(group.to_string()),
+        }
+    }
 }
 
 /// Loads a ledger. `Ok(None)`: no file (no knowledge). A corrupt file, or one that names
@@ -79,14 +106,23 @@ pub fn parse(text: &[u8], id: &Identity) -> Result<LedgerData, String> {
     if d.version != LEDGER_VERSION {
         return Err(format!("unsupported version {}", d.version));
     }
-    if let Some(l) = d.link.as_deref().filter(|l| *l != id.link) {
-        return Err(format!("it belongs to link {l}"));
+    match (&d.group, &id.group) {
+        (Some(g), Some(want)) if g != want => return Err(format!("it belongs to group {g}")),
+        (Some(g), None) => return Err(format!("it belongs to group {g}")),
+        _ => {}
     }
-    if let Some(m) = d.master.as_deref().filter(|m| *m != id.master) {
-        return Err(format!(
-            "it was kept for master {m}, and this link's master is {}",
-            id.master
-        ));
+    if let Some(l) = d.link.as_deref() {
+        match id.link.as_deref() {
+            Some(want) if want == l => {}
+            _ => return Err(format!("it belongs to link {l}")),
+        }
+    }
+    if let (Some(m), Some(want)) = (d.master.as_deref(), id.master.as_deref()) {
+        if m != want {
+            return Err(format!(
+                "it was kept for master {m}, and this link's master is {want}"
+            ));
+        }
     }
     Ok(d)
 }
@@ -121,9 +157,25 @@ pub struct Store {
 }
 
 impl Store {
+    /// The store of a link's own ledger.
     pub fn new(state_dir: &Path, id: Identity) -> Store {
+        let path = ledger_path(state_dir, id.link.as_deref().unwrap_or_default());
+        Self::at(path, id)
+    }
+
+    /// The store of a group's ledger.
+    pub fn for_group(state_dir: &Path, group: &str) -> Store {
+        let path = group_ledger_path(state_dir, group);
+        if let Some(dir) = path.parent() {
+            // A failure shows at the first save, counted and logged like any other.
+            let _ = std::fs::create_dir_all(dir);
+        }
+        Self::at(path, Identity::group(group))
+    }
+
+    fn at(path: PathBuf, id: Identity) -> Store {
         Store {
-            path: ledger_path(state_dir, &id.link),
+            path,
             id: Mutex::new(id),
             written: Mutex::new(0),
             next_gen: AtomicU64::new(1),
@@ -147,8 +199,12 @@ impl Store {
 
     /// The link now dials `master`: the file names it from the next save on, so a restart
     /// with the configuration that names it keeps the ledger.
+    /// A group's ledger names no master: it is left as it is.
     pub fn set_master(&self, master: &str) {
-        self.id.lock().unwrap_or_else(|p| p.into_inner()).master = master.to_string();
+        let mut id = self.id.lock().unwrap_or_else(|p| p.into_inner());
+        if id.group.is_none() {
+            id.master = Some(master.to_string());
+        }
     }
 
     /// Takes the generation for a snapshot about to be made; call it while the data cannot
@@ -165,8 +221,9 @@ impl Store {
         }
         let mut data = data.clone();
         let id = self.identity();
-        data.link = Some(id.link);
-        data.master = Some(id.master);
+        data.link = id.link;
+        data.master = id.master;
+        data.group = id.group;
         let bytes = serde_json::to_vec_pretty(&data).map_err(std::io::Error::other)?;
         write_atomic(&self.path, &bytes)?;
         *written = gen;
@@ -196,8 +253,9 @@ impl Store {
         let mut last = self.last_logged.lock().unwrap_or_else(|p| p.into_inner());
         if last.is_none_or(|t| t.elapsed() >= SAVE_ERROR_LOG_EVERY) {
             *last = Some(Instant::now());
+            let id = self.identity();
             error!(
-                link = %self.identity().link,
+                ledger = id.link.or(id.group).unwrap_or_default(),
                 path = %self.path.display(),
                 error = %e,
                 failures = n,
@@ -259,10 +317,7 @@ mod tests {
     const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 
     fn id(link: &str, master: &str) -> Identity {
-        Identity {
-            link: link.into(),
-            master: master.into(),
-        }
+        Identity::link(link, master)
     }
 
     #[test]

@@ -278,6 +278,7 @@ impl AdminState {
 
 /// The label sets of the exported families, in the order they are written.
 const LINK: &[&str] = &["link"];
+const GROUP: &[&str] = &["link", "group"];
 const VERDICT: &[&str] = &["link", "verdict", "reason", "action"];
 const SESSION: &[&str] = &["link", "session", "replica"];
 const ADMIN_REFUSAL: &[&str] = &["reason"];
@@ -518,6 +519,26 @@ impl Scrape {
                 "1 while the master shows a brand-new empty lineage.",
                 LINK,
                 counter(|l| u64::from(l.guard.empty_master().is_some())),
+            )?,
+            Family::new(
+                "replguard_stale_master",
+                GAUGE,
+                "1 while the master serves a lineage the ledger knows was handed over to another (replicas filled from the newer one are held).",
+                LINK,
+                counter(|l| u64::from(l.guard.stale_master().is_some())),
+            )?,
+            Family::new(
+                "replguard_link_group",
+                GAUGE,
+                "1 for each link in a group, labelled with the group whose ledger it shares.",
+                GROUP,
+                links
+                    .iter()
+                    .filter_map(|l| {
+                        let g = l.cfg().group.clone()?;
+                        Some((vec![l.name.clone(), g], 1.0))
+                    })
+                    .collect(),
             )?,
             Family::new(
                 "replguard_stream_bytes_total",
@@ -807,7 +828,10 @@ async fn link_action(
         }
         "allow-empty-master" => {
             let held = link.guard.allow_empty_master();
-            tracing::warn!(link = %name, empty_master = held.as_deref().unwrap_or("-"), "operator allowed replicas to sync from the empty master");
+            let stale = link.guard.stale_master().map(|s| s.replid);
+            tracing::warn!(link = %name, empty_master = held.as_deref().unwrap_or("-"),
+                           stale_master = stale.as_deref().unwrap_or("-"),
+                           "operator allowed replicas to sync from the empty or stale master");
             text(
                 StatusCode::OK,
                 format!(
@@ -921,13 +945,10 @@ mod tests {
         );
         let cfg = Config::from_yaml(&yaml, "test.yaml").unwrap();
         let cancel = CancellationToken::new();
-        let link = LinkCtx::new(
-            cfg.links[0].clone(),
-            dir,
-            &cancel,
-            Box::new(crate::redis::Redis),
-        )
-        .unwrap();
+        let lc = &cfg.links[0];
+        let books =
+            crate::guard::Books::open_link(dir, &lc.name, &lc.master, lc.max_replica_records);
+        let link = LinkCtx::new(lc.clone(), books, &cancel, Box::new(crate::redis::Redis)).unwrap();
         AdminState {
             links: Arc::new(Links::new(vec![Arc::new(link)])),
             started: Instant::now(),
@@ -997,6 +1018,8 @@ mod tests {
             "# TYPE replguard_replica_expected_offset gauge",
             "replguard_replica_expected_offset{link=\"main\",session=\"3\",replica=\"10.0.0.3:6380\"} 100",
             "replguard_empty_master{link=\"main\"} 0",
+            "replguard_stale_master{link=\"main\"} 0",
+            "# TYPE replguard_link_group gauge",
         ] {
             assert!(text.lines().any(|l| l == line), "{line}\n{text}");
         }
@@ -1013,7 +1036,7 @@ mod tests {
             text.contains("# TYPE replguard_verdicts_total counter\n"),
             "{text}"
         );
-        assert_eq!(text.matches("# TYPE ").count(), 27, "{text}");
-        assert_eq!(text.matches("# HELP ").count(), 27, "{text}");
+        assert_eq!(text.matches("# TYPE ").count(), 29, "{text}");
+        assert_eq!(text.matches("# HELP ").count(), 29, "{text}");
     }
 }

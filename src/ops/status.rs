@@ -6,7 +6,7 @@
 
 use crate::config::{Flavor, GuardMode, UnknownReplica};
 use crate::conn::stats::SessionSnapshot;
-use crate::guard::ledger::{Epoch, KvBooks, ReplicaRecord};
+use crate::guard::ledger::{Epoch, KvBooks, ReplicaRecord, StaleMaster};
 use crate::guard::{Decision, GuardSnapshot};
 use crate::link::LinkCtx;
 use serde::Serialize;
@@ -28,6 +28,8 @@ struct LinkStatus {
     listen: String,
     master: String,
     flavor: Flavor,
+    /// The group whose ledger the link shares, if any.
+    group: Option<String>,
     guard: GuardMode,
     max_sessions: usize,
     sessions_active: usize,
@@ -50,6 +52,8 @@ struct LinkStatus {
 struct LedgerStatus {
     allow_empty_master: bool,
     empty_master: Option<String>,
+    /// The group whose ledger this is (shared by its links), if any.
+    group: Option<String>,
     holds: u64,
     kvrocks: KvBooks,
     kvrocks_stream_gaps: u64,
@@ -59,6 +63,7 @@ struct LedgerStatus {
     ledger_save_failures: u64,
     lineage: Vec<Epoch>,
     replicas: BTreeMap<String, ReplicaRecord>,
+    stale_master: Option<StaleMaster>,
     unknown_replica: UnknownReplica,
     unsafe_resumes_accepted: u64,
 }
@@ -68,6 +73,7 @@ impl From<GuardSnapshot> for LedgerStatus {
         LedgerStatus {
             allow_empty_master: g.allow_empty_master,
             empty_master: g.empty_master,
+            group: g.group,
             holds: g.holds,
             kvrocks: g.data.kvrocks,
             kvrocks_stream_gaps: g.kvrocks_stream_gaps,
@@ -77,6 +83,7 @@ impl From<GuardSnapshot> for LedgerStatus {
             ledger_save_failures: g.ledger_save_failures,
             lineage: g.data.epochs,
             replicas: g.data.replicas,
+            stale_master: g.stale_master,
             unknown_replica: g.unknown_replica,
             unsafe_resumes_accepted: g.unsafe_resumes_accepted,
         }
@@ -100,6 +107,7 @@ pub fn document(links: &[Arc<LinkCtx>], started: Instant) -> String {
                 listen: cfg.listen.clone(),
                 master: l.master().to_string(),
                 flavor: cfg.flavor,
+                group: cfg.group.clone(),
                 guard: cfg.guard,
                 max_sessions: cfg.max_sessions,
                 sessions_active: sessions.len(),
@@ -127,8 +135,8 @@ mod tests {
     use super::*;
     use crate::guard::ledger::LedgerData;
 
-    /// The `ledger` object reads as the one the guard used to build with `json!`: the keys of
-    /// every object in alphabetical order, each value as it was.
+    /// The `ledger` object reads as the one the guard used to build with `json!` (with `group`
+    /// and `stale_master` since): the keys of every object in alphabetical order.
     #[test]
     fn the_ledger_object_keeps_its_shape() {
         let mut data = LedgerData::new();
@@ -153,6 +161,8 @@ mod tests {
             data: data.clone(),
             kvrocks_stream_gaps: 4,
             last_verdicts: BTreeMap::from([("10.0.0.1:6380".to_string(), decision.clone())]),
+            stale_master: None,
+            group: Some("g".into()),
             ledger_file: "/s/main.json".into(),
             ledger_save_failures: 5,
             ledger_last_save_error: Some("disk full".into()),
@@ -161,6 +171,8 @@ mod tests {
             "unknown_replica": UnknownReplica::Full,
             "allow_empty_master": true,
             "empty_master": Some("b".repeat(40)),
+            "group": "g",
+            "stale_master": null,
             "unsafe_resumes_accepted": 2,
             "holds": 3,
             "lineage": data.epochs,

@@ -106,6 +106,7 @@ pub fn parse_view(replication: &str, keyspace: &str) -> Result<MasterView, Watch
         second_offset: num("second_repl_offset")?,
         offset: num("master_repl_offset")?.max(0) as u64,
         empty: !keyspace.lines().any(|l| l.starts_with("db")),
+        replica: f.get("role").is_some_and(|r| *r != "master"),
     })
 }
 

@@ -48,6 +48,11 @@ pub enum Reason {
     NotDeliveredHistory { replid: String, delivered: String },
     /// The master restarted empty with a new lineage; syncing would wipe the replica.
     EmptyMaster { master_replid: String },
+    StaleMaster {
+        master_replid: String,
+        newer: String,
+        switch: u64,
+    },
     /// Kvrocks: a replica with no history on this link presents an id the master's batches
     /// never carried through it.
     KvForeignId { replid: String, requested: u64 },
@@ -90,6 +95,7 @@ impl Reason {
             Reason::UnknownReplica { .. } => "unknown_replica",
             Reason::NotDeliveredHistory { .. } => "not_delivered_history",
             Reason::EmptyMaster { .. } => "empty_master",
+            Reason::StaleMaster { .. } => "stale_master",
             Reason::KvForeignId { .. } => "unknown_id",
             Reason::KvBeyondDelivered { .. } => "beyond_delivered",
             Reason::KvReplidChanged { .. } => "replid_changed",
@@ -135,6 +141,10 @@ impl fmt::Display for Reason {
             Reason::EmptyMaster { master_replid } => write!(
                 f,
                 "the master came back empty with a new, unrelated replication id {master_replid}; a sync would wipe this replica's data"
+            ),
+            Reason::StaleMaster { master_replid, newer, switch } => write!(
+                f,
+                "the master serves id {master_replid}, which handed over to another at offset {switch}; this replica was filled from the newer lineage (now {newer}), which a sync from this master would roll back"
             ),
             Reason::KvForeignId { replid, requested } => write!(
                 f,

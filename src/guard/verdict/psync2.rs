@@ -4,7 +4,7 @@
 //! from its own record of what it delivered.
 
 use super::{Reason, UnknownReplica, Verdict};
-use crate::guard::ledger::{LedgerData, ReplicaRecord};
+use crate::guard::ledger::{LedgerData, ReplicaRecord, StaleMaster};
 
 /// Everything the PSYNC2 verdict may look at.
 #[derive(Debug, Clone, Copy)]
@@ -17,7 +17,9 @@ pub struct Facts<'a> {
     pub unclean_stop: bool,
     /// The master now shows a brand-new, empty lineage (this id).
     pub empty_master: Option<&'a str>,
-    /// The operator allowed replicas to sync from an empty master.
+    /// The master serves a lineage the ledger knows was handed over to another.
+    pub stale_master: Option<&'a StaleMaster>,
+    /// The operator allowed replicas to sync from an empty or stale master.
     pub allow_empty_master: bool,
     pub unknown_replica: UnknownReplica,
 }
@@ -30,6 +32,16 @@ pub fn judge(facts: &Facts<'_>, replid: &str, offset: i64) -> Verdict {
         if !facts.allow_empty_master && !facts.ledger.same_lineage(&rec.replid, id) {
             return Verdict::Hold(Reason::EmptyMaster {
                 master_replid: id.to_string(),
+            });
+        }
+    }
+    // 1b. A stale master would roll back a replica filled from the lineage that took over.
+    if let (Some(s), Some(rec)) = (facts.stale_master, facts.replica) {
+        if !facts.allow_empty_master && facts.ledger.past_stale(rec, s) {
+            return Verdict::Hold(Reason::StaleMaster {
+                master_replid: s.replid.clone(),
+                newer: s.newer.clone(),
+                switch: s.switch,
             });
         }
     }
@@ -88,7 +100,9 @@ pub fn judge(facts: &Facts<'_>, replid: &str, offset: i64) -> Verdict {
             delivered: rec.replid.clone(),
         });
     }
-    let delivered = shared_delivery(facts.ledger, rec, id);
+    // A node the group saw serve an id as master holds that id's own history, however far.
+    let held = if rec.source { u64::MAX } else { rec.offset };
+    let delivered = shared_delivery(facts.ledger, &rec.replid, held, id);
     if delivered
         .checked_add(1)
         .is_some_and(|next| requested > next)
@@ -113,16 +127,16 @@ pub fn judge(facts: &Facts<'_>, replid: &str, offset: i64) -> Verdict {
 /// How much of what the record says was delivered lies on `id`'s history: all of it when `id`
 /// is the record's id or an earlier one, else up to the first switch on the way from the
 /// record's id to `id` (the bytes after a switch belong to the history that was left).
-fn shared_delivery(ledger: &LedgerData, rec: &ReplicaRecord, id: &str) -> u64 {
-    let chain = ledger.chain(&rec.replid);
+fn shared_delivery(ledger: &LedgerData, replid: &str, offset: u64, id: &str) -> u64 {
+    let chain = ledger.chain(replid);
     let Some(pos) = chain.iter().position(|e| e.replid == id) else {
-        return rec.offset;
+        return offset;
     };
     chain[..pos]
         .iter()
         .filter_map(|e| e.superseded.as_ref())
         .map(|sw| sw.at.saturating_sub(1))
-        .fold(rec.offset, u64::min)
+        .fold(offset, u64::min)
 }
 
 #[cfg(test)]
@@ -141,6 +155,7 @@ mod tests {
             replica: l.replicas.get(R),
             unclean_stop: false,
             empty_master: None,
+            stale_master: None,
             allow_empty_master: false,
             unknown_replica: UnknownReplica::Full,
         }
@@ -207,6 +222,7 @@ mod tests {
             second_offset: 101,
             offset: 150,
             empty: false,
+            replica: false,
         });
         assert_eq!(judge(&facts(&l), A, 101), Verdict::Pass);
         l.deliver(R, A, 130, false); // a record beyond the switch cannot make it valid
@@ -227,6 +243,7 @@ mod tests {
             second_offset: 51,
             offset: 90,
             empty: false,
+            replica: false,
         });
         // A replica that holds B's history to 50 came by it honestly through the link.
         assert_eq!(judge(&facts(&l), B, 51), Verdict::Pass);
@@ -251,6 +268,65 @@ mod tests {
         assert_eq!(judge(&f, "?", -1).name(), "hold");
         f.allow_empty_master = true;
         assert_eq!(judge(&f, A, 101), Verdict::Pass);
+    }
+
+    #[test]
+    fn a_node_seen_serving_an_id_resumes_it_up_to_the_switch() {
+        let mut l = LedgerData::new();
+        l.observe_master(&MasterView {
+            replid: A.into(),
+            replid2: NO_REPLID.into(),
+            second_offset: -1,
+            offset: 100,
+            empty: false,
+            replica: false,
+        });
+        l.vouch_source(R, A, 100);
+        // It took writes after it was last read: its data under A is still A's.
+        assert_eq!(judge(&facts(&l), A, 151), Verdict::Pass);
+        // Another node took over at 201: beyond it, the old master's writes are its own.
+        l.supersede(A, B, 201);
+        assert_eq!(judge(&facts(&l), A, 201), Verdict::Pass);
+        assert_eq!(
+            judge(&facts(&l), A, 202).reason().unwrap().code(),
+            "superseded_beyond_switch"
+        );
+        // A delivered record claims no more than was delivered.
+        l.deliver(R, A, 100, false);
+        assert_eq!(
+            judge(&facts(&l), A, 151).reason().unwrap().code(),
+            "beyond_delivered"
+        );
+    }
+
+    #[test]
+    fn a_stale_master_holds_replicas_filled_past_it_until_allowed() {
+        let mut l = LedgerData::new();
+        l.see(A, 100);
+        l.supersede(A, B, 101);
+        l.deliver(R, B, 300, false);
+        l.deliver("127.0.0.1:6390", A, 80, false);
+        let stale = l
+            .stale_master(&MasterView {
+                replid: A.into(),
+                replid2: NO_REPLID.into(),
+                second_offset: -1,
+                offset: 100,
+                empty: false,
+                replica: false,
+            })
+            .unwrap();
+        let mut f = facts(&l);
+        f.stale_master = Some(&stale);
+        let v = judge(&f, B, 301);
+        assert_eq!(v.reason().unwrap().code(), "stale_master", "{v:?}");
+        assert_eq!(judge(&f, "?", -1).name(), "hold");
+        // A replica that never went past the hand-over is not rolled back.
+        f.replica = l.replicas.get("127.0.0.1:6390");
+        assert_eq!(judge(&f, A, 81), Verdict::Pass);
+        f.replica = l.replicas.get(R);
+        f.allow_empty_master = true;
+        assert_ne!(judge(&f, B, 301).name(), "hold");
     }
 
     #[test]
@@ -383,6 +459,7 @@ mod tests {
                 second_offset: second as i64,
                 offset: self.history.len() as u64,
                 empty: self.empty,
+                replica: false,
             });
         }
         fn safe(&self, r: usize, o: u64) -> bool {
@@ -401,6 +478,7 @@ mod tests {
                 replica: self.ledger.replicas.get(&Self::identity(r)),
                 unclean_stop: self.replicas[r].uncertain,
                 empty_master: self.empty.then_some(self.replid.as_str()),
+                stale_master: None,
                 allow_empty_master: self.allow_empty,
                 unknown_replica: self.policy,
             };
