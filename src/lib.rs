@@ -17,7 +17,7 @@
 //! | [`conn`] | one connection, no flavour: its admission (allow-list, per-IP cap, budgets), TLS on either side, how a session ends, timed peer reads, the shared handshake steps (`AUTH`, `PING`, `REPLCONF`, deadlines), the relay pump, the plain pipe, session books |
 //! | [`redis`] | Redis / Valkey: handshake and PSYNC, the RDB and stream observers, INFO lineage |
 //! | [`kvrocks`] | Kvrocks: handshake and PSYNC, the WAL-batch observer, `_fetch_meta` / `_fetch_file`, the checkpoint reader |
-//! | [`guard`] | a link's ledger at runtime; [`guard::verdict`] (pure, property-tested; one facts type and rule set per flavour), [`guard::route`], [`guard::decision`] (the log line), [`guard::ledger`] (data), [`guard::store`] (the file's one writer) |
+//! | [`guard`] | a link's guard at runtime over its books ([`guard::Books`]: one link's, or shared by the links of a `group`); [`guard::verdict`] (pure, property-tested; one facts type and rule set per flavour), [`guard::route`], [`guard::decision`] (the log line), [`guard::ledger`] (data), [`guard::store`] (the file's one writer) |
 //! | [`wire`] | pure codecs: bounded, resumable RESP handshake framing |
 //! | [`ops`] | the admin listener (`/status` shaped by [`ops::status`], `/metrics`, token-guarded mutating routes) and `replguard status` |
 //!
@@ -38,6 +38,10 @@
 //!                                           │
 //!                 ops: /status, /metrics read stats and the guard;
 //!                 POST /links/<name>/master re-points, /allow-empty-master releases
+//!
+//! The links of a `group` (one per node of a Sentinel set, a Redis Cluster or a Kvrocks
+//! cluster) hold one `guard::Books`: a replica moved by a failover from one node's link to
+//! another's is judged on its whole history.
 //! ```
 //!
 //! Kvrocks' full-sync connections (`_fetch_meta`, `_fetch_file`) pass through the same pump

@@ -109,7 +109,12 @@ impl LinkCtx {
         };
         let tls = LinkTls::load(cfg.tls.as_ref(), cfg.master_tls.as_ref(), master)
             .map_err(|e| anyhow::anyhow!("link {}: {e}", cfg.name))?;
-        let guard = Guard::new(books, cfg.unknown_replica, cfg.allow_empty_master);
+        let guard = Guard::new(
+            &cfg.name,
+            books,
+            cfg.unknown_replica,
+            cfg.allow_empty_master,
+        );
         let stop = cancel.child_token();
         Ok(LinkCtx {
             name: cfg.name.clone(),

@@ -126,7 +126,10 @@ impl fmt::Display for Refusal {
                 "handshake not complete within {ms} ms of connecting (timeouts.handshake_ms)"
             ),
             Refusal::IpAddress { announced } => {
-                write!(f, "REPLCONF ip-address {announced:?} is not an IP address")
+                write!(
+                    f,
+                    "REPLCONF ip-address {announced:?} is not an IP address or a host name"
+                )
             }
         }
     }

@@ -49,6 +49,9 @@ pub struct Decision {
 /// atomics, and `last` (decisions for /status) is written after the books' lock is released.
 pub struct Guard {
     books: Arc<Books>,
+    /// In a group, the link's name: the Kvrocks books of a group are kept per link (see
+    /// [`Guard::kv_key`]).
+    kv_scope: Option<String>,
     /// What the link's keeper learned about the node behind it.
     node: Mutex<Node>,
     /// The identities the node behind this link presents when it is itself a replica: the
@@ -81,8 +84,8 @@ struct Node {
 /// The books of a link, or of every link of a group: the ledger and its file, and who writes
 /// which replica's records.
 pub struct Books {
-    /// `link <name>` or `group <name>`, for log lines.
-    owner: String,
+    /// The link whose books these are, when they are one link's.
+    link: Option<String>,
     /// The group, when the books are a group's.
     group: Option<String>,
     /// Most replica records the ledger keeps (`max_replica_records`).
@@ -158,29 +161,34 @@ impl Books {
         max_records: usize,
     ) -> Arc<Books> {
         let store = Store::new(state_dir, Identity::link(link, master));
-        Self::open(format!("link {link}"), None, store, max_records)
+        Self::open(Some(link), None, store, max_records)
     }
 
     /// Loads the ledger of group `group`, shared by the links that name it.
     pub fn open_group(state_dir: &std::path::Path, group: &str, max_records: usize) -> Arc<Books> {
         let store = Store::for_group(state_dir, group);
-        Self::open(format!("group {group}"), Some(group), store, max_records)
+        Self::open(None, Some(group), store, max_records)
     }
 
-    fn open(owner: String, group: Option<&str>, store: Store, max_records: usize) -> Arc<Books> {
+    fn open(
+        link: Option<&str>,
+        group: Option<&str>,
+        store: Store,
+        max_records: usize,
+    ) -> Arc<Books> {
         let data = match store.load() {
             Ok(Some(d)) => d,
             Ok(None) => {
-                info!(ledger = %owner, path = %store.path().display(), "no ledger yet: starting with no knowledge");
+                info!(link, group, path = %store.path().display(), "no ledger yet: starting with no knowledge");
                 LedgerData::new()
             }
             Err(e) => {
-                error!(ledger = %owner, "{e}");
+                error!(link, group, "{e}");
                 LedgerData::new()
             }
         };
         let books = Books {
-            owner,
+            link: link.map(str::to_string),
             group: group.map(str::to_string),
             max_records: std::sync::atomic::AtomicUsize::new(max_records),
             store: Arc::new(store),
@@ -194,9 +202,9 @@ impl Books {
     /// Folds `data` (a ledger file's content) into the books: lineage merged, the newer record
     /// of each replica kept; `from` names where it came from, for the log.
     fn take_in(&self, mut data: LedgerData, from: Option<&std::path::Path>) {
-        let owner = self.owner.as_str();
+        let (link, group) = (self.link.as_deref(), self.group.as_deref());
         let max = self.max_records.load(Relaxed);
-        log_pruned(owner, max, data.prune_replicas(max));
+        self.log_pruned(max, data.prune_replicas(max));
         let open: Vec<String> = data
             .replicas
             .iter()
@@ -212,7 +220,8 @@ impl Books {
             .collect();
         if !open.is_empty() {
             warn!(
-                ledger = owner,
+                link,
+                group,
                 replicas = %open.join(", "),
                 "replguard did not stop cleanly last time: these replicas' sessions were open, so their recorded offsets are lower bounds; a resume beyond them is forced to a full sync"
             );
@@ -222,12 +231,13 @@ impl Books {
         if let Some(path) = from {
             st.data.absorb(data);
             self.dirty.store(true, Relaxed);
-            info!(ledger = owner, from = %path.display(), epochs = st.data.epochs.len(),
+            info!(link, group, from = %path.display(), epochs = st.data.epochs.len(),
                   replicas = st.data.replicas.len(), "a link's own ledger joined the group's");
         } else {
             st.data = data;
             info!(
-                ledger = owner,
+                link,
+                group,
                 epochs = st.data.epochs.len(),
                 replicas = st.data.replicas.len(),
                 "ledger loaded"
@@ -256,6 +266,21 @@ impl Books {
         }
     }
 
+    /// One log line per replica record pruned.
+    fn log_pruned(&self, max: usize, pruned: Vec<(String, Pruned)>) {
+        for (replica, rec) in pruned {
+            warn!(
+                link = self.link.as_deref(),
+                group = self.group.as_deref(),
+                replica = replica.as_str(),
+                peer = rec.peer().unwrap_or("-"),
+                updated_unix = rec.updated_unix(),
+                max_replica_records = max,
+                "ledger holds too many replica records: pruned the oldest (that replica is unknown from now on)"
+            );
+        }
+    }
+
     /// The group these books belong to, if any.
     pub fn group(&self) -> Option<&str> {
         self.group.as_deref()
@@ -271,7 +296,7 @@ impl Books {
             st.kv_refused.remove(k);
             st.holds_logged.remove(k);
         }
-        log_pruned(&self.owner, max, pruned);
+        self.log_pruned(max, pruned);
     }
 
     /// Saves the ledger if it changed since the last save (on the blocking pool, through the
@@ -312,12 +337,13 @@ impl Guard {
         max_records: usize,
     ) -> Guard {
         let books = Books::open_link(state_dir, link, master, max_records);
-        Guard::new(books, policy, allow_empty)
+        Guard::new(link, books, policy, allow_empty)
     }
 
     /// The guard of link `link` over `books` (its own, or its group's).
-    pub fn new(books: Arc<Books>, policy: UnknownReplica, allow_empty: bool) -> Guard {
+    pub fn new(link: &str, books: Arc<Books>, policy: UnknownReplica, allow_empty: bool) -> Guard {
         Guard {
+            kv_scope: books.group.is_some().then(|| link.to_string()),
             books,
             node: Mutex::new(Node::default()),
             node_identities: Mutex::new(Vec::new()),
@@ -329,6 +355,17 @@ impl Guard {
             holds: AtomicU64::new(0),
             last: DashMap::new(),
             kv_gaps: AtomicU64::new(0),
+        }
+    }
+
+    /// The key of a Kvrocks replica's books. A Kvrocks node's sequences are its own: a
+    /// replica's record from one node's link says nothing of another node's history at the
+    /// same sequence (Kvrocks without `use-rsid-psync` carries no id to tell them apart), so in
+    /// a group each link keeps its own Kvrocks records, under `<link>/<replica>`.
+    fn kv_key<'a>(&self, replica: &'a str) -> std::borrow::Cow<'a, str> {
+        match &self.kv_scope {
+            Some(link) => format!("{link}/{replica}").into(),
+            None => replica.into(),
         }
     }
 
@@ -368,6 +405,8 @@ impl Guard {
         replid: Option<&str>,
         seq: u64,
     ) -> (Verdict, String) {
+        let key = self.kv_key(replica);
+        let replica: &str = &key;
         let st = self.state();
         let data = &st.data;
         let uncertain = st.uncertain.contains(replica);
@@ -388,6 +427,8 @@ impl Guard {
 
     /// A Kvrocks replica was refused a resume (by the master or by replguard): it must full-sync.
     pub fn kv_refused(&self, replica: &str, ip: IpAddr) {
+        let key = self.kv_key(replica);
+        let replica: &str = &key;
         let mut st = self.state();
         let count = st.kv_fetches.get(&ip).map_or(0, |b| b.complete);
         st.kv_refused.insert(replica.to_string(), (ip, count));
@@ -426,6 +467,8 @@ impl Guard {
         replid: Option<&str>,
         seq: u64,
     ) -> Vec<KvIdRange> {
+        let key = self.kv_key(replica);
+        let replica: &str = &key;
         let mut st = self.state();
         st.owners
             .insert(replica.to_string(), (session, peer.to_string()));
@@ -451,6 +494,8 @@ impl Guard {
         ids: &[KvIdRange],
         open: bool,
     ) {
+        let key = self.kv_key(replica);
+        let replica: &str = &key;
         let mut st = self.state();
         if st.owns(replica, session) && st.data.kvrocks.deliver(replica, next_seq, ids, open) {
             self.mark_dirty();
@@ -474,6 +519,8 @@ impl Guard {
 
     /// Records a gap in the stream delivered to a Kvrocks replica.
     pub fn kv_gap(&self, replica: &str, gap: KvGap) {
+        let key = self.kv_key(replica);
+        let replica: &str = &key;
         self.kv_gaps.fetch_add(1, Relaxed);
         let mut st = self.state();
         st.data.kvrocks.update(replica, |r| {
@@ -779,20 +826,6 @@ pub struct GuardSnapshot {
     pub ledger_last_save_error: Option<String>,
 }
 
-/// One log line per replica record pruned.
-fn log_pruned(ledger: &str, max: usize, pruned: Vec<(String, Pruned)>) {
-    for (replica, rec) in pruned {
-        warn!(
-            ledger,
-            replica = replica.as_str(),
-            peer = rec.peer().unwrap_or("-"),
-            updated_unix = rec.updated_unix(),
-            max_replica_records = max,
-            "ledger holds too many replica records: pruned the oldest (that replica is unknown from now on)"
-        );
-    }
-}
-
 /// The Kvrocks facts a verdict used, in one line.
 fn describe_kvrocks(
     data: &LedgerData,
@@ -912,8 +945,8 @@ mod tests {
     fn the_links_of_a_group_judge_on_one_history() {
         let dir = tempfile::tempdir().unwrap();
         let books = Books::open_group(dir.path(), "g", 100);
-        let la = Guard::new(books.clone(), UnknownReplica::Full, false);
-        let lb = Guard::new(books.clone(), UnknownReplica::Full, false);
+        let la = Guard::new("l", books.clone(), UnknownReplica::Full, false);
+        let lb = Guard::new("l", books.clone(), UnknownReplica::Full, false);
         la.set_node_addresses(&["127.0.0.1:7001".parse().unwrap()]);
         lb.set_node_addresses(&["127.0.0.1:7002".parse().unwrap()]);
         la.observe("la", &view(A, NO_REPLID, -1, 500, false));
@@ -981,8 +1014,8 @@ mod tests {
     fn a_stale_master_holds_until_released_or_gone() {
         let dir = tempfile::tempdir().unwrap();
         let books = Books::open_group(dir.path(), "g", 100);
-        let la = Guard::new(books.clone(), UnknownReplica::Full, false);
-        let lb = Guard::new(books, UnknownReplica::Full, false);
+        let la = Guard::new("l", books.clone(), UnknownReplica::Full, false);
+        let lb = Guard::new("l", books, UnknownReplica::Full, false);
         la.observe("la", &view(A, NO_REPLID, -1, 500, false));
         lb.observe("lb", &view(B, A, 501, 600, false));
         lb.claim("r", 1, "127.0.0.1:40000".parse().unwrap());
@@ -997,5 +1030,37 @@ mod tests {
         la.observe("la", &view(B, A, 501, 590, true));
         assert!(la.snapshot().stale_master.is_none());
         assert!(!la.snapshot().allow_empty_master);
+    }
+
+    #[test]
+    fn a_link_joining_a_group_brings_its_own_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let own = Guard::open(
+            dir.path(),
+            "la",
+            "127.0.0.1:7001",
+            UnknownReplica::Full,
+            false,
+            100,
+        );
+        own.observe("la", &view(A, NO_REPLID, -1, 500, false));
+        own.claim("r", 1, "127.0.0.1:40000".parse().unwrap());
+        own.delivered("r", 1, A, 500, false);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(own.save_if_dirty());
+        drop(own);
+        let books = Books::open_group(dir.path(), "g", 100);
+        books.join(dir.path(), "la", "127.0.0.1:7001");
+        let lb = Guard::new("lb", books.clone(), UnknownReplica::Full, false);
+        lb.observe("lb", &view(B, A, 501, 520, false));
+        assert_eq!(lb.judge("r", A, 501).0, Verdict::Pass);
+        assert!(!dir.path().join("la.ledger.json").exists());
+        assert!(dir.path().join("la.ledger.json.joined-g").exists());
+        rt.block_on(books.save_if_dirty());
+        let back = Books::open_group(dir.path(), "g", 100);
+        assert_eq!(back.state().data.replicas["r"].offset, 500);
+        assert_eq!(back.state().data.group.as_deref(), Some("g"));
     }
 }

@@ -255,7 +255,8 @@ impl Store {
             *last = Some(Instant::now());
             let id = self.identity();
             error!(
-                ledger = id.link.or(id.group).unwrap_or_default(),
+                link = id.link,
+                group = id.group,
                 path = %self.path.display(),
                 error = %e,
                 failures = n,

@@ -191,6 +191,7 @@ async fn relay(
         scanner,
         ids,
         ids_changed: false,
+        master_id: None,
         events: Vec::new(),
     };
     // A Kvrocks replica never writes on its stream connection; whatever it does send is
@@ -212,6 +213,8 @@ struct WalObserver<'a> {
     /// The ids of the batches delivered, by range.
     ids: Vec<KvIdRange>,
     ids_changed: bool,
+    /// The last id the master's batches carried that the ledger was told of.
+    master_id: Option<String>,
     events: Vec<WalEvent>,
 }
 
@@ -229,9 +232,12 @@ impl Observer for WalObserver<'_> {
                 let id = b.replid.as_ref().map(ReplId::as_str);
                 if ledger::note_kv_id(&mut self.ids, b.seq, id) {
                     self.ids_changed = true;
-                    if let Some(id) = id {
-                        self.link.guard.kv_master_id(id);
-                    }
+                }
+                // Every id the master's batches carry is one of its ids, also when the first
+                // batch carries the id the replica presented (no new range then).
+                if let Some(id) = id.filter(|id| self.master_id.as_deref() != Some(*id)) {
+                    self.link.guard.kv_master_id(id);
+                    self.master_id = Some(id.to_string());
                 }
             }
             if let WalEvent::Gap {

@@ -53,31 +53,42 @@ impl Kvrocks {
             .prefix("replguard-kvrocks-")
             .tempdir()
             .unwrap();
-        let port = free_port();
-        let mut conf = format!(
-            "bind 127.0.0.1\nport {port}\ndir {}\ndaemonize no\nlog-dir {}\nworkers 2\n\
-             cluster-enabled {}\nuse-rsid-psync {}\n",
-            dir.path().join("db").display(),
-            dir.path().display(),
-            yes(cfg.cluster),
-            yes(cfg.rsid)
-        );
-        for line in extra {
-            conf.push_str(line);
-            conf.push('\n');
-        }
-        std::fs::write(dir.path().join("kvrocks.conf"), conf).unwrap();
         let mut k = Kvrocks {
-            port,
+            port: 0,
             dir,
             bin: bin.to_path_buf(),
             child: None,
         };
-        k.spawn();
-        k
+        // A port picked free may be taken before the server binds it (by an outgoing
+        // connection's local port): then the server exits, and another port is tried.
+        for attempt in 1..=3 {
+            k.port = free_port();
+            let mut conf = format!(
+                "bind 127.0.0.1\nport {}\ndir {}\ndaemonize no\nlog-dir {}\nworkers 2\n\
+                 cluster-enabled {}\nuse-rsid-psync {}\n",
+                k.port,
+                k.dir.path().join("db").display(),
+                k.dir.path().display(),
+                yes(cfg.cluster),
+                yes(cfg.rsid)
+            );
+            for line in extra {
+                conf.push_str(line);
+                conf.push('\n');
+            }
+            std::fs::write(k.dir.path().join("kvrocks.conf"), conf).unwrap();
+            match k.spawn() {
+                Ok(()) => return k,
+                Err(e) if attempt < 3 => eprintln!("kvrocks on port {}: {e}; another port", k.port),
+                Err(e) => panic!("kvrocks on port {}: {e}", k.port),
+            }
+        }
+        unreachable!()
     }
 
-    fn spawn(&mut self) {
+    /// Starts the process and waits until it answers (`INFO server` names its pid); `Err` (with
+    /// its log's last lines) when it exits first.
+    fn spawn(&mut self) -> Result<(), String> {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -93,11 +104,28 @@ impl Kvrocks {
             .expect("kvrocks starts");
         self.child = Some(child);
         let port = self.port;
-        wait_for(Duration::from_secs(20), "kvrocks to answer PING", || {
-            let mut c = Client::connect(port).ok()?;
-            c.send(&["PING"]);
-            matches!(c.try_read().ok()?, Reply::SimpleString(_)).then_some(())
+        let exited = wait_for(Duration::from_secs(20), "kvrocks to answer", || {
+            let child = self.child.as_mut()?;
+            if let Some(status) = child.try_wait().ok().flatten() {
+                return Some(Some(status));
+            }
+            // The answer counts only from this process, not from another on the same port.
+            let pid = child.id().to_string();
+            let info = Client::connect_within(port, Duration::from_secs(5))
+                .ok()?
+                .try_info("server")?;
+            (info.get("process_id") == Some(&pid)).then_some(None)
         });
+        let Some(status) = exited else {
+            return Ok(());
+        };
+        self.child = None;
+        let log = self.log();
+        let tail: Vec<&str> = log.lines().rev().take(10).collect();
+        Err(format!(
+            "exited ({status}) before answering; its log, newest first:\n{}",
+            tail.join("\n")
+        ))
     }
 
     pub fn client(&self) -> Client {
@@ -119,7 +147,9 @@ impl Kvrocks {
     /// Starts the process again on the same port and directory.
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "kill it first");
-        self.spawn();
+        if let Err(e) = self.spawn() {
+            panic!("kvrocks on port {}: {e}", self.port);
+        }
     }
 
     /// `INFO <section>` as a map.
@@ -230,13 +260,19 @@ pub struct KeyWriter {
 
 impl KeyWriter {
     pub fn start(port: u16) -> KeyWriter {
+        Self::start_at(port, 0)
+    }
+
+    /// A writer whose first key is `w<first>` (a writer on a new master continues the keys of
+    /// the one before).
+    pub fn start_at(port: u16, first: u64) -> KeyWriter {
         let gate = Arc::new((Mutex::new(Gate::default()), Condvar::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let written = Arc::new(AtomicU64::new(0));
+        let written = Arc::new(AtomicU64::new(first));
         let (g, s, w) = (gate.clone(), stop.clone(), written.clone());
         let handle = std::thread::spawn(move || {
             let mut c = Client::connect(port).unwrap();
-            let mut n = 0u64;
+            let mut n = first;
             while !s.load(Ordering::Relaxed) {
                 {
                     let (m, cv) = &*g;
@@ -245,6 +281,10 @@ impl KeyWriter {
                         st.idle = true;
                         cv.notify_all();
                         st = cv.wait_timeout(st, Duration::from_millis(50)).unwrap().0;
+                    }
+                    // Stopped while paused: not one write more.
+                    if s.load(Ordering::Relaxed) {
+                        break;
                     }
                     st.idle = false;
                 }
@@ -272,12 +312,19 @@ impl KeyWriter {
         }
     }
 
-    /// Waits until the writer stands still; returns how many keys it wrote.
+    /// Waits until the writer stands still; returns one past the last key it wrote (how many
+    /// keys were written, for a writer that started at `w0`).
     pub fn pause(&self) -> u64 {
         let (m, cv) = &*self.gate;
         let mut st = m.lock().unwrap();
         st.paused = true;
+        let start = std::time::Instant::now();
         while !st.idle {
+            let finished = self.handle.as_ref().is_none_or(JoinHandle::is_finished);
+            assert!(
+                !finished && start.elapsed() < Duration::from_secs(60),
+                "the writer did not pause (it stopped, or a write hung)"
+            );
             st = cv.wait_timeout(st, Duration::from_millis(50)).unwrap().0;
         }
         self.written.load(Ordering::Relaxed)

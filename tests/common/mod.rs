@@ -21,8 +21,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub mod cluster;
+pub mod kvrocks_cluster;
 pub mod kvrocks_double;
 pub mod kvrocks_real;
+pub mod sentinel;
 pub mod tls;
 
 /// Which server family a test runs against.
@@ -263,8 +265,8 @@ impl Server {
         Self::start_at(kind, free_port(), args)
     }
 
-    /// `start` on `port`, picked by the caller (with the other ports a topology needs, from one
-    /// [`free_ports`] call, so they cannot collide).
+    /// `start` on `port`, picked by the caller together with the other ports a topology needs
+    /// (a cluster node's bus port, its link's), so that none of them collides with another.
     pub fn start_at(kind: Kind, port: u16, args: &[&str]) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("replguard-test-")
@@ -487,16 +489,32 @@ impl Proxy {
         Self::start_flavor("kvrocks", master_port, guard, link_extra)
     }
 
+    /// Several links, given as YAML list entries (`  - name: ...`, each with its `listen`);
+    /// `port` is the first link's.
+    pub fn start_links(links: &str) -> Proxy {
+        Self::start_yaml(|_, _| links.to_string())
+    }
+
     fn start_flavor(flavor: &str, master_port: u16, guard: &str, link_extra: &str) -> Proxy {
+        Self::start_yaml(|port, _| {
+            format!(
+                "  - name: main\n    listen: 127.0.0.1:{port}\n    master: 127.0.0.1:{master_port}\n    flavor: {flavor}\n    guard: {guard}\n    lineage_poll_ms: 200\n{link_extra}"
+            )
+        })
+    }
+
+    /// Starts replguard on a fresh state_dir with a token file and `links(free port, state_dir)`.
+    fn start_yaml(links: impl FnOnce(u16, &Path) -> String) -> Proxy {
         init_logging();
         let state_dir = tempfile::tempdir().unwrap();
         let [port, admin_port] = free_ports();
         let token_file = state_dir.path().join("admin.token");
         std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).unwrap();
         let yaml = format!(
-            "state_dir: {}\nadmin:\n  listen: 127.0.0.1:{admin_port}\n  token_file: {}\nlinks:\n  - name: main\n    listen: 127.0.0.1:{port}\n    master: 127.0.0.1:{master_port}\n    flavor: {flavor}\n    guard: {guard}\n    lineage_poll_ms: 200\n{link_extra}",
+            "state_dir: {}\nadmin:\n  listen: 127.0.0.1:{admin_port}\n  token_file: {}\nlinks:\n{}",
             state_dir.path().display(),
             token_file.display(),
+            links(port, state_dir.path()),
         );
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -512,6 +530,7 @@ impl Proxy {
             running: None,
         };
         p.resume();
+        p.port = p.link_addr().port();
         p
     }
 

@@ -581,6 +581,7 @@ fn alert_rules_use_only_metrics_replguard_exports() {
             "ReplguardUnsafeResumeAccepted",
             "ReplguardReplicaHeld",
             "ReplguardEmptyMaster",
+            "ReplguardStaleMaster",
             "ReplguardReplicaLagging",
             "ReplguardLedgerSaveFailing"
         ]
