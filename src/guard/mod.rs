@@ -980,8 +980,8 @@ mod tests {
     fn an_empty_master_of_another_lineage_in_the_group_holds_nobody() {
         let dir = tempfile::tempdir().unwrap();
         let books = Books::open_group(dir.path(), "g", 100);
-        let la = Guard::new(books.clone(), UnknownReplica::Full, false);
-        let lb = Guard::new(books.clone(), UnknownReplica::Full, false);
+        let la = Guard::new("la", books.clone(), UnknownReplica::Full, false);
+        let lb = Guard::new("lb", books.clone(), UnknownReplica::Full, false);
         la.set_node_addresses(&["127.0.0.1:7001".parse().unwrap()]);
         lb.set_node_addresses(&["127.0.0.1:7002".parse().unwrap()]);
         let empty = |id: &str| MasterView {
@@ -1004,7 +1004,7 @@ mod tests {
         assert_eq!(la.judge("r", A, 101).0.name(), "hold");
         // So does the link started afresh on the same books (replguard restarted): the node
         // was not vouched for under its empty id, its record still names the lineage it left.
-        let again = Guard::new(books, UnknownReplica::Full, false);
+        let again = Guard::new("la", books, UnknownReplica::Full, false);
         again.set_node_addresses(&["127.0.0.1:7001".parse().unwrap()]);
         again.observe("la", &empty(C));
         assert_eq!(again.snapshot().empty_master.as_deref(), Some(C));
