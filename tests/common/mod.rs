@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub mod cluster;
 pub mod kvrocks_cluster;
 pub mod kvrocks_double;
 pub mod kvrocks_real;
@@ -261,13 +262,19 @@ pub struct Server {
 impl Server {
     /// Starts a server with test-friendly defaults plus `args` (`--name value` pairs).
     pub fn start(kind: Kind, args: &[&str]) -> Server {
+        Self::start_at(kind, free_port(), args)
+    }
+
+    /// `start` on `port`, picked by the caller together with the other ports a topology needs
+    /// (a cluster node's bus port, its link's), so that none of them collides with another.
+    pub fn start_at(kind: Kind, port: u16, args: &[&str]) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("replguard-test-")
             .tempdir()
             .unwrap();
         let mut s = Server {
             kind,
-            port: free_port(),
+            port,
             dir,
             child: None,
             extra: args.iter().map(|a| a.to_string()).collect(),

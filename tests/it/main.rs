@@ -8,6 +8,7 @@ mod common;
 mod admin;
 mod behaviour;
 mod cli;
+mod cluster;
 mod fuzz_corpus;
 mod group;
 mod guard;
