@@ -1625,7 +1625,7 @@ fn parse_port(p: &str) -> Result<u16, String> {
 }
 
 /// Checks a host name's syntax (see [`MasterAddr::parse`]).
-fn check_host_name(host: &str) -> Result<(), String> {
+pub fn check_host_name(host: &str) -> Result<(), String> {
     if host.is_empty() {
         return Err("the host is empty".into());
     }

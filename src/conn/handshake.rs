@@ -242,26 +242,9 @@ pub fn replconf(
     Ok(())
 }
 
-/// Whether `s` is a DNS host name: dot-separated labels of ASCII letters, digits and `-`, each 1
-/// to 63 long and not starting or ending with `-`, 253 characters at most, the last label not
-/// all digits (that is a mistyped IPv4 address).
+/// Whether `s` is a DNS host name, by the rule a master's name follows in the configuration.
 pub fn is_host_name(s: &str) -> bool {
-    let s = s.strip_suffix('.').unwrap_or(s);
-    !s.is_empty()
-        && s.len() <= 253
-        && !s
-            .rsplit('.')
-            .next()
-            .unwrap_or("")
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
+    crate::config::check_host_name(s).is_ok()
 }
 
 /// A replication command is about to be forwarded: the client is a replica from now on and

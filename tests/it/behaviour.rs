@@ -904,7 +904,7 @@ fn metrics_parse_while_a_replica_announces_a_hostile_address() {
         ],
     );
     let proxy = Proxy::start(Kind::Redis, m.port, "");
-    // The hostile address is refused: a replica's identity is an IP address.
+    // The hostile address is refused: a replica's identity is an IP address or a host name.
     let mut hostile = raw_connect(proxy.port);
     hostile
         .write_all(&replguard::wire::resp::encode_command(&[
@@ -916,7 +916,7 @@ fn metrics_parse_while_a_replica_announces_a_hostile_address() {
     let got = String::from_utf8(read_to_close(&mut hostile)).unwrap();
     assert!(
         got.starts_with("-ERR replguard: REPLCONF ip-address ")
-            && got.ends_with(" is not an IP address\r\n"),
+            && got.ends_with(" is not an IP address or a host name\r\n"),
         "{got:?}"
     );
     assert_eq!(got.matches("\r\n").count(), 1, "{got:?}");
