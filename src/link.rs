@@ -112,6 +112,9 @@ pub struct LinkCtx {
     session_cancel: std::sync::Mutex<CancellationToken>,
     /// Serializes reads of the master so their results are folded in in order.
     pub poll_lock: tokio::sync::Mutex<()>,
+    /// Sessions that ended because the master could not be dialled: when that was last logged,
+    /// and how many since (every client of a node that is down ends so).
+    dial_failures: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
     flavour: Box<dyn Flavour>,
 }
 
@@ -153,6 +156,7 @@ impl LinkCtx {
             stop,
             tasks: TaskTracker::new(),
             poll_lock: tokio::sync::Mutex::new(()),
+            dial_failures: std::sync::Mutex::new((None, 0)),
             cfg: RwLock::new(Arc::new(cfg)),
             master: RwLock::new(MasterState {
                 addr: master,
@@ -718,10 +722,47 @@ async fn finish(link: &LinkCtx, peer: SocketAddr, s: SessionSnapshot, end: Resul
         // A hold is in the guard's decision line, logged once a minute while it lasts; a
         // refusal in the admission's line, once per source a minute.
         report!(debug);
+    } else if matches!(end, Err(SessionEnd::Connect { .. })) {
+        // While the master is down every client's session ends so: one line a minute.
+        match link.dial_failure_log_due() {
+            Some(since) => {
+                report!(warn);
+                if since > 0 {
+                    warn!(link = %link.name, sessions = since,
+                          "sessions that ended because the master could not be dialled since the last such line (logged once a minute)");
+                }
+            }
+            None => report!(debug),
+        }
     } else if routine {
         report!(info);
     } else {
         report!(warn);
+    }
+}
+
+/// Least time between two log lines about sessions that could not dial the master.
+const DIAL_FAILURE_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl LinkCtx {
+    /// Whether a session that could not dial the master is logged now: the first, then one a
+    /// minute. `Some(n)`: log it, `n` such sessions having gone unlogged since the last line.
+    fn dial_failure_log_due(&self) -> Option<u64> {
+        let mut d = self
+            .dial_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        match d.0 {
+            Some(at) if now.duration_since(at) < DIAL_FAILURE_LOG_EVERY => {
+                d.1 = d.1.saturating_add(1);
+                None
+            }
+            _ => {
+                d.0 = Some(now);
+                Some(std::mem::take(&mut d.1))
+            }
+        }
     }
 }
 
