@@ -175,19 +175,29 @@ fn a_name_that_does_not_resolve_is_warned_about_and_retried() {
             && l.contains("does not resolve now")),
         "{log}"
     );
-    // A replica keeps coming; every dial looks the name up again and fails.
+    // A replica keeps coming; every dial looks the name up again and fails (the session's end
+    // is logged once a minute, and counted every time).
     let r = replica_of(Kind::Redis, port, &QUIET);
     wait_for(LONG, "two failed dials", || {
-        let n = rg
-            .log()
+        let metrics = try_http(admin, "GET", "/metrics")?;
+        let errors: f64 = metrics
             .lines()
-            .filter(|l| {
-                l.contains("session ended")
-                    && l.contains("cannot connect to master db-0.replguard-test.invalid:6379: the name does not resolve")
-            })
-            .count();
-        (n >= 2).then_some(())
+            .find(|l| l.starts_with("replguard_session_errors_total{link=\"main\"}"))?
+            .rsplit(' ')
+            .next()?
+            .parse()
+            .ok()?;
+        (errors >= 2.0).then_some(())
     });
+    let ended = rg
+        .log()
+        .lines()
+        .filter(|l| {
+            l.contains("session ended")
+                && l.contains("cannot connect to master db-0.replguard-test.invalid:6379: the name does not resolve")
+        })
+        .count();
+    assert_eq!(ended, 1, "{}", rg.log());
     assert!(rg.alive());
     let st: serde_json::Value = serde_json::from_str(&http(admin, "GET", "/status")).unwrap();
     let link = &st["links"][0];
