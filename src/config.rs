@@ -704,7 +704,7 @@ impl Config {
                 }
                 Err(m) => push(p("listen"), m),
             }
-            if let Err(m) = parse_addr(&link.master) {
+            if let Err(m) = MasterAddr::parse(&link.master) {
                 push(p("master"), m);
             }
             if link.lineage_poll_ms == 0 {
@@ -757,50 +757,101 @@ impl Config {
                 }
             }
         }
-        for (path, message) in self.self_dials() {
+        for (path, message) in self.self_dials(&self.resolve_master_names()) {
             push(path, message);
         }
         out
     }
 
+    /// What each link's master resolves to now, by link: `None` for an IP address (or a
+    /// master that does not parse), else the lookup's result. The names are looked up in
+    /// parallel, each within its link's `timeouts.connect_ms`.
+    fn resolve_master_names(&self) -> Vec<Option<Result<Vec<SocketAddr>, String>>> {
+        std::thread::scope(|scope| {
+            let pending: Vec<_> = self
+                .links
+                .iter()
+                .map(|l| {
+                    let addr = MasterAddr::parse(&l.master)
+                        .ok()
+                        .filter(MasterAddr::is_name)?;
+                    let limit = l.timeouts.connect().max(Duration::from_millis(1));
+                    Some(scope.spawn(move || addr.resolve_blocking(limit)))
+                })
+                .collect();
+            pending
+                .into_iter()
+                .map(|h| h.map(|h| h.join().unwrap_or_else(|_| Err("the lookup failed".into()))))
+                .collect()
+        })
+    }
+
     /// Masters that are one of replguard's own listeners (wildcards included): the link's own
     /// listen address, the admin listener, or another link's, which may close a cycle of links.
-    fn self_dials(&self) -> Vec<(String, String)> {
+    /// A master given by name is checked by what it resolves to now (`resolved`, by link).
+    fn self_dials(
+        &self,
+        resolved: &[Option<Result<Vec<SocketAddr>, String>>],
+    ) -> Vec<(String, String)> {
         let listens: Vec<Option<SocketAddr>> = self
             .links
             .iter()
             .map(|l| parse_addr(&l.listen).ok())
             .collect();
         let admin = parse_addr(&self.admin.listen).ok();
-        let masters: Vec<Option<SocketAddr>> = self
+        // Each link's master as the addresses it dials.
+        let masters: Vec<Vec<SocketAddr>> = self
             .links
             .iter()
-            .map(|l| parse_addr(&l.master).ok())
-            .collect();
-        // The link whose listener each link's master reaches, preferring its own.
-        let next: Vec<Option<usize>> = masters
-            .iter()
             .enumerate()
-            .map(|(i, m)| {
-                let m = (*m)?;
-                let hits = |j: &usize| listens[*j].is_some_and(|l| reaches(m, l));
-                std::iter::once(i).chain(0..self.links.len()).find(hits)
+            .map(|(i, l)| match MasterAddr::parse(&l.master) {
+                Ok(MasterAddr::Ip(a)) => vec![a],
+                Ok(MasterAddr::Name { .. }) => match resolved.get(i) {
+                    Some(Some(Ok(addrs))) => addrs.clone(),
+                    _ => Vec::new(),
+                },
+                Err(_) => Vec::new(),
             })
             .collect();
+        // The link whose listener each link's master reaches, preferring its own, and the
+        // address that reaches it.
+        let next: Vec<Option<(usize, SocketAddr)>> = masters
+            .iter()
+            .enumerate()
+            .map(|(i, ms)| {
+                std::iter::once(i).chain(0..self.links.len()).find_map(|j| {
+                    let l = listens[j]?;
+                    ms.iter().find(|m| reaches(**m, l)).map(|m| (j, *m))
+                })
+            })
+            .collect();
+        // The master as a message names it: the address, or the name and what it resolves to.
+        let shown = |i: usize, m: SocketAddr| match MasterAddr::parse(&self.links[i].master) {
+            Ok(MasterAddr::Name { .. }) => format!("{} (resolves to {m})", self.links[i].master),
+            _ => m.to_string(),
+        };
         let mut out = Vec::new();
-        for (i, m) in masters.iter().enumerate() {
-            let Some(m) = *m else { continue };
+        for (i, ms) in masters.iter().enumerate() {
             let path = format!("links[{i}].master");
             match next[i] {
-                Some(j) if j == i => out.push((
-                    path,
-                    "is the link's own listen address; replguard would dial itself".into(),
-                )),
-                Some(j) => {
+                Some((j, m)) if j == i => {
+                    let by_name = match MasterAddr::parse(&self.links[i].master) {
+                        Ok(MasterAddr::Name { .. }) => format!("{} ", shown(i, m)),
+                        _ => String::new(),
+                    };
+                    out.push((
+                        path,
+                        format!(
+                            "{by_name}is the link's own listen address; replguard would dial itself"
+                        ),
+                    ))
+                }
+                Some((j, m)) => {
+                    let m = shown(i, m);
                     let name = |k: usize| self.links[k].name.as_str();
                     let mut chain = vec![i, j];
                     let mut at = j;
-                    while let Some(k) = next[at] {
+                    while let Some((k, _)) = next[at] {
                         if chain.contains(&k) {
                             chain.push(k);
                             break;
@@ -825,10 +876,14 @@ impl Config {
                     out.push((path, message));
                 }
                 None => {
-                    if let Some(a) = admin.filter(|a| reaches(m, *a)) {
+                    let Some(a) = admin else { continue };
+                    if let Some(m) = ms.iter().find(|m| reaches(**m, a)) {
                         out.push((
                             path,
-                            format!("{m} is admin.listen ({a}): replguard would dial its own admin listener"),
+                            format!(
+                                "{} is admin.listen ({a}): replguard would dial its own admin listener",
+                                shown(i, *m)
+                            ),
                         ));
                     }
                 }
@@ -848,6 +903,17 @@ impl Config {
                     path: "admin.listen".into(),
                     message: format!(
                         "{a} is reachable from other hosts and no admin token is set (admin.token_file or admin.token_env): anyone who reaches it reads /status and /metrics, and the mutating routes stay refused"
+                    ),
+                });
+            }
+        }
+        for (i, r) in self.resolve_master_names().into_iter().enumerate() {
+            if let Some(Err(e)) = r {
+                out.push(ConfigProblem {
+                    path: format!("links[{i}].master"),
+                    message: format!(
+                        "{} does not resolve now ({e}); the link starts anyway, and its sessions and reads of the master fail until the name resolves (it is looked up again at each dial)",
+                        self.links[i].master
                     ),
                 });
             }
@@ -934,6 +1000,8 @@ const fn field(name: &'static str, presence: Presence, ty: Ty) -> Field {
 }
 
 const ADDRESS: &str = "an IP address with a port (e.g. 127.0.0.1:7000)";
+const MASTER_ADDRESS: &str =
+    "an IP address or host name with a port (e.g. 10.0.0.5:6379 or redis-0.redis:6379)";
 use Presence::{Defaulted, Optional, Required};
 
 /// The schema the document is walked against; it mirrors the serde types above (a unit test
@@ -956,7 +1024,7 @@ const ADMIN_FIELDS: &[Field] = &[
 const LINK_FIELDS: &[Field] = &[
     field("name", Required, Ty::Text("a name")),
     field("listen", Required, Ty::Text(ADDRESS)),
-    field("master", Required, Ty::Text(ADDRESS)),
+    field("master", Required, Ty::Text(MASTER_ADDRESS)),
     field(
         "flavor",
         Required,
@@ -1395,6 +1463,229 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     })
 }
 
+/// Longest host name a master address may carry (RFC 1035: 253 characters, without a final dot).
+pub const MAX_HOST_NAME: usize = 253;
+/// Longest label (the part between two dots) of a host name.
+const MAX_HOST_LABEL: usize = 63;
+/// Longest text a master address can be: a host name with its final dot, `:` and a port.
+const MAX_MASTER_ADDR: usize = MAX_HOST_NAME + 1 + 1 + 5;
+
+/// Where a link's master is: an IP socket address, or a DNS name with a port. A name is
+/// resolved at each dial (Kubernetes services, Sentinel with `resolve-hostnames yes`): the
+/// configuration keeps the name, never what it resolved to once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MasterAddr {
+    /// `10.0.0.5:6379`, `[fd00::5]:6379`.
+    Ip(SocketAddr),
+    /// `redis-0.redis.db.svc:6379`; the host in lowercase (names are case-insensitive).
+    Name { host: String, port: u16 },
+}
+
+impl MasterAddr {
+    /// Parses `IP:port`, `[IPv6]:port` or `host-name:port`. A host name is ASCII letters,
+    /// digits and `-` in dot-separated labels of 1 to 63 characters (no label starts or ends
+    /// with `-`), at most 253 characters, with an optional final dot; its last label is not all
+    /// digits, so that a mistyped IPv4 address is never sent to the resolver as a name. The
+    /// port is 1 to 65535.
+    pub fn parse(s: &str) -> Result<MasterAddr, String> {
+        let bad = |why: String| {
+            format!(
+                "{} is not a master address: {why} (give IP:port, [IPv6]:port or host-name:port, e.g. 10.0.0.5:6379 or redis-0.redis:6379)",
+                shown(s)
+            )
+        };
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            if a.port() == 0 {
+                return Err(bad("port 0 cannot be dialled".into()));
+            }
+            return Ok(MasterAddr::Ip(a));
+        }
+        if s.len() > MAX_MASTER_ADDR {
+            return Err(bad(format!(
+                "it is {} bytes long; a host name has at most {MAX_HOST_NAME} characters",
+                s.len()
+            )));
+        }
+        let Some((host, port)) = s.rsplit_once(':') else {
+            return Err(bad("it has no port".into()));
+        };
+        let port = parse_port(port).map_err(bad)?;
+        if host.starts_with('[') || host.contains(':') {
+            return Err(bad(
+                "an IPv6 address goes in brackets, as [fd00::5]:6379, and nothing else does".into(),
+            ));
+        }
+        check_host_name(host).map_err(bad)?;
+        Ok(MasterAddr::Name {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+
+    /// The host a TLS certificate is checked against by default: the name without its final
+    /// dot, or the IP address.
+    pub fn tls_host(&self) -> String {
+        match self {
+            MasterAddr::Ip(a) => a.ip().to_string(),
+            MasterAddr::Name { host, .. } => host.trim_end_matches('.').to_string(),
+        }
+    }
+
+    /// Whether this is a name (resolved at each dial) rather than an IP address.
+    pub fn is_name(&self) -> bool {
+        matches!(self, MasterAddr::Name { .. })
+    }
+
+    /// The addresses to dial, in the resolver's order (duplicates dropped): the IP address
+    /// itself, or what the name resolves to now. The caller bounds the time it takes.
+    pub async fn resolve(&self) -> std::io::Result<Vec<SocketAddr>> {
+        match self {
+            MasterAddr::Ip(a) => Ok(vec![*a]),
+            MasterAddr::Name { host, port } => {
+                let found = tokio::net::lookup_host((host.as_str(), *port)).await?;
+                nonempty(found)
+            }
+        }
+    }
+
+    /// [`Self::resolve`] for callers outside a runtime (`check`, validation), on a thread of
+    /// its own so that `limit` bounds it even when the system resolver does not answer.
+    pub fn resolve_blocking(&self, limit: Duration) -> Result<Vec<SocketAddr>, String> {
+        let (host, port) = match self {
+            MasterAddr::Ip(a) => return Ok(vec![*a]),
+            MasterAddr::Name { host, port } => (host.clone(), *port),
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("resolve".into())
+            .spawn(move || {
+                use std::net::ToSocketAddrs;
+                let r = (host.as_str(), port).to_socket_addrs().and_then(nonempty);
+                let _ = tx.send(r);
+            })
+            .map_err(|e| format!("cannot start a resolver thread: {e}"))?;
+        match rx.recv_timeout(limit) {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {} ms", limit.as_millis())),
+        }
+    }
+}
+
+impl fmt::Display for MasterAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MasterAddr::Ip(a) => write!(f, "{a}"),
+            MasterAddr::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+/// Whether two masters from the configuration are the same (as parsed; as text when one does
+/// not parse).
+pub fn same_master(a: &str, b: &str) -> bool {
+    match (MasterAddr::parse(a), MasterAddr::parse(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// The addresses a lookup gave, duplicates dropped; none at all is an error.
+fn nonempty(found: impl Iterator<Item = SocketAddr>) -> std::io::Result<Vec<SocketAddr>> {
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for a in found {
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    if out.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the name resolves to no address",
+        ));
+    }
+    Ok(out)
+}
+
+/// A port to dial: 1 to 65535, in decimal digits only.
+fn parse_port(p: &str) -> Result<u16, String> {
+    if p.is_empty() {
+        return Err("the port is empty".into());
+    }
+    if p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "the port {} is not a number from 1 to 65535",
+            shown(p)
+        ));
+    }
+    match p.parse::<u16>() {
+        Ok(0) => Err("port 0 cannot be dialled".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("the port {p} is not a number from 1 to 65535")),
+    }
+}
+
+/// Checks a host name's syntax (see [`MasterAddr::parse`]).
+pub fn check_host_name(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        return Err("the host is empty".into());
+    }
+    if !host.is_ascii() {
+        return Err(
+            "a host name is ASCII (write an internationalised name in its xn-- form)".into(),
+        );
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if name.len() > MAX_HOST_NAME {
+        return Err(format!(
+            "the host name is {} characters long, at most {MAX_HOST_NAME} are allowed",
+            name.len()
+        ));
+    }
+    let labels: Vec<&str> = name.split('.').collect();
+    for label in &labels {
+        if label.is_empty() {
+            return Err(
+                "the host name has an empty label (a leading dot, or two dots in a row)".into(),
+            );
+        }
+        if label.len() > MAX_HOST_LABEL {
+            return Err(format!(
+                "a label of the host name is {} characters long, at most {MAX_HOST_LABEL} are allowed",
+                label.len()
+            ));
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err("a host name may contain only letters, digits, '-' and '.'".into());
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("a label of the host name may not start or end with '-'".into());
+        }
+    }
+    if labels
+        .last()
+        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(
+            "it is neither an IP address nor a host name (a name's last label is not all digits)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// User input for a message: quoted, and cut short when it is long.
+fn shown(s: &str) -> String {
+    const MAX: usize = 64;
+    if s.chars().count() <= MAX {
+        return format!("{s:?}");
+    }
+    let head: String = s.chars().take(MAX).collect();
+    format!("{head:?}... ({} bytes)", s.len())
+}
+
 /// A source network of `allow_from`: an address and how many of its leading bits must match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
@@ -1544,7 +1835,7 @@ links:
             "links[0].max_sessions: must be at least 1",
             "links[0].timeouts.connect_ms: must be greater than 0",
             "links[1].listen: 127.0.0.1:7000 is already used by links[0].listen",
-            "links[1].master: \"nowhere\" is not an IP address",
+            "links[1].master: \"nowhere\" is not a master address: it has no port",
             "links[1].auth: environment variable REPLGUARD_TEST_SURELY_UNSET_VAR is not set",
         ];
         assert_eq!(p.len(), want.len(), "{p:#?}");
@@ -1586,6 +1877,122 @@ links:
                 "links[8].master: 127.0.0.1:7007 is links[6].listen (127.0.0.1:7007, link g): the links form a cycle i -> g -> h -> i; replicas would be passed round it and never reach a master",
             ]
         );
+    }
+
+    #[test]
+    fn master_addresses_are_ips_or_host_names_with_a_port() {
+        let name = |h: &str, port| MasterAddr::Name {
+            host: h.into(),
+            port,
+        };
+        for (text, want) in [
+            (
+                "10.0.0.5:6379",
+                MasterAddr::Ip("10.0.0.5:6379".parse().unwrap()),
+            ),
+            ("[::1]:7000", MasterAddr::Ip("[::1]:7000".parse().unwrap())),
+            (
+                "[fd00::5]:6379",
+                MasterAddr::Ip("[fd00::5]:6379".parse().unwrap()),
+            ),
+            ("localhost:6379", name("localhost", 6379)),
+            (
+                "Redis-0.Redis.db.svc.cluster.local.:6379",
+                name("redis-0.redis.db.svc.cluster.local.", 6379),
+            ),
+            ("r1:65535", name("r1", 65535)),
+            ("xn--bcher-kva.example:1", name("xn--bcher-kva.example", 1)),
+            ("db.invalid:6379", name("db.invalid", 6379)),
+        ] {
+            assert_eq!(MasterAddr::parse(text), Ok(want), "{text}");
+        }
+        assert_eq!(
+            MasterAddr::parse("Redis-0.Redis:6379").unwrap().to_string(),
+            "redis-0.redis:6379"
+        );
+        assert_eq!(MasterAddr::parse("a.b.:1").unwrap().tls_host(), "a.b");
+        assert_eq!(MasterAddr::parse("[::1]:1").unwrap().tls_host(), "::1");
+
+        let long_label = format!("{}.example:6379", "a".repeat(64));
+        let ok_label = format!("{}.example:6379", "a".repeat(63));
+        assert!(MasterAddr::parse(&ok_label).is_ok());
+        let long_name = format!("{}a:6379", "abcdefghi.".repeat(25)); // 251 characters
+        assert!(MasterAddr::parse(&long_name).is_ok(), "{long_name}");
+        let too_long = format!("{}abcd:6379", "abcdefghi.".repeat(25)); // 254 characters
+        let huge = "a".repeat(100_000) + ":6379";
+        for (text, why) in [
+            ("", "it has no port"),
+            ("db", "it has no port"),
+            ("db:", "the port is empty"),
+            (":6379", "the host is empty"),
+            ("db:0", "port 0 cannot be dialled"),
+            ("10.0.0.5:0", "port 0 cannot be dialled"),
+            ("[::1]:0", "port 0 cannot be dialled"),
+            ("db:65536", "the port 65536 is not a number from 1 to 65535"),
+            ("db:+80", "is not a number from 1 to 65535"),
+            ("db:80 ", "is not a number from 1 to 65535"),
+            ("db:0x50", "is not a number from 1 to 65535"),
+            ("db:99999999999999999999", "is not a number from 1 to 65535"),
+            (" db:80", "only letters, digits"),
+            ("d_b:80", "only letters, digits"),
+            ("db/x:80", "only letters, digits"),
+            ("db\0:80", "only letters, digits"),
+            ("ünï.example:6379", "ASCII"),
+            ("db\u{200b}:6379", "ASCII"),
+            ("-db:80", "may not start or end with '-'"),
+            ("db-.x:80", "may not start or end with '-'"),
+            ("a..b:80", "empty label"),
+            (".db:80", "empty label"),
+            ("db..:80", "empty label"),
+            (&long_label, "at most 63"),
+            (&too_long, "at most 253"),
+            (&huge, "bytes long"),
+            ("::1:6379", "in brackets"),
+            ("[db]:6379", "in brackets"),
+            ("[::1:6379", "in brackets"),
+            ("256.1.1.1:80", "neither an IP address nor a host name"),
+            ("127.1:80", "neither an IP address nor a host name"),
+            ("1:80", "neither an IP address nor a host name"),
+        ] {
+            let e = MasterAddr::parse(text).unwrap_err();
+            assert!(e.contains(why), "{text:?}: {e}");
+            assert!(e.contains("is not a master address"), "{text:?}: {e}");
+            assert!(e.len() < 400, "the message stays short: {e}");
+        }
+        assert!(same_master("LocalHost:1", "localhost:1"));
+        assert!(same_master("[::1]:1", "[0::1]:1"));
+        assert!(!same_master("localhost:1", "127.0.0.1:1"));
+    }
+
+    #[test]
+    fn a_master_name_is_checked_by_what_it_resolves_to() {
+        let y = |master: &str, listen: &str| {
+            format!(
+                "state_dir: ./s\nadmin: {{ listen: 127.0.0.1:9121 }}\nlinks:\n  - {{ name: a, listen: \"{listen}\", master: \"{master}\", flavor: redis, guard: enforce }}\n  - {{ name: b, listen: 127.0.0.1:7102, master: 10.255.255.1:1, flavor: redis, guard: enforce }}\n"
+            )
+        };
+        assert_eq!(
+            problems(&y("localhost:7101", "127.0.0.1:7101")),
+            ["links[0].master: localhost:7101 (resolves to 127.0.0.1:7101) is the link's own listen address; replguard would dial itself"]
+        );
+        assert_eq!(
+            problems(&y("localhost:7102", "127.0.0.1:7101")),
+            ["links[0].master: localhost:7102 (resolves to 127.0.0.1:7102) is links[1].listen (127.0.0.1:7102, link b): replguard would dial itself; point it at the real master"]
+        );
+        assert_eq!(
+            problems(&y("localhost:9121", "127.0.0.1:7101")),
+            ["links[0].master: localhost:9121 (resolves to 127.0.0.1:9121) is admin.listen (127.0.0.1:9121): replguard would dial its own admin listener"]
+        );
+        // A name that does not resolve is valid, with a warning at its path.
+        let c = Config::from_yaml(&y("db.invalid:7101", "127.0.0.1:7101"), "t.yaml").unwrap();
+        let w: Vec<String> = c.warnings().iter().map(|w| w.to_string()).collect();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("links[0].master: db.invalid:7101 does not resolve now ("),
+            "{w:?}"
+        );
+        let c = Config::from_yaml(&y("localhost:6379", "127.0.0.1:7101"), "t.yaml").unwrap();
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
     }
 
     #[test]
@@ -1870,7 +2277,7 @@ links:
     auth: { pasword_env: X }
   - name: a
     listen: 127.0.0.1:7000
-    master: db:6379
+    master: "db:"
     flavor: kvrocks
     guard: enforce
     max_sessions: 0
@@ -1887,7 +2294,7 @@ links:
                 "links[0].auth.pasword_env: unknown field `pasword_env` (did you mean `password_env`?)",
                 "links[1].name: \"a\" is already the name of links[0]",
                 "links[1].listen: 127.0.0.1:7000 is already used by links[0].listen",
-                "links[1].master: \"db:6379\" is not an IP address with a port (e.g. 127.0.0.1:7000 or [::1]:7000)",
+                "links[1].master: \"db:\" is not a master address: the port is empty (give IP:port, [IPv6]:port or host-name:port, e.g. 10.0.0.5:6379 or redis-0.redis:6379)",
                 "links[1].max_sessions: must be at least 1",
                 "links[1].allow_empty_master: has no effect on a kvrocks link: replguard does not watch a Kvrocks master for an empty restart",
             ]

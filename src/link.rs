@@ -8,20 +8,36 @@
 //!
 //! A link's configuration can change while it runs (SIGHUP, [`LinkCtx::reconfigure`]): new
 //! sessions and the keeper read the one in force; a session keeps the one it started with.
+//!
+//! The master a link dials is the configuration's `master` until an operator re-points the
+//! link ([`LinkCtx::repoint`]). A re-point is kept in `<state_dir>/<link>.master.json` with the
+//! configuration's `master` of that time:
+//! 1. at start, while the configuration still names that master, the re-point wins; once the
+//!    configuration names another (the operator edited it after), the configuration wins and
+//!    the file is removed; one INFO line says which won and why;
+//! 2. a reload changes the master only when the file's `master` changed, and then the
+//!    configuration wins the same way;
+//! 3. a re-point back to the configuration's master removes the file.
+//!
+//! A master given by name is resolved at every dial, and every address it resolves to is tried
+//! in the resolver's order (see [`LinkCtx::dial_master`]).
 
-use crate::config::{parse_addr, Credentials, LinkConfig};
+use crate::config::{parse_addr, reaches, same_master, Credentials, LinkConfig, MasterAddr};
 use crate::conn::admission::{Admission, Refusal};
 use crate::conn::stats::{LinkCounters, SessionSnapshot, SessionState, SessionStats};
 use crate::conn::tls::LinkTls;
 use crate::conn::{Peer, SessionEnd, Side, Stream};
+use crate::guard::ledger::now_unix;
 use crate::guard::{Books, Guard};
 use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
@@ -64,8 +80,14 @@ pub struct LinkCtx {
     pub name: String,
     /// The configuration in force; a reload replaces it whole.
     cfg: RwLock<Arc<LinkConfig>>,
-    /// The master sessions dial; a lock because it can be re-pointed at runtime.
-    master: RwLock<SocketAddr>,
+    /// The master sessions dial, where it came from and how the last dial went; a lock
+    /// because it can be re-pointed at runtime.
+    master: RwLock<MasterState>,
+    /// Where a re-point of this link is kept.
+    master_file: PathBuf,
+    /// Serialises changes of the master (re-points, reloads), so the file and the master in
+    /// force never tell two stories.
+    master_change: tokio::sync::Mutex<()>,
     /// Resolved credentials for the master, if configured; a reload reads the secret again.
     credentials: RwLock<Option<Credentials>>,
     /// TLS material for the link port and the dial; replaced on reload.
@@ -90,24 +112,34 @@ pub struct LinkCtx {
     session_cancel: std::sync::Mutex<CancellationToken>,
     /// Serializes reads of the master so their results are folded in in order.
     pub poll_lock: tokio::sync::Mutex<()>,
+    /// Sessions that ended because the master could not be dialled: when that was last logged,
+    /// and how many since (every client of a node that is down ends so).
+    dial_failures: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
     flavour: Box<dyn Flavour>,
 }
 
 impl LinkCtx {
-    /// Builds a link from a validated configuration; `cancel` is the process-wide token, parent
-    /// of the link's own.
+    /// Builds a link from a validated configuration, its `books` (opened under the master
+    /// `start` chose) and that master; `cancel` is the process-wide token, parent of the link's
+    /// own.
     pub fn new(
         cfg: LinkConfig,
         books: Arc<Books>,
+        start: MasterAtStart,
         cancel: &CancellationToken,
         flavour: Box<dyn Flavour>,
     ) -> anyhow::Result<Self> {
-        let master = parse_addr(&cfg.master).map_err(anyhow::Error::msg)?;
+        let MasterAtStart {
+            addr: master,
+            source,
+            file: master_file,
+            ..
+        } = start;
         let credentials = match &cfg.auth {
             Some(a) => Some(a.resolve().map_err(anyhow::Error::msg)?),
             None => None,
         };
-        let tls = LinkTls::load(cfg.tls.as_ref(), cfg.master_tls.as_ref(), master)
+        let tls = LinkTls::load(cfg.tls.as_ref(), cfg.master_tls.as_ref(), &master)
             .map_err(|e| anyhow::anyhow!("link {}: {e}", cfg.name))?;
         let guard = Guard::new(
             &cfg.name,
@@ -124,8 +156,16 @@ impl LinkCtx {
             stop,
             tasks: TaskTracker::new(),
             poll_lock: tokio::sync::Mutex::new(()),
+            dial_failures: std::sync::Mutex::new((None, 0)),
             cfg: RwLock::new(Arc::new(cfg)),
-            master: RwLock::new(master),
+            master: RwLock::new(MasterState {
+                addr: master,
+                source,
+                dialled: None,
+                dial_error: None,
+            }),
+            master_file,
+            master_change: tokio::sync::Mutex::new(()),
             credentials: RwLock::new(credentials),
             tls: RwLock::new(tls),
             bound: std::sync::OnceLock::new(),
@@ -136,8 +176,16 @@ impl LinkCtx {
     }
 
     /// The master new sessions dial.
-    pub fn master(&self) -> SocketAddr {
-        *self.master.read().unwrap_or_else(|p| p.into_inner())
+    pub fn master(&self) -> MasterAddr {
+        self.master_state().addr
+    }
+
+    /// The master new sessions dial, where it came from and how the last dial went.
+    pub fn master_state(&self) -> MasterState {
+        self.master
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The configuration in force.
@@ -169,15 +217,17 @@ impl LinkCtx {
     }
 
     /// Tells the guard which addresses the node behind the link presents as a replica: the
-    /// link's own (what a node of a group announces) and the node's.
+    /// link's own (what a node of a group announces) and the node's (a name's: what it resolved
+    /// to at the last dial).
     fn name_node(&self) {
-        let addrs: Vec<SocketAddr> = self
-            .bound
-            .get()
-            .copied()
-            .into_iter()
-            .chain([self.master()])
-            .collect();
+        let node = match self.master_state() {
+            MasterState {
+                addr: MasterAddr::Ip(a),
+                ..
+            } => Some(a),
+            MasterState { dialled, .. } => dialled,
+        };
+        let addrs: Vec<SocketAddr> = self.bound.get().copied().into_iter().chain(node).collect();
         self.guard.set_node_addresses(&addrs);
     }
 
@@ -189,39 +239,99 @@ impl LinkCtx {
     /// Reads the link's certificate files again (on reload, or when the master's address the
     /// default server name comes from changes); on an error the material in force stays.
     pub fn reload_tls(&self, cfg: &LinkConfig) -> Result<(), crate::conn::tls::TlsError> {
-        let tls = LinkTls::load(cfg.tls.as_ref(), cfg.master_tls.as_ref(), self.master())?;
+        let tls = LinkTls::load(cfg.tls.as_ref(), cfg.master_tls.as_ref(), &self.master())?;
         *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
         Ok(())
     }
 
-    /// Dials the master, over TLS when the link says so; the connect timeout bounds both the
-    /// TCP connect and the TLS handshake.
+    /// Dials the master, over TLS when the link says so; the connect timeout bounds the whole
+    /// dial: the name's lookup, the TCP connects and the TLS handshake. The caller counts a
+    /// failed TLS handshake when it should.
     pub async fn dial_master(&self) -> Result<Stream, SessionEnd> {
-        let addr = self.master();
+        let master = self.master();
         let limit = self.cfg().timeouts.connect();
         let tls = self.tls();
+        let deadline = Instant::now() + limit;
         let dial = async {
-            let tcp = TcpStream::connect(addr)
-                .await
-                .map_err(|e| SessionEnd::Connect {
-                    addr,
-                    reason: e.to_string(),
-                })?;
+            let tcp = self.connect_master(&master, deadline).await?;
             let _ = tcp.set_nodelay(true);
-            tls.connect(tcp).await.map_err(|e| {
-                self.counters.tls_failures.fetch_add(1, Relaxed);
-                SessionEnd::Tls {
-                    side: Side::Master,
-                    reason: e.to_string(),
-                }
+            tls.connect(tcp).await.map_err(|e| SessionEnd::Tls {
+                side: Side::Master,
+                reason: e.to_string(),
             })
         };
-        timeout(limit, dial).await.unwrap_or_else(|_| {
+        let r = timeout(limit, dial).await.unwrap_or_else(|_| {
             Err(SessionEnd::Connect {
-                addr,
+                addr: master.to_string(),
                 reason: format!("no answer within {} ms", limit.as_millis()),
             })
-        })
+        });
+        if let Err(e) = &r {
+            self.note_dial_error(&master, e);
+        }
+        r
+    }
+
+    /// Opens a TCP connection to `master`. A name is looked up now (every dial looks it up
+    /// again, so a failed dial is followed by a fresh lookup), and its addresses are tried in
+    /// the resolver's order until one accepts, each given an equal share of the time left
+    /// before `deadline`: a name with an IPv6 and an IPv4 address (`localhost`) reaches a
+    /// master listening on either, and one address that does not answer leaves time for the
+    /// next. An address that is this link's own listener is skipped.
+    async fn connect_master(
+        &self,
+        master: &MasterAddr,
+        deadline: Instant,
+    ) -> Result<TcpStream, SessionEnd> {
+        let fail = |reason: String| SessionEnd::Connect {
+            addr: master.to_string(),
+            reason,
+        };
+        let addrs = master
+            .resolve()
+            .await
+            .map_err(|e| fail(format!("the name does not resolve: {e}")))?;
+        let own = if master.is_name() { self.bound() } else { None };
+        let (tcp, addr) = connect_first(&addrs, own, master.is_name(), deadline)
+            .await
+            .map_err(fail)?;
+        self.note_dialled(master, addr);
+        Ok(tcp)
+    }
+
+    /// Notes the address a dial of `master` connected to; a name's new address is logged.
+    fn note_dialled(&self, master: &MasterAddr, addr: SocketAddr) {
+        let mut m = self.master.write().unwrap_or_else(|p| p.into_inner());
+        if m.addr != *master {
+            return;
+        }
+        let (before, failing) = (m.dialled.replace(addr), m.dial_error.take());
+        drop(m);
+        if master.is_name() && before != Some(addr) {
+            self.name_node();
+        }
+        if master.is_name() && (before != Some(addr) || failing.is_some()) {
+            info!(link = %self.name, master = %master, address = %addr,
+                  previous = %before.map_or_else(|| "-".to_string(), |a| a.to_string()),
+                  "master name resolved: dialling this address");
+        }
+    }
+
+    /// Notes why a dial of `master` failed, for /status; a name that stops resolving is
+    /// logged once, until a dial succeeds.
+    fn note_dial_error(&self, master: &MasterAddr, e: &SessionEnd) {
+        let mut m = self.master.write().unwrap_or_else(|p| p.into_inner());
+        if m.addr != *master {
+            return;
+        }
+        let first = m.dial_error.is_none();
+        m.dial_error = Some(e.to_string());
+        drop(m);
+        let unresolved = matches!(e, SessionEnd::Connect { reason, .. } if reason.starts_with("the name does not resolve"));
+        if first && unresolved {
+            warn!(link = %self.name, master = %master, error = %e,
+                  "the master's name does not resolve; the link reports the master unreachable and looks the name up again at every dial");
+        }
     }
 
     /// The token the next session is cancelled by.
@@ -232,16 +342,81 @@ impl LinkCtx {
             .child_token()
     }
 
-    /// Points the link at another master: its sessions are closed so every replica reconnects
-    /// and is judged against the new master's lineage. The configuration in force then names
-    /// the new master.
-    pub async fn repoint(&self, addr: SocketAddr) {
-        let old = self.master();
-        *self.master.write().unwrap_or_else(|p| p.into_inner()) = addr;
-        let mut cfg = (*self.cfg()).clone();
-        cfg.master = addr.to_string();
-        self.guard.set_master(&cfg.master);
-        self.set_cfg(cfg);
+    /// Points the link at another master on an operator's word (failover following), and keeps
+    /// it in `state_dir` so that a restart dials it too while the configuration names the master
+    /// it names now; a re-point back to the configuration's master removes what was kept.
+    /// `Err`: the re-point is in force, but a restart would not find it as it is (why, and
+    /// what a restart would do).
+    pub async fn repoint(&self, addr: MasterAddr) -> Result<(), String> {
+        let _one_at_a_time = self.master_change.lock().await;
+        let configured = self.cfg().master.clone();
+        let back_to_configuration = MasterAddr::parse(&configured).is_ok_and(|c| c == addr);
+        if back_to_configuration {
+            let kept = self.drop_kept().await.map_err(|e| {
+                format!("{e}: a restart would dial the earlier re-point until the file is removed")
+            });
+            self.set_master(addr, MasterSource::Configuration, &configured)
+                .await;
+            return kept;
+        }
+        let record = KeptMaster {
+            link: self.name.clone(),
+            master: addr.to_string(),
+            set_at_unix: now_unix(),
+            configured_master: configured,
+        };
+        let path = self.master_file.clone();
+        let rec = record.clone();
+        let kept = tokio::task::spawn_blocking(move || rec.save(&path))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            .map_err(|e| {
+                format!(
+                    "the re-point is not kept (cannot write {}: {e}): a restart would dial the configuration's master",
+                    self.master_file.display()
+                )
+            });
+        if let Err(e) = &kept {
+            error!(link = %self.name, master = %record.master, configured = %record.configured_master,
+                   error = %e, "the re-point is in force but not kept in state_dir");
+        }
+        let source = MasterSource::Repoint {
+            at_unix: record.set_at_unix,
+        };
+        self.set_master(addr, source, &record.master).await;
+        kept
+    }
+
+    /// Removes the kept re-point, if there is one.
+    async fn drop_kept(&self) -> Result<(), String> {
+        let path = self.master_file.clone();
+        let r = tokio::task::spawn_blocking(move || remove_kept(&path))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            .map_err(|e| format!("cannot remove {}: {e}", self.master_file.display()));
+        if let Err(e) = &r {
+            error!(link = %self.name, error = %e, "the kept re-point could not be removed");
+        }
+        r
+    }
+
+    /// Puts `addr` in force as the master, from `source`; `ledger_master` is how the ledger file
+    /// names it from now on (as a restart will name it). A new address closes the link's
+    /// sessions so every replica reconnects and is judged against the new master's lineage.
+    async fn set_master(&self, addr: MasterAddr, source: MasterSource, ledger_master: &str) {
+        let old = {
+            let mut m = self.master.write().unwrap_or_else(|p| p.into_inner());
+            m.source = source;
+            if m.addr == addr {
+                None
+            } else {
+                m.dialled = None;
+                m.dial_error = None;
+                Some(std::mem::replace(&mut m.addr, addr.clone()))
+            }
+        };
+        self.guard.set_master(ledger_master);
+        let Some(old) = old else { return };
         self.name_node();
         let previous = std::mem::replace(
             &mut *self
@@ -264,9 +439,12 @@ impl LinkCtx {
 
     /// Puts `new` (a validated configuration of this link) in force, except what only a restart
     /// can change (`listen`, `flavor`), which stays as it was and is listed in the answer. A
-    /// `master` that changed re-points the link; `auth` is read again, and when its secret
-    /// cannot be read the link keeps its credentials and its `auth`.
+    /// `master` that changed in the file re-points the link and wins over an operator's
+    /// re-point; one that did not change leaves the master in force as it is, re-point
+    /// included. `auth` is read again, and when its secret cannot be read the link keeps its
+    /// credentials and its `auth`.
     pub async fn reconfigure(&self, new: &LinkConfig) -> Reconfigured {
+        let _one_at_a_time = self.master_change.lock().await;
         let old = self.cfg();
         let mut next = new.clone();
         let mut out = Reconfigured::default();
@@ -282,12 +460,13 @@ impl LinkCtx {
             out.needs_restart.push("flavor");
             next.flavor = old.flavor;
         }
-        let repoint = parse_addr(&next.master)
-            .ok()
-            .filter(|a| *a != self.master());
-        if repoint.is_none() {
+        // The file's master against the file's previous one, never against a run-time re-point.
+        let repoint = if same_master(&next.master, &old.master) {
             next.master = old.master.clone();
-        }
+            None
+        } else {
+            MasterAddr::parse(&next.master).ok()
+        };
         let credentials = match &next.auth {
             None => None,
             Some(auth) => match auth.resolve() {
@@ -303,8 +482,8 @@ impl LinkCtx {
         };
         // TLS files are read again whether or not their paths changed (renewed certificates
         // keep their names); a `tls` or `master_tls` taken out of the file is taken off.
-        let dial = repoint.unwrap_or_else(|| self.master());
-        match LinkTls::load(next.tls.as_ref(), next.master_tls.as_ref(), dial) {
+        let dial = repoint.clone().unwrap_or_else(|| self.master());
+        match LinkTls::load(next.tls.as_ref(), next.master_tls.as_ref(), &dial) {
             Ok(tls) => {
                 if next.tls.is_some() || next.master_tls.is_some() {
                     info!(link = %self.name, "reload: TLS certificates read again");
@@ -333,9 +512,21 @@ impl LinkCtx {
         }
         self.admission.reconfigure(&next);
         self.guard.set_max_replica_records(next.max_replica_records);
+        let configured = next.master.clone();
         self.set_cfg(next);
         if let Some(addr) = repoint {
-            self.repoint(addr).await;
+            let st = self.master_state();
+            if let MasterSource::Repoint { at_unix } = st.source {
+                info!(link = %self.name, master = %addr, repointed = %st.addr,
+                      repointed_at = %utc(at_unix), configured_before = %old.master,
+                      "reload: the configuration's master changed after the re-point; the configuration wins and the re-point is dropped");
+            }
+            if self.drop_kept().await.is_err() {
+                out.failed
+                    .push("master (the kept re-point could not be removed)");
+            }
+            self.set_master(addr, MasterSource::Configuration, &configured)
+                .await;
         }
         out
     }
@@ -465,7 +656,11 @@ async fn run_session(
                 ))
             }
         };
-        let upstream = link.dial_master().await?;
+        let upstream = link.dial_master().await.inspect_err(|e| {
+            if matches!(e, SessionEnd::Tls { .. }) {
+                link.counters.tls_failures.fetch_add(1, Relaxed);
+            }
+        })?;
         let r = Peer::new(replica, Side::Replica);
         let m = Peer::new(upstream, Side::Master);
         link.flavour.session(link, &cfg, r, m, stats).await
@@ -527,10 +722,47 @@ async fn finish(link: &LinkCtx, peer: SocketAddr, s: SessionSnapshot, end: Resul
         // A hold is in the guard's decision line, logged once a minute while it lasts; a
         // refusal in the admission's line, once per source a minute.
         report!(debug);
+    } else if matches!(end, Err(SessionEnd::Connect { .. })) {
+        // While the master is down every client's session ends so: one line a minute.
+        match link.dial_failure_log_due() {
+            Some(since) => {
+                report!(warn);
+                if since > 0 {
+                    warn!(link = %link.name, sessions = since,
+                          "sessions that ended because the master could not be dialled since the last such line (logged once a minute)");
+                }
+            }
+            None => report!(debug),
+        }
     } else if routine {
         report!(info);
     } else {
         report!(warn);
+    }
+}
+
+/// Least time between two log lines about sessions that could not dial the master.
+const DIAL_FAILURE_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl LinkCtx {
+    /// Whether a session that could not dial the master is logged now: the first, then one a
+    /// minute. `Some(n)`: log it, `n` such sessions having gone unlogged since the last line.
+    fn dial_failure_log_due(&self) -> Option<u64> {
+        let mut d = self
+            .dial_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        match d.0 {
+            Some(at) if now.duration_since(at) < DIAL_FAILURE_LOG_EVERY => {
+                d.1 = d.1.saturating_add(1);
+                None
+            }
+            _ => {
+                d.0 = Some(now);
+                Some(std::mem::take(&mut d.1))
+            }
+        }
     }
 }
 
@@ -575,6 +807,240 @@ pub async fn keep(link: Arc<LinkCtx>, cancel: CancellationToken) {
             _ = tokio::time::sleep(LEDGER_FLUSH_EVERY.min(poll_every)) => {}
         }
     }
+}
+
+/// Connects to the first of `addrs` that accepts, in order, each but the last given an equal
+/// share of the time left before `deadline` (the caller bounds the last, and the whole); an
+/// address that reaches `own` (the link's listener) is skipped. `Err`: what each address answered, prefixed with the address when `named` (for
+/// an IP master the address is already in the message around it).
+async fn connect_first(
+    addrs: &[SocketAddr],
+    own: Option<SocketAddr>,
+    named: bool,
+    deadline: Instant,
+) -> Result<(TcpStream, SocketAddr), String> {
+    let at = |a: SocketAddr| {
+        if named {
+            format!("{a}: ")
+        } else {
+            String::new()
+        }
+    };
+    let mut why = Vec::new();
+    for (i, &a) in addrs.iter().enumerate() {
+        if own.is_some_and(|b| reaches(a, b)) {
+            why.push(format!("{a} is this link's own listener, skipped"));
+            continue;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let share = left / u32::try_from(addrs.len() - i).unwrap_or(u32::MAX);
+        let connect = TcpStream::connect(a);
+        let answer = if i + 1 == addrs.len() {
+            // The last address has what is left: the caller's bound ends its dial.
+            Ok(connect.await)
+        } else {
+            timeout(share, connect).await
+        };
+        match answer {
+            Ok(Ok(s)) => return Ok((s, a)),
+            Ok(Err(e)) => why.push(format!("{}{e}", at(a))),
+            Err(_) => why.push(format!(
+                "{}no answer within {} ms",
+                at(a),
+                share.as_millis()
+            )),
+        }
+    }
+    Err(why.join("; "))
+}
+
+/// Where the master in force came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MasterSource {
+    /// The configuration's `master`.
+    Configuration,
+    /// An operator's re-point (`POST /links/<name>/master`), at this time (Unix seconds); kept
+    /// in `state_dir` until the configuration's `master` changes.
+    Repoint { at_unix: u64 },
+}
+
+/// The master a link dials, where it came from, and how the last dial went.
+#[derive(Debug, Clone)]
+pub struct MasterState {
+    pub addr: MasterAddr,
+    pub source: MasterSource,
+    /// The address the last successful dial connected to (what a name resolved to).
+    pub dialled: Option<SocketAddr>,
+    /// Why the last dial failed, until one succeeds.
+    pub dial_error: Option<String>,
+}
+
+/// The file a link's re-point is kept in.
+pub fn kept_master_path(state_dir: &Path, link: &str) -> PathBuf {
+    state_dir.join(format!("{link}.master.json"))
+}
+
+/// A master set at run time, as kept in `<state_dir>/<link>.master.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeptMaster {
+    /// The link it belongs to.
+    pub link: String,
+    /// The master the link was re-pointed at.
+    pub master: String,
+    /// When, in Unix seconds.
+    pub set_at_unix: u64,
+    /// The configuration's `master` at that time: while the configuration still names it, the
+    /// re-point wins at start.
+    pub configured_master: String,
+}
+
+impl KeptMaster {
+    /// Reads a kept re-point: `Ok(None)` when there is none; `Err` says why the file cannot be
+    /// used.
+    fn load(path: &Path, link: &str) -> Result<Option<KeptMaster>, String> {
+        let text = match std::fs::read(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot read it: {e}")),
+        };
+        let k: KeptMaster = serde_json::from_slice(&text)
+            .map_err(|e| format!("it is not a kept re-point ({e})"))?;
+        if k.link != link {
+            return Err(format!("it belongs to link {}", k.link));
+        }
+        MasterAddr::parse(&k.master).map_err(|e| format!("master: {e}"))?;
+        Ok(Some(k))
+    }
+
+    /// Writes the file by atomic replace, with the ledger's writer: a crash leaves the old or
+    /// the new file whole.
+    fn save(&self, path: &Path) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        crate::guard::store::write_atomic(path, &bytes)
+    }
+}
+
+/// Removes a kept re-point (none is fine), durably.
+fn remove_kept(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Which master a link starts with, and why.
+#[derive(Debug, PartialEq, Eq)]
+enum AtStart {
+    /// No re-point is kept.
+    Configuration,
+    /// The re-point wins: the configuration still names the master it named then.
+    Repoint,
+    /// The configuration wins: its master changed after the re-point.
+    Superseded,
+}
+
+/// The rule: a kept re-point wins while the configuration names the master it named when the
+/// re-point was made.
+fn who_wins(configured: &str, kept: Option<&KeptMaster>) -> AtStart {
+    match kept {
+        None => AtStart::Configuration,
+        Some(k) if same_master(&k.configured_master, configured) => AtStart::Repoint,
+        Some(_) => AtStart::Superseded,
+    }
+}
+
+/// The master a link starts with: the configuration's, or a re-point kept in `state_dir` (see
+/// the module's documentation). It is chosen before the link's ledger is opened, as the ledger
+/// file names the master it was kept for.
+#[derive(Debug)]
+pub struct MasterAtStart {
+    addr: MasterAddr,
+    source: MasterSource,
+    /// How the link's own ledger file names the master: as the re-point wrote it there, or as
+    /// the configuration does.
+    pub ledger_master: String,
+    /// Where a re-point of the link is kept.
+    file: PathBuf,
+}
+
+impl MasterAtStart {
+    /// Chooses, and logs which won when a re-point was kept; a kept re-point that lost to the
+    /// configuration is removed.
+    pub fn choose(cfg: &LinkConfig, state_dir: &Path) -> anyhow::Result<MasterAtStart> {
+        let file = kept_master_path(state_dir, &cfg.name);
+        let (addr, source, ledger_master) = master_at_start(cfg, &file)?;
+        Ok(MasterAtStart {
+            addr,
+            source,
+            ledger_master,
+            file,
+        })
+    }
+}
+
+/// The master a link starts with, where it came from, and how its ledger file names it; logs
+/// which won when a re-point was kept. A kept file that cannot be read stops the link: picking
+/// the configuration's master then could roll the replicas back to a superseded master.
+fn master_at_start(
+    cfg: &LinkConfig,
+    path: &Path,
+) -> anyhow::Result<(MasterAddr, MasterSource, String)> {
+    let configured = MasterAddr::parse(&cfg.master).map_err(anyhow::Error::msg)?;
+    let kept = KeptMaster::load(path, &cfg.name).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {e}; replguard cannot tell which master the link was last pointed at. Remove the file to start on the configuration's master ({})",
+            path.display(),
+            cfg.master
+        )
+    })?;
+    let link = cfg.name.as_str();
+    match (who_wins(&cfg.master, kept.as_ref()), kept) {
+        (AtStart::Repoint, Some(k)) => {
+            let addr = MasterAddr::parse(&k.master).map_err(anyhow::Error::msg)?;
+            info!(link, master = %k.master, configured = %cfg.master,
+                  repointed_at = %utc(k.set_at_unix), file = %path.display(),
+                  "master in force: the re-point wins, as the configuration still names the master it named when the link was re-pointed");
+            let source = MasterSource::Repoint {
+                at_unix: k.set_at_unix,
+            };
+            Ok((addr, source, k.master))
+        }
+        (AtStart::Superseded, Some(k)) => {
+            info!(link, master = %cfg.master, repointed = %k.master,
+                  repointed_at = %utc(k.set_at_unix), configured_then = %k.configured_master,
+                  "master in force: the configuration wins, as its master was changed after the re-point; the re-point is dropped");
+            if let Err(e) = remove_kept(path) {
+                warn!(link, file = %path.display(), error = %e, "cannot remove the dropped re-point; it is ignored while the configuration names another master");
+            }
+            Ok((configured, MasterSource::Configuration, cfg.master.clone()))
+        }
+        _ => Ok((configured, MasterSource::Configuration, cfg.master.clone())),
+    }
+}
+
+/// A Unix time as UTC, `2025-01-31T12:00:00Z`.
+pub fn utc(at_unix: u64) -> String {
+    let (days, secs) = (at_unix / 86_400, at_unix % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3_600,
+        secs % 3_600 / 60,
+        secs % 60
+    )
 }
 
 /// What [`LinkCtx::reconfigure`] did.
@@ -700,6 +1166,121 @@ mod tests {
             changed_fields(&link(", auth: { password_env: HOME }"), &other),
             ["auth.password_env"]
         );
+    }
+
+    fn kept(master: &str, configured: &str) -> KeptMaster {
+        KeptMaster {
+            link: "a".into(),
+            master: master.into(),
+            set_at_unix: 1_700_000_000,
+            configured_master: configured.into(),
+        }
+    }
+
+    #[test]
+    fn a_kept_repoint_wins_while_the_configuration_names_the_master_it_named() {
+        assert_eq!(who_wins("10.0.0.1:6379", None), AtStart::Configuration);
+        let k = kept("10.0.0.2:6379", "10.0.0.1:6379");
+        assert_eq!(who_wins("10.0.0.1:6379", Some(&k)), AtStart::Repoint);
+        // Spelt differently, the same master.
+        let k = kept("10.0.0.2:6379", "DB-0.example:6379");
+        assert_eq!(who_wins("db-0.example:6379", Some(&k)), AtStart::Repoint);
+        // Edited after the re-point: to the re-pointed master, or to another one.
+        let k = kept("10.0.0.2:6379", "10.0.0.1:6379");
+        assert_eq!(who_wins("10.0.0.2:6379", Some(&k)), AtStart::Superseded);
+        assert_eq!(who_wins("10.0.0.3:6379", Some(&k)), AtStart::Superseded);
+    }
+
+    #[test]
+    fn the_master_at_start_comes_from_the_kept_file_or_the_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = link("");
+        let path = kept_master_path(dir.path(), &cfg.name);
+        assert_eq!(path, dir.path().join("a.master.json"));
+        let (m, source, ledger) = master_at_start(&cfg, &path).unwrap();
+        assert_eq!(m.to_string(), "127.0.0.1:3");
+        assert_eq!(source, MasterSource::Configuration);
+        assert_eq!(ledger, "127.0.0.1:3");
+
+        kept("localhost:7000", "127.0.0.1:3").save(&path).unwrap();
+        let (m, source, ledger) = master_at_start(&cfg, &path).unwrap();
+        assert_eq!(m.to_string(), "localhost:7000");
+        assert_eq!(
+            source,
+            MasterSource::Repoint {
+                at_unix: 1_700_000_000
+            }
+        );
+        assert_eq!(ledger, "localhost:7000");
+        assert!(path.exists(), "a re-point that wins stays kept");
+
+        kept("localhost:7000", "127.0.0.1:9").save(&path).unwrap();
+        let (m, source, _) = master_at_start(&cfg, &path).unwrap();
+        assert_eq!(m.to_string(), "127.0.0.1:3");
+        assert_eq!(source, MasterSource::Configuration);
+        assert!(!path.exists(), "a superseded re-point is removed");
+
+        // A file that cannot be used stops the link, naming the file and the way out.
+        for bad in [
+            "{ not json".to_string(),
+            serde_json::to_string(&KeptMaster {
+                link: "other".into(),
+                ..kept("127.0.0.1:7", "127.0.0.1:3")
+            })
+            .unwrap(),
+            serde_json::to_string(&kept("no port", "127.0.0.1:3")).unwrap(),
+        ] {
+            std::fs::write(&path, &bad).unwrap();
+            let e = master_at_start(&cfg, &path).unwrap_err().to_string();
+            assert!(e.contains("a.master.json"), "{e}");
+            assert!(e.contains("Remove the file"), "{e}");
+        }
+        // No temporary file is left behind by the saves.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+        remove_kept(&path).unwrap();
+        remove_kept(&path).unwrap();
+    }
+
+    #[test]
+    fn times_read_as_utc() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(utc(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
+
+    /// Every address a name resolves to is tried in order: one that refuses (a master that
+    /// listens on IPv4 only, dialled first on `::1`) leaves the next one its chance.
+    #[tokio::test]
+    async fn the_addresses_of_a_name_are_tried_in_order() {
+        let open = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open_addr = open.local_addr().unwrap();
+        let closed_addr = {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            l.local_addr().unwrap()
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (_, got) = connect_first(&[closed_addr, open_addr], None, true, deadline)
+            .await
+            .unwrap();
+        assert_eq!(got, open_addr);
+        // The link's own listener is never dialled.
+        let e = connect_first(&[open_addr], Some(open_addr), true, deadline)
+            .await
+            .unwrap_err();
+        assert!(e.contains("this link's own listener, skipped"), "{e}");
+        let e = connect_first(&[closed_addr], None, true, deadline)
+            .await
+            .unwrap_err();
+        assert!(e.starts_with(&format!("{closed_addr}: ")), "{e}");
+        let e = connect_first(&[closed_addr], None, false, deadline)
+            .await
+            .unwrap_err();
+        assert!(!e.contains(&closed_addr.to_string()), "{e}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The `replguard` command line: `run`, `check` and `status`.
 
 use clap::{Parser, Subcommand};
-use replguard::config::{parse_addr, Config, ConfigError, ConfigProblem};
+use replguard::config::{parse_addr, Config, ConfigError, ConfigProblem, MasterAddr};
 use replguard::conn::tls::LinkTls;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -196,7 +196,20 @@ async fn run(cfg: Config, path: &std::path::Path) -> anyhow::Result<()> {
 /// problems changes nothing and each problem is logged with its YAML path.
 async fn reload(running: &replguard::server::Running, path: &std::path::Path) {
     tracing::info!(file = %path.display(), "SIGHUP received: re-reading the configuration");
-    match Config::load_file(path) {
+    // Off the runtime: checking the file looks up masters given by name.
+    let file = path.to_path_buf();
+    let loaded = tokio::task::spawn_blocking(move || Config::load_file(&file))
+        .await
+        .unwrap_or_else(|e| {
+            Err(ConfigError {
+                source_name: path.display().to_string(),
+                problems: vec![ConfigProblem {
+                    path: "(file)".into(),
+                    message: format!("the check did not finish: {e}"),
+                }],
+            })
+        });
+    match loaded {
         Ok(new) => running.reload(&new).await,
         Err(e) => {
             for p in &e.problems {
@@ -275,10 +288,10 @@ fn log_filter(raw: &str) -> Result<tracing_subscriber::EnvFilter, String> {
 fn tls_problems(c: &Config, path: &std::path::Path) -> Result<(), ConfigError> {
     let mut problems = Vec::new();
     for (i, l) in c.links.iter().enumerate() {
-        let Ok(master) = parse_addr(&l.master) else {
+        let Ok(master) = MasterAddr::parse(&l.master) else {
             continue;
         };
-        if let Err(e) = LinkTls::load(l.tls.as_ref(), l.master_tls.as_ref(), master) {
+        if let Err(e) = LinkTls::load(l.tls.as_ref(), l.master_tls.as_ref(), &master) {
             problems.push(ConfigProblem {
                 path: format!("links[{i}].{}", e.field),
                 message: e.message,

@@ -19,7 +19,7 @@ use crate::config::{Config, Flavor, LinkConfig};
 use crate::guard::store::StateDirLock;
 use crate::guard::Books;
 use crate::kvrocks::Kvrocks;
-use crate::link::{self, same_addr, Flavour, LinkCtx, Links};
+use crate::link::{self, same_addr, Flavour, LinkCtx, Links, MasterAtStart};
 use crate::ops::admin::{self, AdminState};
 use crate::redis::Redis;
 use anyhow::Context;
@@ -144,12 +144,16 @@ async fn bind_link(
         Flavor::Redis | Flavor::Valkey => Box::new(Redis),
         Flavor::Kvrocks => Box::new(Kvrocks),
     };
+    // The master in force (a kept re-point, or the configuration's) names the link's ledger.
+    let start =
+        MasterAtStart::choose(lc, state_dir).with_context(|| format!("link {}", lc.name))?;
+    let master = start.ledger_master.clone();
     let books = books.unwrap_or_else(|| match &lc.group {
         Some(g) => Books::open_group(state_dir, g, lc.max_replica_records),
-        None => Books::open_link(state_dir, &lc.name, &lc.master, lc.max_replica_records),
+        None => Books::open_link(state_dir, &lc.name, &master, lc.max_replica_records),
     });
-    books.join(state_dir, &lc.name, &lc.master);
-    let link = LinkCtx::new(lc.clone(), books, cancel, flavour)
+    books.join(state_dir, &lc.name, &master);
+    let link = LinkCtx::new(lc.clone(), books, start, cancel, flavour)
         .with_context(|| format!("link {}", lc.name))?;
     link.set_bound(listener.local_addr()?);
     Ok((Arc::new(link), listener))

@@ -126,7 +126,10 @@ impl fmt::Display for Refusal {
                 "handshake not complete within {ms} ms of connecting (timeouts.handshake_ms)"
             ),
             Refusal::IpAddress { announced } => {
-                write!(f, "REPLCONF ip-address {announced:?} is not an IP address")
+                write!(
+                    f,
+                    "REPLCONF ip-address {announced:?} is not an IP address or a host name"
+                )
             }
         }
     }
@@ -404,6 +407,6 @@ mod tests {
         assert_eq!(a.matches("\r\n").count(), 1, "{a}");
         assert!(a.ends_with("\r\n"));
         let long = Refusal::ip_address("é".repeat(100).as_bytes());
-        assert!(long.to_string().len() < 120, "{long}");
+        assert!(long.to_string().len() < 140, "{long}");
     }
 }

@@ -214,7 +214,8 @@ where
 }
 
 /// Notes what a `REPLCONF` says about the replica: its listening port and announced address.
-/// An announced address must be an IP address: it names the replica's books.
+/// An announced address must be an IP address or a host name (`replica-announce-ip` may be a
+/// DNS name, as under Sentinel's `resolve-hostnames`): it names the replica's books.
 pub fn replconf(
     cmd: &Command,
     stats: &SessionStats,
@@ -228,15 +229,22 @@ pub fn replconf(
                 stats.set_replica_port(p);
             }
         } else if opt.eq_ignore_ascii_case(b"ip-address") {
-            let ip: IpAddr = std::str::from_utf8(val)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| Refusal::ip_address(val))?;
+            let text = std::str::from_utf8(val).map_err(|_| Refusal::ip_address(val))?;
+            let announced = match text.parse::<IpAddr>() {
+                Ok(ip) => ip.to_string(),
+                Err(_) if is_host_name(text) => text.to_ascii_lowercase(),
+                Err(_) => return Err(Refusal::ip_address(val)),
+            };
             hs.ip_announced = true;
-            stats.set_replica_ip(&ip.to_string());
+            stats.set_replica_ip(&announced);
         }
     }
     Ok(())
+}
+
+/// Whether `s` is a DNS host name, by the rule a master's name follows in the configuration.
+pub fn is_host_name(s: &str) -> bool {
+    crate::config::check_host_name(s).is_ok()
 }
 
 /// A replication command is about to be forwarded: the client is a replica from now on and
@@ -265,6 +273,34 @@ mod tests {
             first_command_ms: first,
             handshake_ms: whole,
             ..TimeoutsConfig::default()
+        }
+    }
+
+    #[test]
+    fn host_names_are_told_from_anything_else() {
+        for ok in [
+            "replica-0.db.svc",
+            "a",
+            "node7.",
+            "10.1.2.x",
+            &"a".repeat(63),
+        ] {
+            assert!(is_host_name(ok), "{ok}");
+        }
+        let long = ["a"; 130].join(".");
+        for bad in [
+            "",
+            ".",
+            "-a",
+            "a-",
+            "a..b",
+            "a b",
+            "a_b",
+            "é.example",
+            &"a".repeat(64),
+            &long,
+        ] {
+            assert!(!is_host_name(bad), "{bad}");
         }
     }
 
@@ -341,7 +377,8 @@ mod tests {
         let mut hs = Handshake::default();
         assert!(replconf(&cmd("REPLCONF ip-address 10.1.2.3\r\n"), &stats, &mut hs).is_ok());
         assert!(replconf(&cmd("REPLCONF ip-address ::1\r\n"), &stats, &mut hs).is_ok());
-        for bad in ["db.example", "10.1.2.3:6379", "", "10.1.2"] {
+        assert!(replconf(&cmd("REPLCONF ip-address db.example\r\n"), &stats, &mut hs).is_ok());
+        for bad in ["db example", "10.1.2.3:6379", "", "10.1.2"] {
             let c = cmd(&format!(
                 "*3\r\n$8\r\nREPLCONF\r\n$10\r\nip-address\r\n${}\r\n{bad}\r\n",
                 bad.len()

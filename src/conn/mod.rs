@@ -13,7 +13,6 @@ pub mod tls;
 use crate::wire::resp::ProtocolError;
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use peer::Peer;
@@ -53,7 +52,7 @@ pub enum SessionEnd {
     #[error("replguard is shutting down")]
     Shutdown,
     #[error("cannot connect to master {addr}: {reason}")]
-    Connect { addr: SocketAddr, reason: String },
+    Connect { addr: String, reason: String },
     #[error("{side} connection failed: {err}")]
     Io { side: Side, err: io::Error },
     #[error("{side} closed the connection inside {what}")]

@@ -7,9 +7,8 @@
 //! again on reload; a link whose files do not load does not start, and a reload whose files do
 //! not load keeps the material in force.
 
-use crate::config::{ListenTls, MasterTls};
+use crate::config::{ListenTls, MasterAddr, MasterTls};
 use std::io;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -136,7 +135,7 @@ impl LinkTls {
     pub fn load(
         listen: Option<&ListenTls>,
         master: Option<&MasterTls>,
-        master_addr: SocketAddr,
+        master_addr: &MasterAddr,
     ) -> Result<LinkTls, TlsError> {
         let server = listen.map(server_config).transpose()?;
         let client = master.map(|m| client_config(m, master_addr)).transpose()?;
@@ -256,7 +255,7 @@ fn server_config(t: &ListenTls) -> Result<TlsAcceptor, TlsError> {
 
 fn client_config(
     t: &MasterTls,
-    master: SocketAddr,
+    master: &MasterAddr,
 ) -> Result<(TlsConnector, ServerName<'static>), TlsError> {
     let roots = roots("master_tls.ca_file", &t.ca_file)?;
     let builder = ClientConfig::builder_with_provider(provider())
@@ -282,7 +281,69 @@ fn client_config(
     let name = match &t.server_name {
         Some(n) => ServerName::try_from(n.clone())
             .map_err(|e| err("master_tls.server_name", format!("{n:?}: {e}")))?,
-        None => ServerName::IpAddress(master.ip().into()),
+        // By default the master's certificate is checked against the name the link dials by,
+        // or its IP address.
+        None => match master {
+            MasterAddr::Ip(a) => ServerName::IpAddress(a.ip().into()),
+            MasterAddr::Name { .. } => ServerName::try_from(master.tls_host()).map_err(|e| {
+                err(
+                    "master_tls.server_name",
+                    format!(
+                        "the master's host name {:?} cannot be checked: {e}",
+                        master.tls_host()
+                    ),
+                )
+            })?,
+        },
     };
     Ok((TlsConnector::from(Arc::new(config)), name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed CA certificate (its key thrown away): only read as a trust root here.
+    const CA: &str = "-----BEGIN CERTIFICATE-----
+MIIBmTCCAT+gAwIBAgIUd7nrC6FqFWnGI3GINkJRyK2LtoYwCgYIKoZIzj0EAwIw
+ITEfMB0GA1UEAwwWcmVwbGd1YXJkIHVuaXQgdGVzdCBDQTAgFw0yNjExMjYwNjQ4
+MzRaGA8yMTI2MTEwMjA2NDgzNFowITEfMB0GA1UEAwwWcmVwbGd1YXJkIHVuaXQg
+dGVzdCBDQTBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABGEeAE3CK60SjnDsbBND
+PFD2xILPCi80MQEWnKPX1kIUp/UpMBpY0Tl3xE9pbbAmbgenaO+Qf8toTgEI03FK
+mi2jUzBRMB0GA1UdDgQWBBRlh2zJRGLVOXnwelVeqXJVkhQVnzAfBgNVHSMEGDAW
+gBRlh2zJRGLVOXnwelVeqXJVkhQVnzAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49
+BAMCA0gAMEUCIQCOYugAlYOYpSv2I740NTU2TPY5lUpAK3OiWglu/R4IpAIgROMy
+cLwKpZP6Xzvd+Ok6CzWxnwYisJTz3zZuNCP40Bc=
+-----END CERTIFICATE-----
+";
+
+    #[test]
+    fn the_master_certificate_is_checked_against_the_name_dialled_by_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.crt");
+        std::fs::write(&ca_file, CA).unwrap();
+        let tls = |server_name: Option<&str>, master: &str| {
+            let t = MasterTls {
+                ca_file: ca_file.clone(),
+                cert_file: None,
+                key_file: None,
+                server_name: server_name.map(str::to_string),
+            };
+            let master = MasterAddr::parse(master).unwrap();
+            let loaded = LinkTls::load(None, Some(&t), &master).unwrap();
+            loaded.client.unwrap().1
+        };
+        assert_eq!(
+            tls(None, "Redis-0.Redis.db.svc.:6379"),
+            ServerName::try_from("redis-0.redis.db.svc").unwrap()
+        );
+        assert_eq!(
+            tls(None, "10.0.0.5:6379"),
+            ServerName::try_from("10.0.0.5").unwrap()
+        );
+        assert_eq!(
+            tls(Some("redis.example"), "redis-0.redis:6379"),
+            ServerName::try_from("redis.example").unwrap()
+        );
+    }
 }

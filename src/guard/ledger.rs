@@ -455,17 +455,47 @@ impl LedgerData {
     /// (A master that never fed a replica through this link is never "unrelated": Redis itself
     /// takes a fresh id when its first replica attaches.)
     pub fn is_unrelated(&self, v: &MasterView) -> bool {
-        let fed: Vec<&str> = self
+        let fed = self.replicas.values().filter(|r| !r.source);
+        self.unrelated_to_all(v, fed)
+    }
+
+    /// [`Self::is_unrelated`] for the node known as `node` (its identities as a replica) in a
+    /// group's ledger, whose links may front nodes of several lineages (the shards of a Redis
+    /// Cluster): only the replicas fed on the lineage the group last saw the node on count. A
+    /// node the group never saw did not come back, and another shard's replicas say nothing
+    /// about it.
+    pub fn is_unrelated_node(&self, v: &MasterView, node: &[String]) -> bool {
+        let Some(last) = node
+            .iter()
+            .filter_map(|n| self.replicas.get(n))
+            .max_by_key(|r| r.seq)
+        else {
+            return false;
+        };
+        let fed = self
             .replicas
             .values()
-            .filter(|r| !r.source)
-            .map(|r| r.replid.as_str())
-            .collect();
-        !fed.is_empty()
-            && fed.iter().all(|id| {
-                !self.same_lineage(id, &v.replid)
-                    && (v.replid2 == NO_REPLID || !self.same_lineage(id, &v.replid2))
-            })
+            .filter(|r| !r.source && self.same_lineage(&r.replid, &last.replid));
+        self.unrelated_to_all(v, fed)
+    }
+
+    /// Whether there are `fed` records and none of their ids is related to the master's id or
+    /// to its previous one.
+    fn unrelated_to_all<'a>(
+        &self,
+        v: &MasterView,
+        fed: impl Iterator<Item = &'a ReplicaRecord>,
+    ) -> bool {
+        let mut any = false;
+        for r in fed {
+            any = true;
+            if self.same_lineage(&r.replid, &v.replid)
+                || (v.replid2 != NO_REPLID && self.same_lineage(&r.replid, &v.replid2))
+            {
+                return false;
+            }
+        }
+        any
     }
 
     /// Notes that `replid` reached at least `offset`, as relayed (never a fork: deliveries and
@@ -858,6 +888,35 @@ mod tests {
         l.deliver("127.0.0.1:7002", A, 100, false);
         assert!(l.is_unrelated(&empty));
         assert!(!l.replicas["127.0.0.1:7002"].source);
+    }
+
+    #[test]
+    fn in_a_group_only_the_nodes_own_lineage_makes_an_empty_master_unrelated() {
+        let mut l = LedgerData::new();
+        let (m1, m2, r1) = ("127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7004");
+        let node = |n: &str| vec![n.to_string()];
+        let empty = |id: &str| {
+            let mut v = view(id, NO_REPLID, -1, 0);
+            v.empty = true;
+            v
+        };
+        // Two shards: m1 serves A and fed r1; m2, never seen yet, is an empty master with B.
+        l.vouch_source(m1, A, 100);
+        l.deliver(r1, A, 100, false);
+        assert!(
+            l.is_unrelated(&empty(B)),
+            "a link's own ledger counts every replica"
+        );
+        assert!(
+            !l.is_unrelated_node(&empty(B), &node(m2)),
+            "m2 never served A"
+        );
+        l.vouch_source(m2, B, 0);
+        assert!(!l.is_unrelated_node(&empty(B), &node(m2)));
+        // m1 comes back empty under a new id: r1, fed on m1's lineage, would be wiped.
+        assert!(l.is_unrelated_node(&empty(C), &node(m1)));
+        // m2 coming back empty again under a new id fed nobody.
+        assert!(!l.is_unrelated_node(&empty(C), &node(m2)));
     }
 
     #[test]

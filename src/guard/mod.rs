@@ -587,10 +587,16 @@ impl Guard {
         let identities = self.node_identities();
         let (unrelated, stale, changed) = {
             let mut st = self.state();
-            let unrelated = st.data.is_unrelated(v);
+            let unrelated = if grouped {
+                st.data.is_unrelated_node(v, &identities)
+            } else {
+                st.data.is_unrelated(v)
+            };
             let stale = (!v.replica).then(|| st.data.stale_master(v)).flatten();
             let mut changed = st.data.observe_master(v);
-            if grouped {
+            // A node that came back empty is not vouched for under its new id: its record
+            // keeps the lineage it left, which is what makes it unrelated.
+            if grouped && !(unrelated && v.empty) {
                 for id in &identities {
                     changed |= st.data.vouch_source(id, &v.replid, v.offset);
                 }
@@ -922,6 +928,7 @@ mod tests {
 
     const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    const C: &str = "cccccccccccccccccccccccccccccccccccccccc";
 
     fn view(replid: &str, replid2: &str, second: i64, offset: u64, replica: bool) -> MasterView {
         MasterView {
@@ -967,6 +974,40 @@ mod tests {
         );
         alone.observe("alone", &view(B, A, 501, 520, false));
         assert_eq!(alone.judge("127.0.0.1:7003", A, 501).0.name(), "force_full");
+    }
+
+    #[test]
+    fn an_empty_master_of_another_lineage_in_the_group_holds_nobody() {
+        let dir = tempfile::tempdir().unwrap();
+        let books = Books::open_group(dir.path(), "g", 100);
+        let la = Guard::new("la", books.clone(), UnknownReplica::Full, false);
+        let lb = Guard::new("lb", books.clone(), UnknownReplica::Full, false);
+        la.set_node_addresses(&["127.0.0.1:7001".parse().unwrap()]);
+        lb.set_node_addresses(&["127.0.0.1:7002".parse().unwrap()]);
+        let empty = |id: &str| MasterView {
+            empty: true,
+            ..view(id, NO_REPLID, -1, 0, false)
+        };
+        // Two shards of a cluster: la's node serves A and fed r; lb's node is a new master
+        // with no data yet, as every node of a cluster being built.
+        la.observe("la", &view(A, NO_REPLID, -1, 100, false));
+        la.claim("r", 1, "127.0.0.1:40000".parse().unwrap());
+        la.delivered("r", 1, A, 100, false);
+        lb.observe("lb", &empty(B));
+        assert_eq!(lb.snapshot().empty_master, None);
+        assert_ne!(lb.judge("127.0.0.1:7005", C, 1).0.name(), "hold");
+        // la's node coming back empty under a new id still holds the replica it fed, also
+        // on a later look.
+        la.observe("la", &empty(C));
+        la.observe("la", &empty(C));
+        assert_eq!(la.snapshot().empty_master.as_deref(), Some(C));
+        assert_eq!(la.judge("r", A, 101).0.name(), "hold");
+        // So does the link started afresh on the same books (replguard restarted): the node
+        // was not vouched for under its empty id, its record still names the lineage it left.
+        let again = Guard::new("la", books, UnknownReplica::Full, false);
+        again.set_node_addresses(&["127.0.0.1:7001".parse().unwrap()]);
+        again.observe("la", &empty(C));
+        assert_eq!(again.snapshot().empty_master.as_deref(), Some(C));
     }
 
     #[test]

@@ -128,7 +128,7 @@ pub fn parse(text: &[u8], id: &Identity) -> Result<LedgerData, String> {
 }
 
 /// Writes `bytes` over `path` by atomic replace.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
         .prefix(".ledger-")

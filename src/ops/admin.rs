@@ -16,7 +16,7 @@
 //! request past its time), is a clear answer where HTTP still allows one, one log line and a
 //! count in `replguard_admin_refusals_total{reason}`.
 
-use crate::config::{reaches, AdminToken};
+use crate::config::{reaches, AdminToken, MasterAddr};
 use crate::conn::stats::SessionSnapshot;
 use crate::link::{LinkCtx, Links};
 use axum::extract::{Path, RawQuery, State};
@@ -750,7 +750,7 @@ async fn other(
                     Refusal::NotFound,
                     peer,
                     StatusCode::NOT_FOUND,
-                    "POST /links/<name>/master?addr=IP:PORT or /links/<name>/allow-empty-master\n"
+                    "POST /links/<name>/master?addr=HOST:PORT or /links/<name>/allow-empty-master\n"
                         .into(),
                 ),
             }
@@ -771,7 +771,8 @@ async fn other(
 }
 
 /// Operator actions, once authorized:
-/// - `POST /links/<name>/master?addr=IP:PORT` re-points the link (failover following);
+/// - `POST /links/<name>/master?addr=HOST:PORT` re-points the link (failover following) at an
+///   IP address or a host name, and keeps the re-point in `state_dir` (see [`LinkCtx::repoint`]);
 /// - `POST /links/<name>/allow-empty-master` releases replicas held by the empty-master
 ///   protection.
 async fn link_action(
@@ -795,7 +796,7 @@ async fn link_action(
                 .split('&')
                 .find_map(|kv| kv.strip_prefix("addr="))
                 .unwrap_or("");
-            let a = match crate::config::parse_addr(addr) {
+            let a = match MasterAddr::parse(addr) {
                 Ok(a) => a,
                 Err(m) => {
                     return state.refuse(
@@ -806,25 +807,72 @@ async fn link_action(
                     )
                 }
             };
+            // A name is checked by what it resolves to now; one that does not resolve is taken
+            // (the link looks it up again at every dial), and the answer says so.
+            let limit = link.cfg().timeouts.connect();
+            let resolved = match tokio::time::timeout(limit, a.resolve()).await {
+                Ok(Ok(addrs)) => Ok(addrs),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {} ms", limit.as_millis())),
+            };
             let links_in_force = state.links.load();
-            let own_addrs = state.own_addrs.iter().cloned().chain(
-                links_in_force
-                    .iter()
-                    .filter_map(|l| Some((format!("listener of link {}", l.name), l.bound()?))),
-            );
-            if let Some((what, own)) = own_addrs.into_iter().find(|(_, own)| reaches(a, *own)) {
+            let own_addrs: Vec<(String, SocketAddr)> = state
+                .own_addrs
+                .iter()
+                .cloned()
+                .chain(
+                    links_in_force
+                        .iter()
+                        .filter_map(|l| Some((format!("listener of link {}", l.name), l.bound()?))),
+                )
+                .collect();
+            let dialled = resolved.as_deref().unwrap_or_default();
+            let hit = dialled.iter().find_map(|d| {
+                let (what, own) = own_addrs.iter().find(|(_, own)| reaches(*d, *own))?;
+                Some((*d, what, *own))
+            });
+            if let Some((d, what, own)) = hit {
+                let shown = if a.is_name() {
+                    format!("{a} (resolves to {d})")
+                } else {
+                    a.to_string()
+                };
                 return state.refuse(
                     Refusal::OwnAddress,
                     peer,
                     StatusCode::BAD_REQUEST,
                     format!(
-                        "addr: {a} is replguard's own {what} ({own}); link {name} would dial itself. Give the real master's address\n"
+                        "addr: {shown} is replguard's own {what} ({own}); link {name} would dial itself. Give the real master's address\n"
                     ),
                 );
             }
-            info!(link = %name, master = %a, peer = %peer.map_or_else(|| "-".to_string(), |p| p.to_string()), "operator re-pointed the link");
-            link.repoint(a).await;
-            text(StatusCode::OK, format!("link {name} now dials {a}\n"))
+            let peer_text = peer.map_or_else(|| "-".to_string(), |p| p.to_string());
+            match &resolved {
+                Ok(addrs) if a.is_name() => {
+                    let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+                    info!(link = %name, master = %a, resolves_to = %addrs.join(", "), peer = %peer_text, "operator re-pointed the link");
+                }
+                Ok(_) => {
+                    info!(link = %name, master = %a, peer = %peer_text, "operator re-pointed the link")
+                }
+                Err(e) => warn!(link = %name, master = %a, error = %e, peer = %peer_text,
+                                "operator re-pointed the link at a name that does not resolve now"),
+            }
+            // On a task of its own: a request cut short never leaves the re-point half done.
+            let (link2, a2) = (link.clone(), a.clone());
+            let kept = tokio::spawn(async move { link2.repoint(a2).await })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+            let mut answer = format!("link {name} now dials {a}\n");
+            if let Err(e) = &resolved {
+                answer.push_str(&format!(
+                    "warning: {a} does not resolve now ({e}); the link reports the master unreachable until it does\n"
+                ));
+            }
+            if let Err(e) = kept {
+                answer.push_str(&format!("warning: {e}\n"));
+            }
+            text(StatusCode::OK, answer)
         }
         "allow-empty-master" => {
             let held = link.guard.allow_empty_master();
@@ -948,7 +996,15 @@ mod tests {
         let lc = &cfg.links[0];
         let books =
             crate::guard::Books::open_link(dir, &lc.name, &lc.master, lc.max_replica_records);
-        let link = LinkCtx::new(lc.clone(), books, &cancel, Box::new(crate::redis::Redis)).unwrap();
+        let start = crate::link::MasterAtStart::choose(lc, dir).unwrap();
+        let link = LinkCtx::new(
+            lc.clone(),
+            books,
+            start,
+            &cancel,
+            Box::new(crate::redis::Redis),
+        )
+        .unwrap();
         AdminState {
             links: Arc::new(Links::new(vec![Arc::new(link)])),
             started: Instant::now(),

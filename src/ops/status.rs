@@ -8,7 +8,7 @@ use crate::config::{Flavor, GuardMode, UnknownReplica};
 use crate::conn::stats::SessionSnapshot;
 use crate::guard::ledger::{Epoch, KvBooks, ReplicaRecord, StaleMaster};
 use crate::guard::{Decision, GuardSnapshot};
-use crate::link::LinkCtx;
+use crate::link::{LinkCtx, MasterSource};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -26,7 +26,16 @@ struct Status {
 struct LinkStatus {
     name: String,
     listen: String,
+    /// The master in force: the configuration's (`config.master`), or an operator's re-point.
     master: String,
+    /// Where it came from: `configuration` or `re-point`.
+    master_source: &'static str,
+    /// When the link was re-pointed, for a master from a re-point.
+    master_repointed_at_unix: Option<u64>,
+    /// The address the last successful dial connected to (what a name resolved to).
+    master_dialled: Option<String>,
+    /// Why the last dial of the master failed, until one succeeds.
+    master_dial_error: Option<String>,
     flavor: Flavor,
     /// The group whose ledger the link shares, if any.
     group: Option<String>,
@@ -102,10 +111,23 @@ pub fn document(links: &[Arc<LinkCtx>], started: Instant) -> String {
             let c = &l.counters;
             let sessions = l.snapshots();
             let cfg = l.cfg();
+            let m = l.master_state();
+            let repointed_at = match m.source {
+                MasterSource::Configuration => None,
+                MasterSource::Repoint { at_unix } => Some(at_unix),
+            };
             LinkStatus {
                 name: l.name.clone(),
                 listen: cfg.listen.clone(),
-                master: l.master().to_string(),
+                master: m.addr.to_string(),
+                master_source: if repointed_at.is_some() {
+                    "re-point"
+                } else {
+                    "configuration"
+                },
+                master_repointed_at_unix: repointed_at,
+                master_dialled: m.dialled.map(|a| a.to_string()),
+                master_dial_error: m.dial_error,
                 flavor: cfg.flavor,
                 group: cfg.group.clone(),
                 guard: cfg.guard,

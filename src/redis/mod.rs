@@ -35,7 +35,16 @@ impl Flavour for Redis {
         Box::pin(async move {
             let _one_at_a_time = link.poll_lock.lock().await;
             let creds = link.credentials();
-            match watch::read_master(link.master(), &link.tls(), creds.as_ref(), limit).await {
+            let read = async {
+                let s = link.dial_master().await.map_err(|e| e.to_string())?;
+                watch::read_master(s, creds.as_ref())
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            let read = tokio::time::timeout(limit, read)
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {} ms", limit.as_millis())));
+            match read {
                 Ok(view) => {
                     link.guard.observe(&link.name, &view);
                     true

@@ -1,61 +1,47 @@
 //! Reading the master's own view of its lineage: `INFO replication` and `INFO keyspace` over a
-//! short-lived connection of replguard's own, with the link's credentials.
+//! short-lived connection of replguard's own (dialled as sessions dial, see
+//! `LinkCtx::dial_master`), with the link's credentials.
 
 use crate::config::Credentials;
-use crate::conn::tls::LinkTls;
 use crate::conn::Stream;
 use crate::guard::ledger::MasterView;
 use crate::wire::resp::{encode_command, reply_len};
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::time::timeout;
 
 /// Why the master could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
-    #[error("no answer from {0} in time")]
-    Timeout(SocketAddr),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("master answered {0:?}")]
     Reply(String),
 }
 
-/// Asks the master for its replication state; bounded by `limit` as a whole.
+/// Asks the master, on a connection dialled to it, for its replication state; the caller
+/// bounds the time it takes.
 pub async fn read_master(
-    addr: SocketAddr,
-    tls: &LinkTls,
+    mut s: Stream,
     creds: Option<&Credentials>,
-    limit: Duration,
 ) -> Result<MasterView, WatchError> {
-    timeout(limit, async {
-        let tcp = TcpStream::connect(addr).await?;
-        tcp.set_nodelay(true)?;
-        let mut s = tls.connect(tcp).await?;
-        let mut buf = Vec::with_capacity(4096);
-        if let Some(c) = creds {
-            let auth = match &c.user {
-                Some(u) => encode_command(&["AUTH", u.as_str(), c.password.as_str()]),
-                None => encode_command(&["AUTH", c.password.as_str()]),
-            };
-            s.write_all(&auth).await?;
-            let r = read_reply(&mut s, &mut buf).await?;
-            if !r.starts_with(b"+") {
-                return Err(WatchError::Reply(String::from_utf8_lossy(&r).trim().into()));
-            }
+    let mut buf = Vec::with_capacity(4096);
+    if let Some(c) = creds {
+        let auth = match &c.user {
+            Some(u) => encode_command(&["AUTH", u.as_str(), c.password.as_str()]),
+            None => encode_command(&["AUTH", c.password.as_str()]),
+        };
+        s.write_all(&auth).await?;
+        let r = read_reply(&mut s, &mut buf).await?;
+        if !r.starts_with(b"+") {
+            return Err(WatchError::Reply(String::from_utf8_lossy(&r).trim().into()));
         }
-        let mut wire = encode_command(&["INFO", "replication"]);
-        wire.extend(encode_command(&["INFO", "keyspace"]));
-        s.write_all(&wire).await?;
-        let repl = bulk_text(read_reply(&mut s, &mut buf).await?)?;
-        let keys = bulk_text(read_reply(&mut s, &mut buf).await?)?;
-        parse_view(&repl, &keys)
-    })
-    .await
-    .map_err(|_| WatchError::Timeout(addr))?
+    }
+    let mut wire = encode_command(&["INFO", "replication"]);
+    wire.extend(encode_command(&["INFO", "keyspace"]));
+    s.write_all(&wire).await?;
+    let repl = bulk_text(read_reply(&mut s, &mut buf).await?)?;
+    let keys = bulk_text(read_reply(&mut s, &mut buf).await?)?;
+    parse_view(&repl, &keys)
 }
 
 async fn read_reply(s: &mut Stream, buf: &mut Vec<u8>) -> Result<Vec<u8>, WatchError> {

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub mod cluster;
 pub mod kvrocks_cluster;
 pub mod kvrocks_double;
 pub mod kvrocks_real;
@@ -261,13 +262,19 @@ pub struct Server {
 impl Server {
     /// Starts a server with test-friendly defaults plus `args` (`--name value` pairs).
     pub fn start(kind: Kind, args: &[&str]) -> Server {
+        Self::start_at(kind, free_port(), args)
+    }
+
+    /// `start` on `port`, picked by the caller together with the other ports a topology needs
+    /// (a cluster node's bus port, its link's), so that none of them collides with another.
+    pub fn start_at(kind: Kind, port: u16, args: &[&str]) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("replguard-test-")
             .tempdir()
             .unwrap();
         let mut s = Server {
             kind,
-            port: free_port(),
+            port,
             dir,
             child: None,
             extra: args.iter().map(|a| a.to_string()).collect(),
@@ -503,9 +510,20 @@ impl Proxy {
     }
 
     fn start_flavor(flavor: &str, master_port: u16, guard: &str, link_extra: &str) -> Proxy {
+        Self::start_at(
+            flavor,
+            &format!("127.0.0.1:{master_port}"),
+            guard,
+            link_extra,
+        )
+    }
+
+    /// One link whose `master` is `master` as written (an IP address or a host name with a
+    /// port).
+    pub fn start_at(flavor: &str, master: &str, guard: &str, link_extra: &str) -> Proxy {
         Self::start_yaml(|port, _| {
             format!(
-                "  - name: main\n    listen: 127.0.0.1:{port}\n    master: 127.0.0.1:{master_port}\n    flavor: {flavor}\n    guard: {guard}\n    lineage_poll_ms: 200\n{link_extra}"
+                "  - name: main\n    listen: 127.0.0.1:{port}\n    master: {master}\n    flavor: {flavor}\n    guard: {guard}\n    lineage_poll_ms: 200\n{link_extra}"
             )
         })
     }
@@ -548,6 +566,23 @@ impl Proxy {
             self.rt.block_on(server::start(cfg.clone())).ok()
         });
         self.running = Some(running);
+    }
+
+    /// The configuration it runs with (what `resume` and `reload` read).
+    pub fn yaml(&self) -> &str {
+        &self.yaml
+    }
+
+    /// Replaces the configuration: `resume` and `reload` read it from now on.
+    pub fn set_yaml(&mut self, yaml: String) {
+        self.yaml = yaml;
+    }
+
+    /// What SIGHUP does: checks the configuration and puts it in force.
+    pub fn reload(&self) {
+        let cfg = Config::from_yaml(&self.yaml, "test.yaml").expect("test config is valid");
+        let running = self.running.as_ref().expect("running");
+        self.rt.block_on(running.reload(&cfg));
     }
 
     /// Graceful shutdown; `resume` starts it again.

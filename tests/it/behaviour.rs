@@ -723,7 +723,7 @@ fn admin_routes_answer_as_documented() {
             "POST",
             "/status",
             404,
-            "POST /links/<name>/master?addr=IP:PORT or /links/<name>/allow-empty-master\n",
+            "POST /links/<name>/master?addr=HOST:PORT or /links/<name>/allow-empty-master\n",
         ),
         (
             "POST",
@@ -904,7 +904,7 @@ fn metrics_parse_while_a_replica_announces_a_hostile_address() {
         ],
     );
     let proxy = Proxy::start(Kind::Redis, m.port, "");
-    // The hostile address is refused: a replica's identity is an IP address.
+    // The hostile address is refused: a replica's identity is an IP address or a host name.
     let mut hostile = raw_connect(proxy.port);
     hostile
         .write_all(&replguard::wire::resp::encode_command(&[
@@ -916,7 +916,7 @@ fn metrics_parse_while_a_replica_announces_a_hostile_address() {
     let got = String::from_utf8(read_to_close(&mut hostile)).unwrap();
     assert!(
         got.starts_with("-ERR replguard: REPLCONF ip-address ")
-            && got.ends_with(" is not an IP address\r\n"),
+            && got.ends_with(" is not an IP address or a host name\r\n"),
         "{got:?}"
     );
     assert_eq!(got.matches("\r\n").count(), 1, "{got:?}");
@@ -1257,7 +1257,7 @@ fn the_admin_listener_refuses_what_it_does_not_serve() {
     check(
         "POST /status",
         "404 Not Found",
-        "POST /links/<name>/master?addr=IP:PORT or /links/<name>/allow-empty-master\n",
+        "POST /links/<name>/master?addr=HOST:PORT or /links/<name>/allow-empty-master\n",
     );
     check(
         "PUT /status",
@@ -1279,10 +1279,10 @@ fn the_admin_listener_refuses_what_it_does_not_serve() {
         "404 Not Found",
         "unknown action \"reboot\"\n",
     );
-    let (head, body) = ask(
-        format!("POST /links/main/master?addr=db:6379 HTTP/1.1\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\r\n")
-            .as_bytes(),
-    );
+    let (head, body) = ask(format!(
+        "POST /links/main/master?addr=db:0 HTTP/1.1\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\r\n"
+    )
+    .as_bytes());
     assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
     assert!(body.starts_with("addr: "), "{body}");
     assert_eq!(

@@ -57,7 +57,7 @@ fn check_lists_every_problem_and_exits_1() {
     let f = dir.path().join("bad.yaml");
     std::fs::write(
         &f,
-        "state_dir: ./s\nadmin: { listen: 127.0.0.1:9121 }\nlinks:\n  - { name: a, listen: 127.0.0.1:9121, master: 'db:6379', flavor: redis, guard: enforce, max_sessions: 0 }\n",
+        "state_dir: ./s\nadmin: { listen: 127.0.0.1:9121 }\nlinks:\n  - { name: a, listen: 127.0.0.1:9121, master: 'db:0', flavor: redis, guard: enforce, max_sessions: 0 }\n",
     )
     .unwrap();
     let (code, _, err) = check(&f);
@@ -65,7 +65,7 @@ fn check_lists_every_problem_and_exits_1() {
     for want in [
         "3 problems",
         "links[0].listen: 127.0.0.1:9121 is already used by admin.listen",
-        "links[0].master: \"db:6379\" is not an IP address with a port",
+        "links[0].master: \"db:0\" is not a master address: port 0 cannot be dialled",
         "links[0].max_sessions: must be at least 1",
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");

@@ -217,3 +217,56 @@ fn without_a_group_the_promoted_nodes_link_forces_a_full_sync() {
         Some(("force_full".into(), "unknown_replica".into()))
     );
 }
+
+/// A link on its own, re-pointed at a promoted replica and then back at the old master (by
+/// hand, a configuration or a restart): the old master serves the lineage the ledger saw hand
+/// over, so the replica filled from the newer one is held rather than rolled back.
+#[test]
+fn a_link_pointed_back_at_the_old_master_holds_its_replica() {
+    let a = Server::start(Kind::Redis, &["--repl-ping-replica-period", "3600"]);
+    let b = replica_of(Kind::Redis, a.port, &["--repl-ping-replica-period", "3600"]);
+    let proxy = Proxy::start(Kind::Redis, a.port, "");
+    let r = replica_of(
+        Kind::Redis,
+        proxy.port,
+        &["--repl-ping-replica-period", "3600"],
+    );
+    write(&a, "before", 300);
+    wait_converged(&a, &b, LIMIT);
+    wait_converged(&a, &r, LIMIT);
+
+    assert_eq!(b.client().text(&["REPLICAOF", "NO", "ONE"]), "OK");
+    proxy.http_post(&format!("/links/main/master?addr=127.0.0.1:{}", b.port));
+    wait_converged(&b, &r, LIMIT);
+    write(&b, "after", 200);
+    wait_converged(&b, &r, LIMIT);
+    let digest = r.client().digest();
+
+    proxy.http_post(&format!("/links/main/master?addr=127.0.0.1:{}", a.port));
+    let v = wait_for(LIMIT, "the hold", || {
+        proxy
+            .last_verdict(r.port)
+            .filter(|v| v["verdict"] == "hold")
+    });
+    assert_eq!(v["reason_code"], "stale_master", "{v}");
+    assert_eq!(
+        r.client().digest(),
+        digest,
+        "the replica kept the newer writes"
+    );
+    assert_eq!(r.client().int(&["DBSIZE"]), 500);
+    let st = proxy.status();
+    let stale = &st["links"][0]["ledger"]["stale_master"];
+    assert_eq!(
+        stale["newer"].as_str(),
+        b.client()
+            .info("replication")
+            .get("master_replid")
+            .map(String::as_str),
+        "{stale}"
+    );
+    // The operator's release lets the old master's full sync through: the newer writes go.
+    proxy.http_post("/links/main/allow-empty-master");
+    wait_converged(&a, &r, LIMIT);
+    assert_eq!(r.client().int(&["DBSIZE"]), 300);
+}

@@ -404,27 +404,32 @@ fn a_source_outside_allow_from_is_refused() {
 }
 
 #[test]
-fn an_announced_address_that_is_not_an_ip_address_is_refused() {
+fn an_announced_address_that_is_neither_an_ip_address_nor_a_host_name_is_refused() {
     let m = Server::start(Kind::Redis, &[]);
     let rig = Rig::start(m.port, false, "");
     let mut c = connect(rig.port);
     c.write_all(&cmd(&["REPLCONF", "listening-port", "6390"]))
         .unwrap();
     assert_eq!(read_line(&mut c), "+OK\r\n");
-    c.write_all(&cmd(&["REPLCONF", "ip-address", "replica.example"]))
+    c.write_all(&cmd(&["REPLCONF", "ip-address", "replica example;"]))
         .unwrap();
     assert_eq!(
         read_to_close(&mut c),
-        "-ERR replguard: REPLCONF ip-address \"replica.example\" is not an IP address\r\n"
+        "-ERR replguard: REPLCONF ip-address \"replica example;\" is not an IP address or a host name\r\n"
     );
     rig.wait_refused("ip_address", 1);
-    // An IP address is taken.
+    // An IP address or a host name is taken.
     let mut c = Client::connect(rig.port).unwrap();
     assert_eq!(c.text(&["REPLCONF", "ip-address", "10.1.2.3"]), "OK");
+    let mut c = Client::connect(rig.port).unwrap();
+    assert_eq!(
+        c.text(&["REPLCONF", "ip-address", "replica-0.db.svc"]),
+        "OK"
+    );
     assert!(
         !rig.ledger_file().exists() || {
             let text = std::fs::read_to_string(rig.ledger_file()).unwrap();
-            !text.contains("replica.example")
+            !text.contains("replica example")
         }
     );
 }

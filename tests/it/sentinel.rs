@@ -25,6 +25,11 @@ const KEYS: u64 = 20_000;
 const GROUP: Option<&str> = Some(MASTER_NAME);
 /// Bound of every wait for a failover step.
 const WAIT: Duration = Duration::from_secs(30);
+/// How long an old master that restarted may take to be made a replica. Sentinel reads a
+/// replica's INFO every 10 s, and converts an instance it knows as a replica but that reports
+/// itself master only once that report, the instance's being up and the new master's own report
+/// are each 8 s old (4 publish periods): up to about 26 s before the conversion, then a sync.
+const REJOIN_WAIT: Duration = Duration::from_secs(60);
 /// Writes acknowledged by a master before it is killed, and by the promoted one after.
 const ACKS: u64 = 300;
 /// Bound of each writer's life.
@@ -95,10 +100,10 @@ fn sentinels_see(d: &Deployment, master: u16, replicas: &[u16]) -> bool {
 }
 
 /// Waits until node `r` replicates from the address `master` with its link up.
-fn wait_follows(d: &Deployment, r: usize, master: u16) {
+fn wait_follows(d: &Deployment, r: usize, master: u16, limit: Duration) {
     let node = &d.nodes[r];
     wait_for(
-        WAIT,
+        limit,
         &format!(
             "{} to replicate from port {master} with its link up",
             node.name
@@ -180,7 +185,7 @@ fn failover(d: &mut Deployment, dead: usize, promoted: usize, follower: usize, t
         promoted,
         "Sentinel promoted another node than the one with the best replica-priority"
     );
-    wait_follows(d, follower, new);
+    wait_follows(d, follower, new, WAIT);
     wait_for(WAIT, "writes acknowledged by the promoted master", || {
         (w.acks().by_port.get(&new).copied().unwrap_or(0) >= ACKS).then_some(())
     });
@@ -329,7 +334,7 @@ fn scenario(kind: Kind, via_replguard: bool) {
     let rg_before = replguard_totals(&d);
     let started = Instant::now();
     d.nodes[A].server.start_again();
-    wait_follows(&d, A, known[B]);
+    wait_follows(&d, A, known[B], REJOIN_WAIT);
     wait_converged(&d.nodes[B].server, &d.nodes[A].server, WAIT);
     let rejoin_what = format!(
         "A restarts and rejoins B (settled in {:.1}s)",
