@@ -359,10 +359,10 @@ impl Topology {
             "state_dir: {}/state\nadmin: {{ listen: 127.0.0.1:{admin} }}\nlinks:\n",
             dir.path().display()
         );
-        for (i, name) in NAMES.iter().enumerate() {
+        for i in 0..NAMES.len() {
             yaml += &format!(
-                "  - {{ name: l{}, listen: 127.0.0.1:{}, master: 127.0.0.1:{}, flavor: redis, guard: enforce, group: {GROUP} }}\n",
-                name.to_lowercase(),
+                "  - {{ name: {}, listen: 127.0.0.1:{}, master: 127.0.0.1:{}, flavor: redis, guard: enforce, group: {GROUP} }}\n",
+                link_name(i),
                 links[i],
                 nodes[i].port
             );
@@ -542,6 +542,56 @@ impl Topology {
             NAMES[p],
             asked_at.elapsed().as_millis()
         ))
+    }
+
+    /// After a failover, the full syncs the promoted node's link forced on the other nodes
+    /// (verdicts given at `since` or later), each set against what the promoted node accepts by
+    /// itself: a resume on its own id, or on its former one up to the switch
+    /// (`master_replid2`, `second_repl_offset`). Returns (forced, of which the promoted node
+    /// would have refused the request itself, the others described).
+    fn failover_full_syncs(&self, since: u64) -> (u64, u64, Vec<String>) {
+        let p = self.master;
+        let info = wait_for(Duration::from_secs(10), "the promoted node's INFO", || {
+            self.nodes[p].try_info("replication")
+        });
+        let st: serde_json::Value =
+            wait_for(Duration::from_secs(10), "replguard's /status", || {
+                serde_json::from_str(&try_http(self.admin, "GET", "/status")?).ok()
+            });
+        let link = st["links"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["name"].as_str() == Some(&link_name(p)))
+            .cloned()
+            .unwrap_or_default();
+        let second: i64 = info["second_repl_offset"].parse().unwrap();
+        let (mut forced, mut refused, mut accepted) = (0, 0, Vec::new());
+        for i in self.replicas() {
+            let Some((_, v)) = link["ledger"]["last_verdicts"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .find(|(k, _)| k.ends_with(&format!(":{}", self.links[i])))
+            else {
+                continue;
+            };
+            if v["verdict"] != "force_full" || v["at_unix"].as_u64().unwrap_or(0) < since {
+                continue;
+            }
+            forced += 1;
+            let id = v["requested_replid"].as_str().unwrap_or("");
+            let offset = v["requested_offset"].as_i64().unwrap_or(-1);
+            if id == info["master_replid"] || (id == info["master_replid2"] && offset <= second) {
+                accepted.push(format!(
+                    "{} asked {id} {offset}, which {} accepts by itself (its switch: {} at {second}); replguard: {}",
+                    NAMES[i], NAMES[p], info["master_replid2"], v["reason"]
+                ));
+            } else {
+                refused += 1;
+            }
+        }
+        (forced, refused, accepted)
     }
 
     /// Each node's sync counts and replguard's, by name.
@@ -802,6 +852,19 @@ fn node_args(link: u16, replica_of: Option<u16>) -> Vec<String> {
     args
 }
 
+/// The name of node `i`'s link: `la`, `lb`, `lc`.
+fn link_name(i: usize) -> String {
+    format!("l{}", NAMES[i].to_lowercase())
+}
+
+/// Seconds since the epoch, as `/status` gives a verdict's time.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
 /// Polls `f` every 20 ms until it returns `Some`, for at most `limit`.
 fn wait_for_or<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + limit;
@@ -914,6 +977,10 @@ fn chaos_run() {
     let mut lost_writes: Vec<String> = Vec::new();
     let mut failures: Vec<String> = Vec::new();
     let mut failures_in_a_row = 0;
+    // Full syncs forced at Sentinel failovers, and of them those the promoted node would have
+    // refused by itself; the others, described.
+    let (mut failover_forced, mut failover_refused) = (0, 0);
+    let mut failover_needless: Vec<String> = Vec::new();
     for n in 1..=faults {
         // Every draw is made whatever happens, so a seed gives the same faults.
         let write_for = Duration::from_millis(rng.random_range(100..800));
@@ -930,6 +997,7 @@ fn chaos_run() {
             t.wait_offsets(SETTLE_LIMIT)
                 .unwrap_or_else(|d| panic!("the replicas did not catch up before #{n}:\n{d}"));
         }
+        let since = unix_now();
         let injected = t.inject(fault, down);
         writer.retarget(t.nodes[t.master].port);
         writer.pause();
@@ -990,6 +1058,19 @@ fn chaos_run() {
         }
         let after = t.counts();
         let d = deltas(&before, &after, fault);
+        let mut note = note;
+        if let Fault::SentinelFailover(_) = fault {
+            let (forced, refused, needless) = t.failover_full_syncs(since);
+            note += &format!(
+                "; {forced} full syncs forced, {refused} of them asked past the switch (the promoted node refuses those itself)"
+            );
+            for what in needless {
+                println!("chaos: FULL SYNC THE SERVER WOULD NOT NEED after #{n} {fault}: {what}");
+                failover_needless.push(format!("#{n} {fault}: {what}"));
+            }
+            failover_forced += forced;
+            failover_refused += refused;
+        }
         println!(
             "chaos: #{n}/{faults} {fault}, {note}: settled in {} ms at offset {offset}, {acked} writes; {}",
             settle.as_millis(),
@@ -1035,6 +1116,13 @@ fn chaos_run() {
         }
     }
     println!("chaos: all faults: {}", summary(&total));
+    println!(
+        "chaos: Sentinel failovers: {failover_forced} full syncs forced by the promoted node's link, {failover_refused} of them on a request the promoted node refuses itself (past the switch), {} it would have accepted",
+        failover_needless.len()
+    );
+    for what in &failover_needless {
+        println!("chaos:   {what}");
+    }
     if let Some(slowest) = outcomes.iter().max_by_key(|o| o.settle) {
         println!(
             "chaos: slowest settle {} ms, after #{} {}, {}",
