@@ -748,10 +748,7 @@ impl LinkCtx {
     /// Whether a session that could not dial the master is logged now: the first, then one a
     /// minute. `Some(n)`: log it, `n` such sessions having gone unlogged since the last line.
     fn dial_failure_log_due(&self) -> Option<u64> {
-        let mut d = self
-            .dial_failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut d = self.dial_failures.lock().unwrap_or_else(|p| p.into_inner());
         let now = std::time::Instant::now();
         match d.0 {
             Some(at) if now.duration_since(at) < DIAL_FAILURE_LOG_EVERY => {
