@@ -12,8 +12,9 @@ use serde_json::Value;
 
 /// The master set's name in Sentinel, and the links' group in replguard.
 pub const MASTER_NAME: &str = "sentinel-g";
-/// Sentinel's `down-after-milliseconds`.
-pub const DOWN_AFTER_MS: u64 = 1000;
+/// Sentinel's `down-after-milliseconds`: long enough that a node starved of CPU for a moment on
+/// a loaded test machine is not taken for dead (a second failover the test did not make).
+pub const DOWN_AFTER_MS: u64 = 3000;
 /// Sentinel's `failover-timeout`.
 pub const FAILOVER_TIMEOUT_MS: u64 = 3000;
 /// How often a Sentinel reads a replica's `INFO` while nothing fails (sentinel.c's
