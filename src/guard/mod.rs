@@ -609,9 +609,12 @@ impl Guard {
         let mut node = self.node();
         let was_held = node.empty_master.is_some() || node.stale.is_some();
         let em = &mut node.empty_master;
-        let same = em.as_deref() == Some(v.replid.as_str());
-        if same && v.empty {
-            // Still the same empty master.
+        // Once held, the hold stays while the master's lineage is unrelated to what the
+        // replicas hold, whether or not it has taken writes since: a single write must not let
+        // its full sync wipe them. It lifts when the lineage is one they know (a promoted
+        // replica, data restored with its id), or their records move on after a release.
+        if em.is_some() && unrelated {
+            *em = Some(v.replid.clone());
         } else if unrelated && v.empty {
             error!(
                 link,
@@ -620,7 +623,7 @@ impl Guard {
             );
             *em = Some(v.replid.clone());
         } else if let Some(old) = em.take() {
-            info!(link, master_replid = %old, empty = v.empty, "empty-master hold lifted: the master has data or a different lineage");
+            info!(link, master_replid = %old, new_replid = %v.replid, "empty-master hold lifted: the master serves a lineage the replicas know");
         }
         if node.stale != stale {
             match &stale {
@@ -1062,5 +1065,27 @@ mod tests {
         let back = Books::open_group(dir.path(), "g", 100);
         assert_eq!(back.state().data.replicas["r"].offset, 500);
         assert_eq!(back.state().data.group.as_deref(), Some("g"));
+    }
+
+    #[test]
+    fn an_empty_master_stays_held_after_a_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Guard::open(dir.path(), "l", "127.0.0.1:7001", UnknownReplica::Full, false, 100);
+        g.observe("l", &view(A, NO_REPLID, -1, 500, false));
+        g.claim("r", 1, "127.0.0.1:40000".parse().unwrap());
+        g.delivered("r", 1, A, 500, false);
+        // Restarted without its data under a new id: held.
+        let mut empty = view(B, NO_REPLID, -1, 0, false);
+        empty.empty = true;
+        g.observe("l", &empty);
+        assert_eq!(g.judge("r", A, 501).0.name(), "hold");
+        // One client write reaches it: still the unrelated lineage, still held.
+        g.observe("l", &view(B, NO_REPLID, -1, 40, false));
+        assert_eq!(g.empty_master().as_deref(), Some(B));
+        assert_eq!(g.judge("r", A, 501).0.name(), "hold");
+        // A lineage the replica knows (a promoted replica: A as its previous id) lifts it.
+        g.observe("l", &view(B, A, 501, 600, false));
+        assert_eq!(g.empty_master(), None);
+        assert_ne!(g.judge("r", A, 501).0.name(), "hold");
     }
 }
