@@ -1070,7 +1070,14 @@ mod tests {
     #[test]
     fn an_empty_master_stays_held_after_a_write() {
         let dir = tempfile::tempdir().unwrap();
-        let g = Guard::open(dir.path(), "l", "127.0.0.1:7001", UnknownReplica::Full, false, 100);
+        let g = Guard::open(
+            dir.path(),
+            "l",
+            "127.0.0.1:7001",
+            UnknownReplica::Full,
+            false,
+            100,
+        );
         g.observe("l", &view(A, NO_REPLID, -1, 500, false));
         g.claim("r", 1, "127.0.0.1:40000".parse().unwrap());
         g.delivered("r", 1, A, 500, false);
