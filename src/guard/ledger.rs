@@ -129,6 +129,19 @@ pub struct KvBooks {
     pub replicas: BTreeMap<String, KvRecord>,
 }
 
+/// A Kvrocks node as its own `INFO` shows it (read by the link in front of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvNodeView {
+    /// `role:master`; else a replica.
+    pub master: bool,
+    /// Its latest sequence (`master_repl_offset`, or `slave_repl_offset` on a replica).
+    pub latest: u64,
+    /// `process_id` and `uptime_in_seconds`: a restart shows as a change of the one or a
+    /// drop of the other.
+    pub process_id: u64,
+    pub uptime_secs: u64,
+}
+
 /// Batches from `expected` on were missing when a batch starting at `got` arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvGap {
