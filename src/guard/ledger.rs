@@ -125,8 +125,51 @@ const KV_REPLIDS_KEPT: usize = 64;
 pub struct KvBooks {
     /// Ids seen in the trailing `r` record of batches relayed from the master, oldest first.
     pub master_replids: Vec<String>,
-    /// Keyed like [`LedgerData::replicas`].
+    /// Keyed like [`LedgerData::replicas`]; in a group, `<link>/<replica>`.
     pub replicas: BTreeMap<String, KvRecord>,
+    /// The node behind each link, as the link last read it, by link name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nodes: BTreeMap<String, KvNode>,
+}
+
+/// The node behind a Kvrocks link, from its `INFO` ([`KvNodeView`]) over time.
+///
+/// A node's sequences are its own: the same sequence on two nodes holds the same batch only up
+/// to where one was fed by the other. An epoch is one stretch of the node being master without
+/// a restart or a drop of its latest sequence; the records of the sessions its link served in
+/// one epoch describe one history. A replica promoted to master keeps, as its `switch`, where
+/// its history stops being the one it was fed: one past the latest sequence its link last read
+/// it holding as a replica, while it streamed from another link of the group.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvNode {
+    /// Counts the node's stretches as master (0: never seen as master).
+    pub epoch: u64,
+    pub master: bool,
+    pub latest: u64,
+    pub process_id: u64,
+    pub uptime_secs: u64,
+    /// Last read as a replica holding sequences up to `held`, fed by link `from`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fed: Option<KvFed>,
+    /// Promoted from such a replica (see [`KvNode`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switch: Option<KvSwitch>,
+    pub updated_unix: u64,
+}
+
+/// A replica node read holding sequences up to `held` while link `from` streamed to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvFed {
+    pub from: String,
+    pub held: u64,
+}
+
+/// A node promoted after it was read as a replica fed by link `from`: its history is that
+/// link's node's (of the epoch the feeding session's record names) below sequence `next`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvSwitch {
+    pub from: String,
+    pub next: u64,
 }
 
 /// A Kvrocks node as its own `INFO` shows it (read by the link in front of it).
@@ -170,6 +213,14 @@ pub struct KvRecord {
     /// The address the session that wrote it came from (see [`ReplicaRecord::peer`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<String>,
+    /// The epoch of the link's node (see [`KvNode`]) when the session that writes it began;
+    /// `None` when the node was not known to be master then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    /// Not a replica: the link's node itself, master in `epoch` and holding its own history
+    /// up to `next_seq` when last read.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub source: bool,
 }
 
 /// Most id ranges kept per Kvrocks replica; older ones are dropped, and the ids of the
@@ -241,7 +292,82 @@ impl KvRecord {
 
 impl KvBooks {
     pub fn is_empty(&self) -> bool {
-        self.master_replids.is_empty() && self.replicas.is_empty()
+        self.master_replids.is_empty() && self.replicas.is_empty() && self.nodes.is_empty()
+    }
+
+    /// Folds in what link `link` read of its node; `fed_by`: the other link of the group
+    /// streaming to the node at that moment, if any. `true` when the books changed.
+    ///
+    /// A new epoch begins when the node is read as master after being read as a replica, after
+    /// a restart (another process, or its uptime went back), or when its latest sequence went
+    /// back. A promotion straight from a replica read while fed keeps a switch.
+    pub fn observe_node(&mut self, link: &str, v: &KvNodeView, fed_by: Option<&str>) -> bool {
+        let prev = self.nodes.get(link).cloned();
+        let restarted = prev.as_ref().is_none_or(|p| {
+            p.process_id != v.process_id || v.uptime_secs < p.uptime_secs || v.latest < p.latest
+        });
+        let mut n = prev.clone().unwrap_or_default();
+        if v.master {
+            if restarted || !n.master {
+                n.epoch = n.epoch.saturating_add(1);
+                n.switch = match (&n.fed, restarted) {
+                    (Some(f), false) => f.held.checked_add(1).map(|next| KvSwitch {
+                        from: f.from.clone(),
+                        next,
+                    }),
+                    _ => None,
+                };
+            }
+            n.fed = None;
+        } else {
+            n.switch = None;
+            n.fed = fed_by.map(|from| KvFed {
+                from: from.to_string(),
+                held: v.latest,
+            });
+        }
+        n.master = v.master;
+        n.latest = v.latest;
+        n.process_id = v.process_id;
+        n.uptime_secs = v.uptime_secs;
+        let changed = prev.as_ref().is_none_or(|p| {
+            let mut q = n.clone();
+            q.updated_unix = p.updated_unix;
+            q != *p
+        });
+        if changed {
+            n.updated_unix = now_unix();
+            self.nodes.insert(link.to_string(), n);
+        }
+        changed
+    }
+
+    /// The epoch of link `link`'s node while it is known to be master.
+    pub fn master_epoch(&self, link: &str) -> Option<u64> {
+        self.nodes
+            .get(link)
+            .filter(|n| n.master && n.epoch > 0)
+            .map(|n| n.epoch)
+    }
+
+    /// Records that the node behind a link (as `key`, `<link>/<identity>`) is master in
+    /// `epoch`, holding its own history up to `latest`. `true` when the books changed.
+    pub fn vouch_source(&mut self, key: &str, epoch: u64, latest: u64) -> bool {
+        let next_seq = latest.saturating_add(1);
+        let same = self.replicas.get(key).is_some_and(|r| {
+            r.source && r.epoch == Some(epoch) && r.next_seq == next_seq && !r.open
+        });
+        if !same {
+            self.update(key, |r| {
+                *r = KvRecord {
+                    next_seq,
+                    epoch: Some(epoch),
+                    source: true,
+                    ..KvRecord::default()
+                }
+            });
+        }
+        !same
     }
 
     /// Notes an id carried by the master's batches.
@@ -283,6 +409,8 @@ impl KvBooks {
                 updated_unix: 0,
                 open: true,
                 peer: None,
+                epoch: None,
+                source: false,
             }
         });
         ids
@@ -649,6 +777,16 @@ impl LedgerData {
                 self.kvrocks.replicas.insert(k, r);
             }
         }
+        for (k, n) in other.kvrocks.nodes {
+            let newer = self
+                .kvrocks
+                .nodes
+                .get(&k)
+                .is_none_or(|mine| n.updated_unix > mine.updated_unix);
+            if newer {
+                self.kvrocks.nodes.insert(k, n);
+            }
+        }
     }
 
     /// Prunes replica records, oldest first (by last update), until at most `max` are left in
@@ -957,5 +1095,78 @@ mod tests {
         assert_eq!(group.replicas["r1"].offset, 400, "the newer record wins");
         assert_eq!(group.replicas["r2"].replid, B);
         assert!(group.kvrocks.knows_master_replid(C));
+    }
+
+    fn node(master: bool, latest: u64, pid: u64, uptime: u64) -> KvNodeView {
+        KvNodeView {
+            master,
+            latest,
+            process_id: pid,
+            uptime_secs: uptime,
+        }
+    }
+
+    #[test]
+    fn a_kvrocks_node_promoted_from_a_fed_replica_keeps_its_switch() {
+        let mut b = KvBooks::default();
+        assert_eq!(b.master_epoch("n1"), None);
+        assert!(b.observe_node("n1", &node(false, 90, 7, 10), Some("n0")));
+        assert!(b.observe_node("n1", &node(false, 100, 7, 11), Some("n0")));
+        assert_eq!(b.master_epoch("n1"), None);
+        // Promoted: it holds n0's node's history up to 100 at least.
+        assert!(b.observe_node("n1", &node(true, 104, 7, 12), None));
+        let n = &b.nodes["n1"];
+        assert_eq!((n.epoch, n.master), (1, true));
+        assert_eq!(
+            n.switch,
+            Some(KvSwitch {
+                from: "n0".into(),
+                next: 101
+            })
+        );
+        assert_eq!(b.master_epoch("n1"), Some(1));
+        // Read again as master: the same epoch and switch.
+        b.observe_node("n1", &node(true, 150, 7, 13), None);
+        assert_eq!(b.nodes["n1"].epoch, 1);
+        assert!(b.nodes["n1"].switch.is_some());
+        assert!(!b.observe_node("n1", &node(true, 150, 7, 13), None));
+        // Restarted (another process, its uptime back, or its sequence back): a new epoch,
+        // and no switch.
+        for (i, v) in [
+            node(true, 150, 8, 1),
+            node(true, 150, 8, 0),
+            node(true, 149, 8, 5),
+        ]
+        .iter()
+        .enumerate()
+        {
+            b.observe_node("n1", v, None);
+            assert_eq!(b.nodes["n1"].epoch, 2 + i as u64);
+            assert_eq!(b.nodes["n1"].switch, None);
+        }
+    }
+
+    #[test]
+    fn a_kvrocks_node_promoted_without_a_fed_reading_has_no_switch() {
+        let mut b = KvBooks::default();
+        // First read as master: an epoch, no switch.
+        b.observe_node("n1", &node(true, 10, 7, 10), None);
+        assert_eq!(b.master_epoch("n1"), Some(1));
+        assert_eq!(b.nodes["n1"].switch, None);
+        // Demoted, read while nothing fed it, promoted again.
+        b.observe_node("n1", &node(false, 10, 7, 11), None);
+        assert_eq!(b.master_epoch("n1"), None);
+        b.observe_node("n1", &node(true, 12, 7, 12), None);
+        assert_eq!(b.nodes["n1"].epoch, 2);
+        assert_eq!(b.nodes["n1"].switch, None);
+        // Fed, then restarted before its promotion was read.
+        b.observe_node("n1", &node(false, 20, 7, 13), Some("n0"));
+        b.observe_node("n1", &node(true, 25, 9, 1), None);
+        assert_eq!(b.nodes["n1"].switch, None);
+        // The node's own history is vouched for under its link, per epoch.
+        assert!(b.vouch_source("n1/127.0.0.1:7001", 3, 25));
+        assert!(!b.vouch_source("n1/127.0.0.1:7001", 3, 25));
+        let r = &b.replicas["n1/127.0.0.1:7001"];
+        assert!(r.source && r.epoch == Some(3) && r.next_seq == 26);
     }
 }

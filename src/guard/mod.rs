@@ -11,7 +11,8 @@ pub mod store;
 pub mod verdict;
 
 use crate::guard::ledger::{
-    KvGap, KvIdRange, KvRecord, LedgerData, MasterView, Pruned, ReplicaRecord, StaleMaster,
+    KvGap, KvIdRange, KvNodeView, KvRecord, LedgerData, MasterView, Pruned, ReplicaRecord,
+    StaleMaster,
 };
 use crate::guard::store::{Identity, Store};
 use crate::guard::verdict::{kvrocks, psync2, UnknownReplica, Verdict};
@@ -114,6 +115,49 @@ struct State {
 }
 
 impl State {
+    /// The other link of the group streaming to the node known by `identities` now: the
+    /// newest of its open records there.
+    fn kv_feeding_link(&self, link: &str, identities: &[String]) -> Option<String> {
+        self.data
+            .kvrocks
+            .replicas
+            .iter()
+            .filter(|(k, r)| r.open && !r.source && !self.uncertain.contains(*k))
+            .filter_map(|(k, r)| {
+                let (from, id) = k.split_once('/')?;
+                (from != link && identities.iter().any(|i| i == id)).then_some((from, r))
+            })
+            .max_by_key(|(_, r)| r.updated_unix)
+            .map(|(from, _)| from.to_string())
+    }
+
+    /// What the group holds for `replica` (at this link, `link`, it has no record) at the link
+    /// that fed this link's node before its promotion, if it was promoted so.
+    fn kv_vouch<'a>(
+        &'a self,
+        link: &str,
+        identities: &[String],
+        replica: &str,
+    ) -> Option<kvrocks::Vouch<'a>> {
+        let books = &self.data.kvrocks;
+        let node = books.nodes.get(link).filter(|n| n.master)?;
+        let sw = node.switch.as_ref()?;
+        let from = sw.from.as_str();
+        let node_rec = identities
+            .iter()
+            .filter_map(|id| books.replicas.get(&format!("{from}/{id}")))
+            .filter(|r| !r.source)
+            .max_by_key(|r| r.updated_unix);
+        let key = format!("{from}/{replica}");
+        Some(kvrocks::Vouch {
+            from,
+            switch: sw.next,
+            node: node_rec,
+            replica: books.replicas.get(&key),
+            unclean_stop: self.uncertain.contains(&key),
+        })
+    }
+
     /// Whether `session` may write `replica`'s books.
     fn owns(&self, replica: &str, session: u64) -> bool {
         self.owners.get(replica).is_none_or(|o| o.0 == session)
@@ -405,6 +449,7 @@ impl Guard {
         replid: Option<&str>,
         seq: u64,
     ) -> (Verdict, String) {
+        let raw = replica;
         let key = self.kv_key(replica);
         let replica: &str = &key;
         let st = self.state();
@@ -413,6 +458,11 @@ impl Guard {
         let rec = data.kvrocks.replicas.get(replica);
         let full_sync = st.kv_full_sync(replica, ip);
         let seen = full_sync.is_some();
+        let identities = self.node_identities();
+        let vouch = match (&self.kv_scope, rec) {
+            (Some(link), None) => st.kv_vouch(link, &identities, raw),
+            _ => None,
+        };
         let facts = kvrocks::Facts {
             books: &data.kvrocks,
             replica: rec,
@@ -420,9 +470,68 @@ impl Guard {
             unknown_replica: self.unknown_replica(),
             full_sync_seen: seen,
             checkpoint_seq: full_sync.flatten(),
+            vouch,
         };
         let v = kvrocks::judge(&facts, replid, seq);
-        (v, describe_kvrocks(data, rec, uncertain, full_sync))
+        (
+            v,
+            describe_kvrocks(data, rec, uncertain, full_sync, vouch.as_ref()),
+        )
+    }
+
+    /// Folds in what the link read of its Kvrocks node. Only a group's links read their
+    /// nodes: a promoted node's switch (see [`ledger::KvNode`]) lets the group vouch for the
+    /// replicas fed by the link that fed it.
+    pub fn kv_observe_node(&self, v: &KvNodeView) {
+        let Some(link) = &self.kv_scope else {
+            return;
+        };
+        let identities = self.node_identities();
+        let mut st = self.state();
+        let fed_by = (!v.master)
+            .then(|| st.kv_feeding_link(link, &identities))
+            .flatten();
+        let before = st.data.kvrocks.nodes.get(link).cloned();
+        let mut changed = st.data.kvrocks.observe_node(link, v, fed_by.as_deref());
+        if let Some(epoch) = st.data.kvrocks.master_epoch(link) {
+            for id in &identities {
+                changed |= st
+                    .data
+                    .kvrocks
+                    .vouch_source(&format!("{link}/{id}"), epoch, v.latest);
+            }
+        }
+        let now = st.data.kvrocks.nodes.get(link).cloned();
+        if changed {
+            self.books.prune(&mut st);
+        }
+        drop(st);
+        if changed {
+            self.mark_dirty();
+        }
+        let (Some(now), was) = (now, before) else {
+            return;
+        };
+        if now.epoch != was.as_ref().map_or(0, |w| w.epoch) {
+            match &now.switch {
+                Some(sw) => info!(
+                    link = %link,
+                    epoch = now.epoch,
+                    fed_by = %sw.from,
+                    held = sw.next.saturating_sub(1),
+                    "the node is master: promoted from a replica fed by link {}, holding its sequences up to {}; replicas fed there resume here up to sequence {}",
+                    sw.from,
+                    sw.next.saturating_sub(1),
+                    sw.next
+                ),
+                None => info!(
+                    link = %link,
+                    epoch = now.epoch,
+                    latest = now.latest,
+                    "the node is master (a new epoch: not read as a replica fed in the group just before); replicas of other links resume here only after a full sync"
+                ),
+            }
+        }
     }
 
     /// A Kvrocks replica was refused a resume (by the master or by replguard): it must full-sync.
@@ -475,9 +584,14 @@ impl Guard {
         st.kv_refused.remove(replica);
         st.uncertain.remove(replica);
         let ids = st.data.kvrocks.start(replica, replid, seq);
-        st.data
-            .kvrocks
-            .update(replica, |r| r.peer = Some(peer.to_string()));
+        let epoch = self
+            .kv_scope
+            .as_deref()
+            .and_then(|l| st.data.kvrocks.master_epoch(l));
+        st.data.kvrocks.update(replica, |r| {
+            r.peer = Some(peer.to_string());
+            r.epoch = epoch;
+        });
         self.books.prune(&mut st);
         drop(st);
         self.mark_dirty();
@@ -835,6 +949,7 @@ fn describe_kvrocks(
     rec: Option<&KvRecord>,
     uncertain: bool,
     full_sync: Option<Option<u64>>,
+    vouch: Option<&kvrocks::Vouch<'_>>,
 ) -> String {
     let mut s = match rec {
         None => "replica never served by this link".to_string(),
@@ -868,6 +983,33 @@ fn describe_kvrocks(
         }
         if uncertain {
             s.push_str(" (session open at an unclean stop)");
+        }
+    }
+    if let Some(v) = vouch {
+        s.push_str(&format!(
+            "; the node was promoted holding link {}'s history below sequence {}",
+            v.from, v.switch
+        ));
+        let epoch = |r: &KvRecord| r.epoch.map_or("-".to_string(), |e| e.to_string());
+        match v.node {
+            Some(n) => s.push_str(&format!(
+                ", fed there up to sequence {} (epoch {})",
+                n.next_seq.saturating_sub(1),
+                epoch(n)
+            )),
+            None => s.push_str(", no record of it there"),
+        }
+        match v.replica {
+            Some(r) if r.source => s.push_str(&format!(
+                "; the replica is that link's node (master in epoch {})",
+                epoch(r)
+            )),
+            Some(r) => s.push_str(&format!(
+                "; the replica was delivered there up to sequence {} (epoch {})",
+                r.next_seq.saturating_sub(1),
+                epoch(r)
+            )),
+            None => s.push_str("; the replica has no record there"),
         }
     }
     s.push_str(&format!(

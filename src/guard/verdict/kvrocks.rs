@@ -22,13 +22,37 @@ pub struct Facts<'a> {
     pub full_sync_seen: bool,
     /// The last sequence of the checkpoint that full sync shipped, when its files told it.
     pub checkpoint_seq: Option<u64>,
+    /// In a group, for a replica this link has no record of: what the link that fed this
+    /// link's node before its promotion holds.
+    pub vouch: Option<Vouch<'a>>,
+}
+
+/// A promoted node's history is the history of the node that fed it (through link `from`),
+/// below sequence `switch`. A replica fed by the same link in the same epoch of that node
+/// (or that node itself) holds the same history below the sequence it was delivered up to.
+#[derive(Debug, Clone, Copy)]
+pub struct Vouch<'a> {
+    pub from: &'a str,
+    /// One past the latest sequence the node was read holding while `from` fed it.
+    pub switch: u64,
+    /// This link's node's record at `from`.
+    pub node: Option<&'a KvRecord>,
+    /// The replica's record at `from`: a `source` record when it is `from`'s node.
+    pub replica: Option<&'a KvRecord>,
+    /// The replica's record at `from` was being written when replguard last stopped
+    /// without a clean shutdown.
+    pub unclean_stop: bool,
 }
 
 /// Judges `PSYNC [replid] <seq>`; `seq` is the first sequence wanted.
 ///
 /// Rules, in order (`next` is the sequence after the last batch delivered):
 /// 1. No record of the replica on this link: asking for sequence 1 or less (it holds nothing)
-///    passes; presenting an id no master batch carried through the link is forced full
+///    passes. In a group, when the link that fed this link's node before its promotion vouches
+///    for the replica (see [`Vouch`]: the node's and the replica's records there clean and of
+///    one epoch of that link's node), it is judged on that record: forced full past what it
+///    was delivered there or past the promotion's switch, then on the id rule (5) of that
+///    record; else passed. Otherwise presenting an id no master batch carried through the link is forced full
 ///    whatever the policy (the id is the replica's own: the 2.7.0 start-up write, whose
 ///    sequence makes it skip the master's first batches); anything else follows
 ///    `unknown_replica`.
@@ -48,6 +72,9 @@ pub fn judge(facts: &Facts<'_>, replid: Option<&str>, seq: u64) -> Verdict {
     let Some(rec) = facts.replica else {
         if seq <= 1 {
             return Verdict::Pass;
+        }
+        if let Some(v) = facts.vouch.and_then(|v| vouched(facts, &v, replid, seq)) {
+            return v;
         }
         if let Some(id) = replid {
             if !facts.books.knows_master_replid(id) {
@@ -97,6 +124,46 @@ pub fn judge(facts: &Facts<'_>, replid: Option<&str>, seq: u64) -> Verdict {
             }
         });
     }
+    id_rule(facts, rec, replid, seq).unwrap_or(Verdict::Pass)
+}
+
+/// The group's vouch for a replica this link has no record of; `None` when the records at the
+/// feeding link cannot vouch (the ordinary rules apply then).
+fn vouched(facts: &Facts<'_>, v: &Vouch<'_>, replid: Option<&str>, seq: u64) -> Option<Verdict> {
+    let clean = |r: &&KvRecord| r.gap.is_none() && !r.full_sync_pending;
+    let node = v
+        .node
+        .filter(clean)
+        .filter(|n| !n.source && n.next_seq >= v.switch)?;
+    let epoch = node.epoch?;
+    let rec = v
+        .replica
+        .filter(clean)
+        .filter(|r| r.epoch == Some(epoch) && !(v.unclean_stop && r.open))?;
+    let full = Verdict::ForceFull;
+    if !rec.source && seq > rec.next_seq {
+        return Some(full(Reason::KvBeyondDeliveredThere {
+            link: v.from.to_string(),
+            next: rec.next_seq,
+            requested: seq,
+        }));
+    }
+    if seq > v.switch {
+        return Some(full(Reason::KvBeyondSwitch {
+            from: v.from.to_string(),
+            next: v.switch,
+            requested: seq,
+        }));
+    }
+    if rec.source {
+        return Some(Verdict::Pass);
+    }
+    Some(id_rule(facts, rec, replid, seq).unwrap_or(Verdict::Pass))
+}
+
+/// Rule 5: the id presented for `seq - 1` against the one the batch delivered there carried.
+fn id_rule(facts: &Facts<'_>, rec: &KvRecord, replid: Option<&str>, seq: u64) -> Option<Verdict> {
+    let full = Verdict::ForceFull;
     if let (Some(id), Some(last)) = (replid, seq.checked_sub(1)) {
         if let Some(carried) = rec.id_at(last) {
             let own = match carried {
@@ -107,7 +174,7 @@ pub fn judge(facts: &Facts<'_>, replid: Option<&str>, seq: u64) -> Verdict {
             };
             if own {
                 let (replid, carried) = (id.to_string(), carried.map(str::to_string));
-                return full(if facts.books.knows_master_replid(id) {
+                return Some(full(if facts.books.knows_master_replid(id) {
                     Reason::KvReplidChanged {
                         replid,
                         seq: last,
@@ -119,11 +186,11 @@ pub fn judge(facts: &Facts<'_>, replid: Option<&str>, seq: u64) -> Verdict {
                         seq: last,
                         carried,
                     }
-                });
+                }));
             }
         }
     }
-    Verdict::Pass
+    None
 }
 
 #[cfg(test)]
@@ -142,6 +209,7 @@ mod tests {
             unknown_replica: UnknownReplica::Full,
             full_sync_seen: false,
             checkpoint_seq: None,
+            vouch: None,
         }
     }
 
@@ -327,6 +395,197 @@ mod tests {
         // Below the ranges kept the books cannot tell: the master checks the rewind.
         assert_eq!(code(&kv(&l), Some(OWN), 50), "pass");
         assert_eq!(code(&kv(&l), Some(OWN), 301), "beyond_delivered");
+    }
+
+    /// A record at the feeding link `n0` of a group, in epoch `epoch` of its node.
+    fn there(next_seq: u64, epoch: Option<u64>) -> KvRecord {
+        KvRecord {
+            next_seq,
+            epoch,
+            ..KvRecord::default()
+        }
+    }
+
+    fn vouching<'a>(
+        l: &'a LedgerData,
+        switch: u64,
+        node: Option<&'a KvRecord>,
+        replica: Option<&'a KvRecord>,
+    ) -> Facts<'a> {
+        Facts {
+            replica: None,
+            vouch: Some(Vouch {
+                from: "n0",
+                switch,
+                node,
+                replica,
+                unclean_stop: false,
+            }),
+            ..kv(l)
+        }
+    }
+
+    #[test]
+    fn kvrocks_a_promoted_node_vouches_for_what_it_was_fed_with_the_replica() {
+        let l = LedgerData::new();
+        // The promoted node was fed up to 100 and read holding 100; T was fed up to 100.
+        let node = there(101, Some(3));
+        let t = there(101, Some(3));
+        let f = vouching(&l, 101, Some(&node), Some(&t));
+        assert_eq!(code(&f, None, 101), "pass");
+        assert_eq!(code(&f, None, 40), "pass");
+        assert_eq!(code(&f, None, 1), "pass");
+        // T claims more than it was fed there.
+        let v = judge(&f, None, 102);
+        assert_eq!(
+            v,
+            Verdict::ForceFull(Reason::KvBeyondDeliveredThere {
+                link: "n0".into(),
+                next: 101,
+                requested: 102
+            })
+        );
+        assert!(v.reason().unwrap().to_string().contains("link n0"));
+        // The old master's writes after the promotion reached T: the node never had them.
+        let t_ahead = there(131, Some(3));
+        let f = vouching(&l, 101, Some(&node), Some(&t_ahead));
+        let v = judge(&f, None, 131);
+        assert_eq!(
+            v,
+            Verdict::ForceFull(Reason::KvBeyondSwitch {
+                from: "n0".into(),
+                next: 101,
+                requested: 131
+            })
+        );
+        assert_eq!(v.reason().unwrap().code(), "superseded_beyond_switch");
+        assert!(v.reason().unwrap().to_string().contains("101..=130"));
+        // The old master itself: its history is its own, the switch bounds it.
+        let m = KvRecord {
+            source: true,
+            ..there(90, Some(3))
+        };
+        let f = vouching(&l, 101, Some(&node), Some(&m));
+        assert_eq!(code(&f, None, 101), "pass");
+        assert_eq!(code(&f, None, 102), "superseded_beyond_switch");
+    }
+
+    #[test]
+    fn kvrocks_no_vouch_across_epochs_gaps_or_an_unfed_node() {
+        let l = LedgerData::new();
+        let node = there(101, Some(3));
+        // Fed by the same link in another epoch of its node: another history, maybe.
+        let t = there(101, Some(2));
+        assert_eq!(
+            code(&vouching(&l, 101, Some(&node), Some(&t)), None, 101),
+            "unknown_replica"
+        );
+        let t = there(101, None);
+        assert_eq!(
+            code(&vouching(&l, 101, Some(&node), Some(&t)), None, 101),
+            "unknown_replica"
+        );
+        let t = there(101, Some(3));
+        // The node holds sequences it was not fed there: writes of its own.
+        let short = there(100, Some(3));
+        assert_eq!(
+            code(&vouching(&l, 101, Some(&short), Some(&t)), None, 101),
+            "unknown_replica"
+        );
+        // No record of the node there, or of the replica.
+        assert_eq!(
+            code(&vouching(&l, 101, None, Some(&t)), None, 101),
+            "unknown_replica"
+        );
+        assert_eq!(
+            code(&vouching(&l, 101, Some(&node), None), None, 101),
+            "unknown_replica"
+        );
+        // A gap or an owed full sync on either record.
+        let gapped = KvRecord {
+            gap: Some(crate::guard::ledger::KvGap {
+                expected: 50,
+                got: 52,
+            }),
+            ..there(101, Some(3))
+        };
+        let owing = KvRecord {
+            full_sync_pending: true,
+            ..there(101, Some(3))
+        };
+        for bad in [&gapped, &owing] {
+            assert_eq!(
+                code(&vouching(&l, 101, Some(bad), Some(&t)), None, 101),
+                "unknown_replica"
+            );
+            assert_eq!(
+                code(&vouching(&l, 101, Some(&node), Some(bad)), None, 101),
+                "unknown_replica"
+            );
+        }
+        // The replica's session there was open at an unclean stop.
+        let open = KvRecord {
+            open: true,
+            ..there(101, Some(3))
+        };
+        let mut f = vouching(&l, 101, Some(&node), Some(&open));
+        assert_eq!(code(&f, None, 101), "pass");
+        if let Some(v) = f.vouch.as_mut() {
+            v.unclean_stop = true;
+        }
+        assert_eq!(code(&f, None, 101), "unknown_replica");
+    }
+
+    #[test]
+    fn kvrocks_a_vouched_replica_still_answers_for_its_id() {
+        const M: &str = "C3EORR3YM0FAK7BG";
+        const OWN: &str = "X4N29DXBT7N4ZKU9";
+        let mut l = LedgerData::new();
+        l.kvrocks.saw_master_replid(M);
+        let node = there(101, Some(3));
+        let t = KvRecord {
+            ids: vec![crate::guard::ledger::KvIdRange {
+                from: 1,
+                replid: Some(M.into()),
+            }],
+            replid: Some(M.into()),
+            ..there(101, Some(3))
+        };
+        let f = vouching(&l, 101, Some(&node), Some(&t));
+        assert_eq!(code(&f, Some(M), 101), "pass");
+        assert_eq!(code(&f, Some(OWN), 101), "local_write");
+    }
+
+    proptest! {
+        /// A master writes sequences 1..; the promoted node applied `h` of them (it was fed
+        /// `d_node >= h`) and was last read holding `x <= h` while fed; then it writes its own.
+        /// A replica applied `t` of the old master's sequences (fed `d_t >= t`, possibly past
+        /// the promotion) and asks for `t + 1`. A pass means its data is the promoted node's
+        /// below the sequence it asks for; an honest resume with clean records is passed.
+        #[test]
+        fn kvrocks_a_vouched_resume_never_crosses_the_promotion(
+            h in 0u64..200,
+            lag in 0u64..20,
+            fed_extra in 0u64..5,
+            t in 0u64..250,
+            t_extra in 0u64..5,
+            same_epoch in prop::bool::weighted(0.8),
+            source in prop::bool::weighted(0.2),
+        ) {
+            let x = h.saturating_sub(lag);
+            let node = there(h + fed_extra + 1, Some(7));
+            let epoch = Some(if same_epoch { 7 } else { 6 });
+            let rec = KvRecord { source, ..there(t + t_extra + 1, epoch) };
+            let l = LedgerData::new();
+            let f = vouching(&l, x + 1, Some(&node), Some(&rec));
+            let v = judge(&f, None, t + 1);
+            if v == Verdict::Pass {
+                prop_assert!(t <= h, "passed {} with the node holding the old master's data up to {}", t + 1, h);
+            }
+            if same_epoch && t <= x {
+                prop_assert_eq!(v, Verdict::Pass);
+            }
+        }
     }
 
     /// A Kvrocks 2.7.0 master and one replica, with `use-rsid-psync` on either side or both,

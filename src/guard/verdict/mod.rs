@@ -72,6 +72,20 @@ pub enum Reason {
         seq: u64,
         carried: Option<String>,
     },
+    /// Kvrocks, in a group: the replica's record is at link `link`, which delivered it
+    /// batches up to `next - 1`; it asks for more.
+    KvBeyondDeliveredThere {
+        link: String,
+        next: u64,
+        requested: u64,
+    },
+    /// Kvrocks, in a group: this link's node was promoted holding link `from`'s node's history
+    /// below sequence `next` only; the replica asks past it.
+    KvBeyondSwitch {
+        from: String,
+        next: u64,
+        requested: u64,
+    },
     /// Kvrocks: batches were missing from the stream delivered to the replica.
     KvAfterGap { expected: u64, got: u64 },
     /// Kvrocks: replguard stopped uncleanly while delivering, and the replica asks beyond what
@@ -100,6 +114,8 @@ impl Reason {
             Reason::KvBeyondDelivered { .. } => "beyond_delivered",
             Reason::KvReplidChanged { .. } => "replid_changed",
             Reason::KvLocalWrite { .. } => "local_write",
+            Reason::KvBeyondDeliveredThere { .. } => "beyond_delivered",
+            Reason::KvBeyondSwitch { .. } => "superseded_beyond_switch",
             Reason::KvAfterGap { .. } => "after_gap",
             Reason::KvUncleanStop { .. } => "unclean_stop",
             Reason::KvFullSyncNotSeen { .. } => "full_sync_not_seen",
@@ -165,6 +181,18 @@ impl fmt::Display for Reason {
                 f,
                 "the replica presents replication id {replid} for sequence {seq}, where this link delivered it a master batch that carried {}: the id is the replica's own, so sequence {seq} is a write of its own and the master's batch there never reached its data (likely cause: use-rsid-psync is yes on the replica and no on the master, or the replica was written to; apache/kvrocks#2214)",
                 carried.as_deref().unwrap_or("no id")
+            ),
+            Reason::KvBeyondDeliveredThere { link, next, requested } => write!(
+                f,
+                "link {link} of the group delivered this replica batches up to sequence {}; it asks to resume at {requested}, so sequences {next}..={} would never reach it",
+                next.saturating_sub(1),
+                requested.saturating_sub(1)
+            ),
+            Reason::KvBeyondSwitch { from, next, requested } => write!(
+                f,
+                "the node behind this link was promoted holding the history of link {from}'s node up to sequence {} only; the replica asks to resume at {requested}, so what it holds at sequences {next}..={} is not this node's (writes the old master took after the promotion)",
+                next.saturating_sub(1),
+                requested.saturating_sub(1)
             ),
             Reason::KvAfterGap { expected, got } => write!(
                 f,
