@@ -486,6 +486,7 @@ pub fn ledger(data: &[u8]) {
                         unknown_replica: Default::default(),
                         full_sync_seen: seen,
                         checkpoint_seq: cp,
+                        vouch: None,
                     };
                     let v = kvrocks::judge(&facts, replid, seq);
                     // Owed a full sync and seen to take one: asking at most one past the
@@ -497,10 +498,53 @@ pub fn ledger(data: &[u8]) {
                     }
                 }
             }
+            // Vouched for by another link of a group: every record may be the promoted node's
+            // or the replica's there, with any switch.
+            for node in d.kvrocks.replicas.values().take(2) {
+                for switch in [node.next_seq, seq, u64::MAX] {
+                    let facts = kvrocks::Facts {
+                        books: &d.kvrocks,
+                        replica: None,
+                        unclean_stop: false,
+                        unknown_replica: Default::default(),
+                        full_sync_seen: false,
+                        checkpoint_seq: None,
+                        vouch: Some(kvrocks::Vouch {
+                            from: name,
+                            switch,
+                            node: Some(node),
+                            replica: Some(rec),
+                            unclean_stop: rec.open,
+                        }),
+                    };
+                    let v = kvrocks::judge(&facts, rec.replid.as_deref(), seq);
+                    if v == verdict::Verdict::Pass && seq > 1 {
+                        assert!(seq <= switch, "passed {seq} past the switch {switch}");
+                    }
+                }
+            }
             let _ = (rec.id_at(seq), rec.ids_before(seq));
             let mut m = d.kvrocks.clone();
             let ids = m.start(name, rec.replid.as_deref(), seq);
             m.deliver(name, seq, &ids, true);
+        }
+    }
+    // Kvrocks nodes read with any figures, over the nodes the file holds.
+    let mut kv = d.kvrocks.clone();
+    let links: Vec<String> = kv.nodes.keys().take(3).cloned().collect();
+    for (i, link) in links.iter().enumerate() {
+        let n = kv.nodes[link].clone();
+        for latest in near(n.latest) {
+            let v = replguard::guard::ledger::KvNodeView {
+                master: i % 2 == 0,
+                latest,
+                process_id: n.process_id,
+                uptime_secs: n.uptime_secs,
+            };
+            kv.observe_node(link, &v, Some("other"));
+            if let Some(e) = kv.master_epoch(link) {
+                kv.vouch_source(&format!("{link}/x"), e, latest);
+            }
         }
     }
     // The master's view folded in, with offsets a peer can send.
