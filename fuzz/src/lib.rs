@@ -515,11 +515,16 @@ pub fn ledger(data: &[u8]) {
                             node: Some(node),
                             replica: Some(rec),
                             unclean_stop: rec.open,
+                            epoch: node.epoch.unwrap_or(0),
+                            chain: Some(node),
                         }),
                     };
                     let v = kvrocks::judge(&facts, rec.replid.as_deref(), seq);
-                    if v == verdict::Verdict::Pass && seq > 1 {
-                        assert!(seq <= switch, "passed {seq} past the switch {switch}");
+                    if v == verdict::Verdict::Pass && seq > 1 && seq > switch {
+                        assert!(
+                            node.since.is_some_and(|p| p <= switch) && seq <= node.next_seq,
+                            "passed {seq} past the switch {switch} without a chain"
+                        );
                     }
                 }
             }

@@ -221,6 +221,10 @@ pub struct KvRecord {
     /// up to `next_seq` when last read.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub source: bool,
+    /// The sequence its books began at when they began with a resume (not after a full sync):
+    /// below it, it held its own history; from it on, what this link's node sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
 }
 
 /// Most id ranges kept per Kvrocks replica; older ones are dropped, and the ids of the
@@ -392,6 +396,10 @@ impl KvBooks {
     /// they start with: those of the old books before `seq` (a rewind), and the id the replica
     /// presented for `seq - 1`.
     pub fn start(&mut self, replica: &str, replid: Option<&str>, seq: u64) -> Vec<KvIdRange> {
+        let resumed = self
+            .replicas
+            .get(replica)
+            .is_none_or(|r| !r.full_sync_pending);
         let mut ids = match self.replicas.get(replica) {
             Some(r) if !r.full_sync_pending => r.ids_before(seq),
             _ => Vec::new(),
@@ -411,6 +419,7 @@ impl KvBooks {
                 peer: None,
                 epoch: None,
                 source: false,
+                since: resumed.then_some(seq),
             }
         });
         ids

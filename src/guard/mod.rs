@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 /// Least time between two log lines about one held replica.
 const HOLD_LOG_EVERY: Duration = Duration::from_secs(60);
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// One decision, kept per replica for /status.
 #[derive(Debug, Clone, Serialize)]
@@ -149,12 +149,25 @@ impl State {
             .filter(|r| !r.source)
             .max_by_key(|r| r.updated_unix);
         let key = format!("{from}/{replica}");
+        // `from`'s node, by the identities its link vouched for it under, fed here now.
+        let chain = books
+            .replicas
+            .iter()
+            .filter(|(k, r)| r.source && k.starts_with(&format!("{from}/")))
+            .filter_map(|(k, _)| {
+                let id = &k[from.len() + 1..];
+                books.replicas.get(&format!("{link}/{id}"))
+            })
+            .filter(|r| !r.source)
+            .max_by_key(|r| r.updated_unix);
         Some(kvrocks::Vouch {
             from,
             switch: sw.next,
             node: node_rec,
             replica: books.replicas.get(&key),
             unclean_stop: self.uncertain.contains(&key),
+            epoch: node.epoch,
+            chain,
         })
     }
 
@@ -491,6 +504,7 @@ impl Guard {
         let fed_by = (!v.master)
             .then(|| st.kv_feeding_link(link, &identities))
             .flatten();
+        debug!(link = %link, master = v.master, latest = v.latest, fed_by = ?fed_by, "node read");
         let before = st.data.kvrocks.nodes.get(link).cloned();
         let mut changed = st.data.kvrocks.observe_node(link, v, fed_by.as_deref());
         if let Some(epoch) = st.data.kvrocks.master_epoch(link) {
@@ -1010,6 +1024,14 @@ fn describe_kvrocks(
                 epoch(r)
             )),
             None => s.push_str("; the replica has no record there"),
+        }
+        if let Some(c) = v.chain {
+            s.push_str(&format!(
+                "; that link's node is fed here since sequence {} (epoch {}), sent up to sequence {}",
+                c.since.map_or("-".to_string(), |p| p.to_string()),
+                epoch(c),
+                c.next_seq.saturating_sub(1)
+            ));
         }
     }
     s.push_str(&format!(

@@ -119,7 +119,16 @@ async fn psync(
     stats.set_psync_request(req.replid_or_dash(), seq_i64);
     let replica = stats.snapshot().replica;
     let ip = stats.peer.ip();
-    link.record_live_books_of(&replica, stats.id);
+    if link.guard.books().group().is_some() {
+        // The group may vouch for the replica by what this link's other sessions sent (the old
+        // master, fed here, to its own replicas): their live books, and the node's role and
+        // sequence now (a promotion since the keeper's last reading; a failed reading leaves
+        // the last one).
+        link.record_live_deliveries();
+        link.refresh_master(crate::link::PSYNC_INFO_TIMEOUT).await;
+    } else {
+        link.record_live_books_of(&replica, stats.id);
+    }
     let (verdict, facts) = link
         .guard
         .judge_kvrocks(&replica, ip, req.replid.as_deref(), req.seq);

@@ -22,6 +22,8 @@ pub struct Links {
     pub state_dir: tempfile::TempDir,
     /// Each link's listen address, in node order.
     pub addrs: Vec<SocketAddr>,
+    /// The links are in a group (only then do they read their nodes).
+    pub grouped: bool,
     rt: tokio::runtime::Runtime,
     running: Option<Running>,
 }
@@ -69,6 +71,7 @@ impl Links {
             admin_port,
             state_dir,
             addrs,
+            grouped: group.is_some(),
             rt,
             running: Some(running),
         }
@@ -253,6 +256,50 @@ impl Cluster {
             }
             Some(target)
         })
+    }
+
+    /// Waits until node `i`'s link has read it (its keeper reads every `lineage_poll_ms`) as
+    /// a replica holding sequence `seq` while another link fed it: the point up to which the
+    /// group vouches for its history once it is promoted. A no-op without grouped links.
+    pub fn wait_read_holding(&self, i: usize, seq: u64, limit: Duration) {
+        let Some(links) = self.links.as_ref().filter(|l| l.grouped) else {
+            return;
+        };
+        let link = format!("n{i}");
+        wait_for(
+            limit,
+            "the node's link to read it holding the sequence",
+            || {
+                let st = links.status();
+                let node = &st["links"][i]["ledger"]["kvrocks"]["nodes"][&link];
+                (node["master"] == false && node["fed"]["held"] == seq).then_some(())
+            },
+        );
+    }
+
+    /// Waits until the links of `replicas` have each read their node as a replica while
+    /// another link fed it (the keeper reads every `lineage_poll_ms`): a node that was a
+    /// replica for less than that is never vouched for once promoted. A no-op without grouped
+    /// links.
+    pub fn wait_read_fed(&self, replicas: &[usize], limit: Duration) {
+        let Some(links) = self.links.as_ref().filter(|l| l.grouped) else {
+            return;
+        };
+        wait_for(
+            limit,
+            "the links to read their nodes as fed replicas",
+            || {
+                let st = links.status();
+                replicas
+                    .iter()
+                    .filter(|&&i| i != self.master)
+                    .all(|&i| {
+                        let node = &st["links"][i]["ledger"]["kvrocks"]["nodes"][&format!("n{i}")];
+                        node["master"] == false && node["fed"].is_object()
+                    })
+                    .then_some(())
+            },
+        );
     }
 
     /// A counter from a node's `INFO stats`.

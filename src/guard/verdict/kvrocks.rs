@@ -42,6 +42,11 @@ pub struct Vouch<'a> {
     /// The replica's record at `from` was being written when replguard last stopped
     /// without a clean shutdown.
     pub unclean_stop: bool,
+    /// This link's node's epoch as master now.
+    pub epoch: u64,
+    /// `from`'s node's record at this link, when it is fed here now: a replica that went on
+    /// streaming from it after it was demoted holds this node's batches past the switch.
+    pub chain: Option<&'a KvRecord>,
 }
 
 /// Judges `PSYNC [replid] <seq>`; `seq` is the first sequence wanted.
@@ -148,7 +153,17 @@ fn vouched(facts: &Facts<'_>, v: &Vouch<'_>, replid: Option<&str>, seq: u64) -> 
             requested: seq,
         }));
     }
-    if seq > v.switch {
+    // Past the switch, a replica of the old master holds this node's batches only when the
+    // old master resumed here (within the history both share) in this epoch and sent it them.
+    let chained = || {
+        v.chain.filter(clean).is_some_and(|c| {
+            c.epoch == Some(v.epoch)
+                && !c.source
+                && c.since.is_some_and(|p| p <= v.switch)
+                && seq <= c.next_seq
+        })
+    };
+    if seq > v.switch && (rec.source || !chained()) {
         return Some(full(Reason::KvBeyondSwitch {
             from: v.from.to_string(),
             next: v.switch,
@@ -420,6 +435,8 @@ mod tests {
                 node,
                 replica,
                 unclean_stop: false,
+                epoch: 4,
+                chain: None,
             }),
             ..kv(l)
         }
@@ -468,6 +485,67 @@ mod tests {
         let f = vouching(&l, 101, Some(&node), Some(&m));
         assert_eq!(code(&f, None, 101), "pass");
         assert_eq!(code(&f, None, 102), "superseded_beyond_switch");
+    }
+
+    #[test]
+    fn kvrocks_a_replica_fed_on_by_the_demoted_master_is_vouched_past_the_switch() {
+        let l = LedgerData::new();
+        let node = there(101, Some(3));
+        // T went on streaming from M after M resumed here at 101 (this node's epoch 4): its
+        // batches past 100 are this node's.
+        let t = there(141, Some(3));
+        let m_here = KvRecord {
+            since: Some(101),
+            ..there(160, Some(4))
+        };
+        let mut f = vouching(&l, 101, Some(&node), Some(&t));
+        assert_eq!(code(&f, None, 131), "superseded_beyond_switch");
+        if let Some(v) = f.vouch.as_mut() {
+            v.chain = Some(&m_here);
+        }
+        assert_eq!(code(&f, None, 131), "pass");
+        assert_eq!(code(&f, None, 141), "pass");
+        assert_eq!(code(&f, None, 142), "beyond_delivered");
+        // M resumed past the switch, or after a full sync (its old batches may be what T
+        // holds), or in another epoch of this node, or was sent less than T asks for.
+        let bads = [
+            KvRecord {
+                since: Some(102),
+                ..there(160, Some(4))
+            },
+            KvRecord {
+                since: None,
+                ..there(160, Some(4))
+            },
+            KvRecord {
+                since: Some(101),
+                ..there(160, Some(3))
+            },
+            KvRecord {
+                since: Some(101),
+                ..there(120, Some(4))
+            },
+        ];
+        for bad in &bads {
+            if let Some(v) = f.vouch.as_mut() {
+                v.chain = Some(bad);
+            }
+            assert_eq!(code(&f, None, 131), "superseded_beyond_switch", "{bad:?}");
+        }
+        // M itself past the switch: its own writes.
+        let m = KvRecord {
+            source: true,
+            ..there(131, Some(3))
+        };
+        let f = Facts {
+            vouch: f.vouch.map(|v| Vouch {
+                replica: Some(&m),
+                chain: Some(&m_here),
+                ..v
+            }),
+            ..f
+        };
+        assert_eq!(code(&f, None, 131), "superseded_beyond_switch");
     }
 
     #[test]
