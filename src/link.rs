@@ -536,8 +536,32 @@ impl LinkCtx {
         self.flavour.refresh_master(self, limit).await
     }
 
+    /// Runs `read` (a flavour's INFO reader) on a connection of replguard's own to the master,
+    /// with the link's credentials, one reading at a time, within `limit`. `Err`: why not, in
+    /// words.
+    pub async fn read_master_with<T, F, Fut, E>(
+        &self,
+        limit: Duration,
+        read: F,
+    ) -> Result<T, String>
+    where
+        F: FnOnce(Stream, Option<Credentials>) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: std::fmt::Display,
+    {
+        let _one_at_a_time = self.poll_lock.lock().await;
+        let creds = self.credentials();
+        let attempt = async {
+            let s = self.dial_master().await.map_err(|e| e.to_string())?;
+            read(s, creds).await.map_err(|e| e.to_string())
+        };
+        timeout(limit, attempt)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {} ms", limit.as_millis())))
+    }
+
     /// Writes what live sessions delivered into the ledger (as open records).
-    fn record_live_deliveries(&self) {
+    pub fn record_live_deliveries(&self) {
         for s in self.sessions.iter() {
             if s.state() != SessionState::Streaming {
                 continue;

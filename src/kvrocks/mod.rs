@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod session;
+pub mod watch;
 pub mod wire;
 
 use crate::config::LinkConfig;
@@ -11,6 +12,7 @@ use crate::conn::Stream;
 use crate::conn::{Peer, SessionEnd};
 use crate::link::{BoxFuture, Flavour, LinkCtx};
 use std::time::Duration;
+use tracing::debug;
 
 /// The Kvrocks flavour of a link.
 pub struct Kvrocks;
@@ -27,9 +29,31 @@ impl Flavour for Kvrocks {
         Box::pin(session::run(link, cfg, replica, master, stats))
     }
 
-    /// A Kvrocks master is not read: its books come from the stream alone.
-    fn refresh_master<'a>(&'a self, _: &'a LinkCtx, _: Duration) -> BoxFuture<'a, bool> {
-        Box::pin(async { false })
+    /// In a group, reads the node's INFO (role, latest sequence, process) into the guard: a
+    /// promoted node's switch comes from it. A link on its own reads nothing: its books come
+    /// from the stream alone. Failures are logged at debug level: the node may simply be down,
+    /// which sessions report.
+    fn refresh_master<'a>(&'a self, link: &'a LinkCtx, limit: Duration) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            if link.guard.books().group().is_none() {
+                return false;
+            }
+            let read = link
+                .read_master_with(limit, |s, creds| async move {
+                    watch::read_node(s, creds.as_ref()).await
+                })
+                .await;
+            match read {
+                Ok(view) => {
+                    link.guard.kv_observe_node(&view);
+                    true
+                }
+                Err(e) => {
+                    debug!(link = %link.name, error = %e, "cannot read the node's INFO");
+                    false
+                }
+            }
+        })
     }
 
     fn record_delivery(&self, link: &LinkCtx, s: &SessionSnapshot, open: bool) {

@@ -33,17 +33,11 @@ impl Flavour for Redis {
     /// level here: the master may simply be down, which sessions report.
     fn refresh_master<'a>(&'a self, link: &'a LinkCtx, limit: Duration) -> BoxFuture<'a, bool> {
         Box::pin(async move {
-            let _one_at_a_time = link.poll_lock.lock().await;
-            let creds = link.credentials();
-            let read = async {
-                let s = link.dial_master().await.map_err(|e| e.to_string())?;
-                watch::read_master(s, creds.as_ref())
-                    .await
-                    .map_err(|e| e.to_string())
-            };
-            let read = tokio::time::timeout(limit, read)
-                .await
-                .unwrap_or_else(|_| Err(format!("no answer within {} ms", limit.as_millis())));
+            let read = link
+                .read_master_with(limit, |s, creds| async move {
+                    watch::read_master(s, creds.as_ref()).await
+                })
+                .await;
             match read {
                 Ok(view) => {
                     link.guard.observe(&link.name, &view);
