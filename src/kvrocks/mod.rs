@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod session;
+pub mod watch;
 pub mod wire;
 
 use crate::config::LinkConfig;
