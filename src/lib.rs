@@ -14,9 +14,9 @@
 //! | [`config`] | the YAML schema, defaults; every problem by path (schema walk, validate) |
 //! | [`server`] | binding every listener, picking each link's flavour, shutdown in order |
 //! | [`link`] | one link: its context, accept loop, the dial, the keeper |
-//! | [`conn`] | one connection, no flavour: its admission (allow-list, per-IP cap, budgets), TLS on either side, how a session ends, timed peer reads, the shared handshake steps (`AUTH`, `PING`, `REPLCONF`, deadlines), the relay pump, the plain pipe, session books |
+//! | [`conn`] | one connection, no flavour: its admission (allow-list, per-IP cap, budgets), TLS on either side, how a session ends, timed peer reads, the shared handshake steps (`AUTH`, `PING`, `REPLCONF`, deadlines), the relay pump, the plain pipe, session books, bounded `INFO` reads on a connection of replguard's own |
 //! | [`redis`] | Redis / Valkey: handshake and PSYNC, the RDB and stream observers, INFO lineage |
-//! | [`kvrocks`] | Kvrocks: handshake and PSYNC, the WAL-batch observer, `_fetch_meta` / `_fetch_file`, the checkpoint reader |
+//! | [`kvrocks`] | Kvrocks: handshake and PSYNC, the WAL-batch observer, `_fetch_meta` / `_fetch_file`, the checkpoint reader, the node's INFO (role, latest sequence, process) |
 //! | [`guard`] | a link's guard at runtime over its books ([`guard::Books`]: one link's, or shared by the links of a `group`); [`guard::verdict`] (pure, property-tested; one facts type and rule set per flavour), [`guard::route`], [`guard::decision`] (the log line), [`guard::ledger`] (data), [`guard::store`] (the file's one writer) |
 //! | [`wire`] | pure codecs: bounded, resumable RESP handshake framing |
 //! | [`ops`] | the admin listener (`/status` shaped by [`ops::status`], `/metrics`, token-guarded mutating routes) and `replguard status` |

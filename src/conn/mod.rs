@@ -1,9 +1,11 @@
 //! One connection, whatever the flavour: the places it may hold on its link, how a session ends
 //! and which side it concerns, a peer with bounded, timed reads, the handshake steps every flavour shares, the one relay
-//! pump, the plain pipe for clients that are not replicas, and the session's books.
+//! pump, the plain pipe for clients that are not replicas, the session's books, and `INFO` reads on
+//! a connection of replguard's own.
 
 pub mod admission;
 pub mod handshake;
+pub mod info;
 pub mod passthrough;
 pub mod peer;
 pub mod pump;

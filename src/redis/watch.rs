@@ -3,74 +3,20 @@
 //! `LinkCtx::dial_master`), with the link's credentials.
 
 use crate::config::Credentials;
+use crate::conn::info::{read_sections, InfoError};
 use crate::conn::Stream;
 use crate::guard::ledger::MasterView;
-use crate::wire::resp::{encode_command, reply_len};
 use std::collections::HashMap;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Why the master could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum WatchError {
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("master answered {0:?}")]
-    Reply(String),
-}
 
 /// Asks the master, on a connection dialled to it, for its replication state; the caller
 /// bounds the time it takes.
-pub async fn read_master(
-    mut s: Stream,
-    creds: Option<&Credentials>,
-) -> Result<MasterView, WatchError> {
-    let mut buf = Vec::with_capacity(4096);
-    if let Some(c) = creds {
-        let auth = match &c.user {
-            Some(u) => encode_command(&["AUTH", u.as_str(), c.password.as_str()]),
-            None => encode_command(&["AUTH", c.password.as_str()]),
-        };
-        s.write_all(&auth).await?;
-        let r = read_reply(&mut s, &mut buf).await?;
-        if !r.starts_with(b"+") {
-            return Err(WatchError::Reply(String::from_utf8_lossy(&r).trim().into()));
-        }
-    }
-    let mut wire = encode_command(&["INFO", "replication"]);
-    wire.extend(encode_command(&["INFO", "keyspace"]));
-    s.write_all(&wire).await?;
-    let repl = bulk_text(read_reply(&mut s, &mut buf).await?)?;
-    let keys = bulk_text(read_reply(&mut s, &mut buf).await?)?;
-    parse_view(&repl, &keys)
-}
-
-async fn read_reply(s: &mut Stream, buf: &mut Vec<u8>) -> Result<Vec<u8>, WatchError> {
-    loop {
-        if let Some(n) = reply_len(buf).map_err(|e| WatchError::Reply(e.to_string()))? {
-            return Ok(buf.drain(..n).collect());
-        }
-        let mut tmp = [0u8; 8192];
-        let n = s.read(&mut tmp).await?;
-        if n == 0 {
-            return Err(WatchError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-        }
-        buf.extend_from_slice(&tmp[..n]);
-    }
-}
-
-fn bulk_text(reply: Vec<u8>) -> Result<String, WatchError> {
-    if reply.first() != Some(&b'$') {
-        return Err(WatchError::Reply(
-            String::from_utf8_lossy(&reply).trim().into(),
-        ));
-    }
-    let start = reply.iter().position(|&b| b == b'\n').map_or(0, |p| p + 1);
-    let end = reply.len().saturating_sub(2).max(start);
-    Ok(String::from_utf8_lossy(&reply[start..end]).into_owned())
+pub async fn read_master(s: Stream, creds: Option<&Credentials>) -> Result<MasterView, InfoError> {
+    let texts = read_sections(s, creds, &["replication", "keyspace"]).await?;
+    parse_view(&texts[0], &texts[1])
 }
 
 /// Builds the master's view from the two INFO sections.
-pub fn parse_view(replication: &str, keyspace: &str) -> Result<MasterView, WatchError> {
+pub fn parse_view(replication: &str, keyspace: &str) -> Result<MasterView, InfoError> {
     let f: HashMap<&str, &str> = replication
         .lines()
         .filter_map(|l| l.split_once(':'))
@@ -79,12 +25,12 @@ pub fn parse_view(replication: &str, keyspace: &str) -> Result<MasterView, Watch
     let get = |k: &str| {
         f.get(k)
             .copied()
-            .ok_or_else(|| WatchError::Reply(format!("INFO replication has no {k}")))
+            .ok_or_else(|| InfoError::Reply(format!("INFO replication has no {k}")))
     };
-    let num = |k: &str| -> Result<i64, WatchError> {
+    let num = |k: &str| -> Result<i64, InfoError> {
         get(k)?
             .parse()
-            .map_err(|_| WatchError::Reply(format!("INFO replication {k} is not a number")))
+            .map_err(|_| InfoError::Reply(format!("INFO replication {k} is not a number")))
     };
     Ok(MasterView {
         replid: get("master_replid")?.to_string(),

@@ -132,6 +132,11 @@ impl Kvrocks {
         Client::connect(self.port).expect("connect to kvrocks")
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("kvrocks is running").id()
+    }
+
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }

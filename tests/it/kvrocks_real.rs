@@ -347,3 +347,60 @@ fn real_kvrocks_seed_setup_restart_right_after_a_full_sync() {
     assert_eq!(master.stat("sync_full"), 2, "one full sync per attach");
     assert_eq!(p.metric("replguard_unsafe_resumes_accepted_total", ""), 0.0);
 }
+
+/// A link's own read of its node: `AUTH` with the link's password, then `INFO replication` and
+/// `INFO server` in one write, on a real Kvrocks with `requirepass`.
+#[test]
+fn real_kvrocks_read_node_authenticates_and_reads_role_sequence_and_process() {
+    let Some(bin) =
+        kvrocks_bin("real_kvrocks_read_node_authenticates_and_reads_role_sequence_and_process")
+    else {
+        return;
+    };
+    let node = Kvrocks::start(
+        &bin,
+        NodeCfg {
+            cluster: false,
+            rsid: false,
+        },
+        &[],
+    );
+    // Set at run time: the start-up wait reads INFO without a password.
+    let mut c = node.client();
+    assert_eq!(c.text(&["CONFIG", "SET", "requirepass", "s3cret"]), "OK");
+    assert_eq!(c.text(&["AUTH", "s3cret"]), "OK");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let read = |password: Option<&str>| {
+        let creds = password.map(|p| replguard::config::Credentials {
+            user: None,
+            password: p.to_string(),
+        });
+        rt.block_on(async {
+            let s = tokio::net::TcpStream::connect(node.addr()).await.unwrap();
+            let read = replguard::kvrocks::watch::read_node(
+                replguard::conn::Stream::Tcp(s),
+                creds.as_ref(),
+            );
+            tokio::time::timeout(Duration::from_secs(10), read)
+                .await
+                .expect("the node answers within 10 s")
+        })
+    };
+
+    let before = read(Some("s3cret")).unwrap();
+    assert!(before.master, "{before:?}");
+    assert_eq!(before.process_id, u64::from(node.pid()));
+    assert_eq!(c.text(&["SET", "k", "v"]), "OK");
+    let after = read(Some("s3cret")).unwrap();
+    assert_eq!(after.latest, before.latest + 1, "{before:?} then {after:?}");
+    assert_eq!(after.process_id, before.process_id);
+    assert!(after.uptime_secs >= before.uptime_secs);
+
+    let err = read(Some("wrong")).unwrap_err().to_string();
+    assert!(err.contains("invalid password"), "{err}");
+    let err = read(None).unwrap_err().to_string();
+    assert!(err.contains("NOAUTH"), "{err}");
+}
