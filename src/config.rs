@@ -745,7 +745,12 @@ impl Config {
             }
             if let Some(auth) = &link.auth {
                 if let Some(user) = &auth.user {
-                    if user.is_empty() || user.contains(char::is_whitespace) {
+                    if link.flavor == Flavor::Kvrocks {
+                        push(
+                            p("auth.user"),
+                            "a kvrocks link takes a password only: Kvrocks has no ACL users and answers AUTH with a user name as a wrong number of arguments".into(),
+                        );
+                    } else if user.is_empty() || user.contains(char::is_whitespace) {
                         push(
                             p("auth.user"),
                             "must be a non-empty name without spaces".into(),
@@ -2497,6 +2502,23 @@ links:
         assert!(
             p[0].starts_with("links[0].auth: cannot read password file ./pw"),
             "{p:?}"
+        );
+    }
+
+    #[test]
+    fn a_kvrocks_link_takes_a_password_without_a_user() {
+        std::env::set_var("REPLGUARD_TEST_KV_PASSWORD", "pw");
+        let y = GOOD.replace(
+            "flavor: redis\n    guard: enforce",
+            "flavor: kvrocks\n    guard: enforce\n    auth: { user: ops, password_env: REPLGUARD_TEST_KV_PASSWORD }",
+        );
+        assert_eq!(
+            problems(&y),
+            vec!["links[0].auth.user: a kvrocks link takes a password only: Kvrocks has no ACL users and answers AUTH with a user name as a wrong number of arguments"]
+        );
+        assert_eq!(
+            problems(&y.replace("user: ops, ", "")),
+            Vec::<String>::new()
         );
     }
 
