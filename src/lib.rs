@@ -41,7 +41,8 @@
 //!
 //! The links of a `group` (one per node of a Sentinel set, a Redis Cluster or a Kvrocks
 //! cluster) hold one `guard::Books`: a replica moved by a failover from one node's link to
-//! another's is judged on its whole history.
+//! another's is judged on its whole history (for Kvrocks, on its record at the link that fed
+//! the promoted node, up to the promoted node's switch: `guard::ledger::KvNode`).
 //! ```
 //!
 //! Kvrocks' full-sync connections (`_fetch_meta`, `_fetch_file`) pass through the same pump
