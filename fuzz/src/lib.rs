@@ -517,6 +517,7 @@ pub fn ledger(data: &[u8]) {
                             unclean_stop: rec.open,
                             epoch: node.epoch.unwrap_or(0),
                             chain: Some(node),
+                            newer_at: None,
                         }),
                     };
                     let v = kvrocks::judge(&facts, rec.replid.as_deref(), seq);
@@ -544,12 +545,13 @@ pub fn ledger(data: &[u8]) {
                 master: i % 2 == 0,
                 latest,
                 process_id: n.process_id,
-                uptime_secs: n.uptime_secs,
+                uptime_secs: latest,
             };
-            kv.observe_node(link, &v, Some("other"));
+            kv.observe_node(link, &v, Some("other"), n.started_unix);
             if let Some(e) = kv.master_epoch(link) {
-                kv.vouch_source(&format!("{link}/x"), e, latest);
+                kv.vouch_sources(link, &["x".to_string()], e, latest);
             }
+            kv.node_replaced(link);
         }
     }
     // The master's view folded in, with offsets a peer can send.

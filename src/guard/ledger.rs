@@ -116,6 +116,10 @@ pub struct LedgerData {
     pub kvrocks: KvBooks,
 }
 
+/// Seconds two readings of a Kvrocks node's start time (`now - uptime_in_seconds`, both whole
+/// seconds) may differ by without a restart.
+const START_JITTER_SECS: u64 = 2;
+
 /// Most replication ids a Kvrocks link remembers having seen in its master's batches.
 const KV_REPLIDS_KEPT: usize = 64;
 
@@ -141,13 +145,16 @@ pub struct KvBooks {
 /// its history stops being the one it was fed: one past the latest sequence its link last read
 /// it holding as a replica, while it streamed from another link of the group.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct KvNode {
     /// Counts the node's stretches as master (0: never seen as master).
     pub epoch: u64,
     pub master: bool,
     pub latest: u64,
     pub process_id: u64,
-    pub uptime_secs: u64,
+    /// When the node's process started (`uptime_in_seconds` before the reading that first saw
+    /// it).
+    pub started_unix: u64,
     /// Last read as a replica holding sequences up to `held`, fed by link `from`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fed: Option<KvFed>,
@@ -299,28 +306,47 @@ impl KvBooks {
         self.master_replids.is_empty() && self.replicas.is_empty() && self.nodes.is_empty()
     }
 
-    /// Folds in what link `link` read of its node; `fed_by`: the other link of the group
-    /// streaming to the node at that moment, if any. `true` when the books changed.
+    /// Folds in what link `link` read of its node at `now` (unix seconds); `fed_by`: the other
+    /// link of the group streaming to the node at that moment, if any. `true` when the books
+    /// changed.
     ///
-    /// A new epoch begins when the node is read as master after being read as a replica, after
-    /// a restart (another process, or its uptime went back), or when its latest sequence went
-    /// back. A promotion straight from a replica read while fed keeps a switch.
-    pub fn observe_node(&mut self, link: &str, v: &KvNodeView, fed_by: Option<&str>) -> bool {
+    /// A restart (another process, another start time, or its latest sequence went back), in
+    /// either role, begins a new epoch and withdraws what the link vouched for the node as
+    /// master (its `source` records): a node that lost the tail of its WAL holds another
+    /// history from there on. A node read as master after being read as a replica begins a new
+    /// epoch too, and keeps a switch when it was read fed just before.
+    pub fn observe_node(
+        &mut self,
+        link: &str,
+        v: &KvNodeView,
+        fed_by: Option<&str>,
+        now: u64,
+    ) -> bool {
         let prev = self.nodes.get(link).cloned();
+        let started = now.saturating_sub(v.uptime_secs);
         let restarted = prev.as_ref().is_none_or(|p| {
-            p.process_id != v.process_id || v.uptime_secs < p.uptime_secs || v.latest < p.latest
+            p.process_id != v.process_id
+                || p.started_unix.abs_diff(started) > START_JITTER_SECS
+                || v.latest < p.latest
         });
         let mut n = prev.clone().unwrap_or_default();
+        let mut changed = false;
+        if restarted {
+            n.epoch = n.epoch.saturating_add(1);
+            n.started_unix = started;
+            n.switch = None;
+            n.fed = None;
+            changed |= self.withdraw_sources(link, &[]);
+        }
         if v.master {
-            if restarted || !n.master {
+            if !restarted && !n.master {
                 n.epoch = n.epoch.saturating_add(1);
-                n.switch = match (&n.fed, restarted) {
-                    (Some(f), false) => f.held.checked_add(1).map(|next| KvSwitch {
+                n.switch = n.fed.as_ref().and_then(|f| {
+                    f.held.checked_add(1).map(|next| KvSwitch {
                         from: f.from.clone(),
                         next,
-                    }),
-                    _ => None,
-                };
+                    })
+                });
             }
             n.fed = None;
         } else {
@@ -333,17 +359,40 @@ impl KvBooks {
         n.master = v.master;
         n.latest = v.latest;
         n.process_id = v.process_id;
-        n.uptime_secs = v.uptime_secs;
-        let changed = prev.as_ref().is_none_or(|p| {
+        let node_changed = prev.as_ref().is_none_or(|p| {
             let mut q = n.clone();
             q.updated_unix = p.updated_unix;
             q != *p
         });
-        if changed {
-            n.updated_unix = now_unix();
+        if node_changed {
+            n.updated_unix = now;
             self.nodes.insert(link.to_string(), n);
         }
-        changed
+        changed || node_changed
+    }
+
+    /// The node behind link `link` was replaced (the link was re-pointed): its next reading
+    /// counts as a restart.
+    pub fn node_replaced(&mut self, link: &str) -> bool {
+        match self.nodes.get_mut(link) {
+            Some(n) if n.process_id != 0 || n.started_unix != 0 => {
+                n.process_id = 0;
+                n.started_unix = 0;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Removes link `link`'s `source` records, except those of `keep` (identities).
+    fn withdraw_sources(&mut self, link: &str, keep: &[String]) -> bool {
+        let before = self.replicas.len();
+        self.replicas.retain(|k, r| {
+            !(r.source
+                && k.split_once('/')
+                    .is_some_and(|(l, id)| l == link && !keep.iter().any(|i| i == id)))
+        });
+        self.replicas.len() != before
     }
 
     /// The epoch of link `link`'s node while it is known to be master.
@@ -354,9 +403,25 @@ impl KvBooks {
             .map(|n| n.epoch)
     }
 
-    /// Records that the node behind a link (as `key`, `<link>/<identity>`) is master in
-    /// `epoch`, holding its own history up to `latest`. `true` when the books changed.
-    pub fn vouch_source(&mut self, key: &str, epoch: u64, latest: u64) -> bool {
+    /// Records that the node behind link `link`, known by `identities`, is master in `epoch`,
+    /// holding its own history up to `latest` (a `source` record per identity, under
+    /// `<link>/<identity>`; those of identities it no longer has are withdrawn). `true` when
+    /// the books changed.
+    pub fn vouch_sources(
+        &mut self,
+        link: &str,
+        identities: &[String],
+        epoch: u64,
+        latest: u64,
+    ) -> bool {
+        let mut changed = self.withdraw_sources(link, identities);
+        for id in identities {
+            changed |= self.vouch_source(&format!("{link}/{id}"), epoch, latest);
+        }
+        changed
+    }
+
+    fn vouch_source(&mut self, key: &str, epoch: u64, latest: u64) -> bool {
         let next_seq = latest.saturating_add(1);
         let same = self.replicas.get(key).is_some_and(|r| {
             r.source && r.epoch == Some(epoch) && r.next_seq == next_seq && !r.open
@@ -1115,17 +1180,30 @@ mod tests {
         }
     }
 
+    /// A reading at `now` of a node started at `started`.
+    fn read(
+        b: &mut KvBooks,
+        fed: Option<&str>,
+        master: bool,
+        latest: u64,
+        pid: u64,
+        started: u64,
+        now: u64,
+    ) -> bool {
+        b.observe_node("n1", &node(master, latest, pid, now - started), fed, now)
+    }
+
     #[test]
     fn a_kvrocks_node_promoted_from_a_fed_replica_keeps_its_switch() {
         let mut b = KvBooks::default();
         assert_eq!(b.master_epoch("n1"), None);
-        assert!(b.observe_node("n1", &node(false, 90, 7, 10), Some("n0")));
-        assert!(b.observe_node("n1", &node(false, 100, 7, 11), Some("n0")));
+        assert!(read(&mut b, Some("n0"), false, 90, 7, 1000, 1010));
+        assert!(read(&mut b, Some("n0"), false, 100, 7, 1000, 1011));
         assert_eq!(b.master_epoch("n1"), None);
         // Promoted: it holds n0's node's history up to 100 at least.
-        assert!(b.observe_node("n1", &node(true, 104, 7, 12), None));
+        assert!(read(&mut b, None, true, 104, 7, 1000, 1012));
         let n = &b.nodes["n1"];
-        assert_eq!((n.epoch, n.master), (1, true));
+        assert_eq!((n.epoch, n.master), (2, true));
         assert_eq!(
             n.switch,
             Some(KvSwitch {
@@ -1133,24 +1211,21 @@ mod tests {
                 next: 101
             })
         );
-        assert_eq!(b.master_epoch("n1"), Some(1));
-        // Read again as master: the same epoch and switch.
-        b.observe_node("n1", &node(true, 150, 7, 13), None);
-        assert_eq!(b.nodes["n1"].epoch, 1);
+        assert_eq!(b.master_epoch("n1"), Some(2));
+        // Read again as master, with its start time off by the readings' rounding: the same
+        // epoch and switch, and an idle node changes nothing.
+        read(&mut b, None, true, 150, 7, 1001, 1013);
+        assert!(!read(&mut b, None, true, 150, 7, 999, 1014));
+        assert_eq!(b.nodes["n1"].epoch, 2);
         assert!(b.nodes["n1"].switch.is_some());
-        assert!(!b.observe_node("n1", &node(true, 150, 7, 13), None));
-        // Restarted (another process, its uptime back, or its sequence back): a new epoch,
+        // Restarted (another process, another start time, or its sequence back): a new epoch,
         // and no switch.
-        for (i, v) in [
-            node(true, 150, 8, 1),
-            node(true, 150, 8, 0),
-            node(true, 149, 8, 5),
-        ]
-        .iter()
-        .enumerate()
+        for (i, (latest, pid, started)) in [(150, 8, 1000), (150, 8, 1100), (149, 8, 1100)]
+            .into_iter()
+            .enumerate()
         {
-            b.observe_node("n1", v, None);
-            assert_eq!(b.nodes["n1"].epoch, 2 + i as u64);
+            read(&mut b, None, true, latest, pid, started, 1200);
+            assert_eq!(b.nodes["n1"].epoch, 3 + i as u64);
             assert_eq!(b.nodes["n1"].switch, None);
         }
     }
@@ -1159,23 +1234,46 @@ mod tests {
     fn a_kvrocks_node_promoted_without_a_fed_reading_has_no_switch() {
         let mut b = KvBooks::default();
         // First read as master: an epoch, no switch.
-        b.observe_node("n1", &node(true, 10, 7, 10), None);
+        read(&mut b, None, true, 10, 7, 1000, 1010);
         assert_eq!(b.master_epoch("n1"), Some(1));
         assert_eq!(b.nodes["n1"].switch, None);
         // Demoted, read while nothing fed it, promoted again.
-        b.observe_node("n1", &node(false, 10, 7, 11), None);
+        read(&mut b, None, false, 10, 7, 1000, 1011);
         assert_eq!(b.master_epoch("n1"), None);
-        b.observe_node("n1", &node(true, 12, 7, 12), None);
+        read(&mut b, None, true, 12, 7, 1000, 1012);
         assert_eq!(b.nodes["n1"].epoch, 2);
         assert_eq!(b.nodes["n1"].switch, None);
         // Fed, then restarted before its promotion was read.
-        b.observe_node("n1", &node(false, 20, 7, 13), Some("n0"));
-        b.observe_node("n1", &node(true, 25, 9, 1), None);
+        read(&mut b, Some("n0"), false, 20, 7, 1000, 1013);
+        read(&mut b, None, true, 25, 9, 1014, 1015);
         assert_eq!(b.nodes["n1"].switch, None);
-        // The node's own history is vouched for under its link, per epoch.
-        assert!(b.vouch_source("n1/127.0.0.1:7001", 3, 25));
-        assert!(!b.vouch_source("n1/127.0.0.1:7001", 3, 25));
+    }
+
+    #[test]
+    fn a_kvrocks_node_restarted_in_either_role_is_no_longer_vouched_for() {
+        let ids = ["127.0.0.1:7001".to_string(), "127.0.0.1:8001".to_string()];
+        let mut b = KvBooks::default();
+        read(&mut b, None, true, 100, 7, 1000, 1010);
+        assert!(b.vouch_sources("n1", &ids, 1, 100));
+        assert!(!b.vouch_sources("n1", &ids, 1, 100));
         let r = &b.replicas["n1/127.0.0.1:7001"];
-        assert!(r.source && r.epoch == Some(3) && r.next_seq == 26);
+        assert!(r.source && r.epoch == Some(1) && r.next_seq == 101);
+        // An identity the node no longer has is withdrawn.
+        assert!(b.vouch_sources("n1", &ids[..1], 1, 100));
+        assert!(!b.replicas.contains_key("n1/127.0.0.1:8001"));
+        // Demoted: its records stay while it is the same process.
+        read(&mut b, Some("n2"), false, 100, 7, 1000, 1011);
+        assert!(b.replicas.contains_key("n1/127.0.0.1:7001"));
+        // Restarted as a replica (a power loss may have cut its WAL): withdrawn.
+        assert!(read(&mut b, Some("n2"), false, 97, 7, 1011, 1012));
+        assert!(!b.replicas.contains_key("n1/127.0.0.1:7001"));
+        assert_eq!(b.nodes["n1"].epoch, 2);
+        // The link re-pointed at another node: its next reading is a restart.
+        read(&mut b, None, true, 120, 7, 1011, 1013);
+        assert_eq!(b.nodes["n1"].epoch, 3);
+        assert!(b.node_replaced("n1"));
+        assert!(!b.node_replaced("n1"));
+        read(&mut b, None, true, 120, 7, 1011, 1014);
+        assert_eq!(b.nodes["n1"].epoch, 4);
     }
 }

@@ -149,6 +149,18 @@ impl State {
             .filter(|r| !r.source)
             .max_by_key(|r| r.updated_unix);
         let key = format!("{from}/{replica}");
+        let rec = books.replicas.get(&key);
+        // The replica's newest record in the group is the one that speaks for its data.
+        let newer_at = rec.and_then(|r| {
+            books
+                .replicas
+                .iter()
+                .filter(|(k, o)| !o.source && o.updated_unix > r.updated_unix && *k != &key)
+                .find_map(|(k, _)| {
+                    let (l, id) = k.split_once('/')?;
+                    (id == replica).then_some(l)
+                })
+        });
         // `from`'s node, by the identities its link vouched for it under, fed here now.
         let chain = books
             .replicas
@@ -164,10 +176,11 @@ impl State {
             from,
             switch: sw.next,
             node: node_rec,
-            replica: books.replicas.get(&key),
+            replica: rec,
             unclean_stop: self.uncertain.contains(&key),
             epoch: node.epoch,
             chain,
+            newer_at,
         })
     }
 
@@ -506,14 +519,15 @@ impl Guard {
             .flatten();
         debug!(link = %link, master = v.master, latest = v.latest, fed_by = ?fed_by, "node read");
         let before = st.data.kvrocks.nodes.get(link).cloned();
-        let mut changed = st.data.kvrocks.observe_node(link, v, fed_by.as_deref());
+        let mut changed =
+            st.data
+                .kvrocks
+                .observe_node(link, v, fed_by.as_deref(), ledger::now_unix());
         if let Some(epoch) = st.data.kvrocks.master_epoch(link) {
-            for id in &identities {
-                changed |= st
-                    .data
-                    .kvrocks
-                    .vouch_source(&format!("{link}/{id}"), epoch, v.latest);
-            }
+            changed |= st
+                .data
+                .kvrocks
+                .vouch_sources(link, &identities, epoch, v.latest);
         }
         let now = st.data.kvrocks.nodes.get(link).cloned();
         if changed {
@@ -848,6 +862,10 @@ impl Guard {
     /// (which this makes due), so a restart whose configuration names it keeps the books.
     pub fn set_master(&self, master: &str) {
         self.books.store.set_master(master);
+        if let Some(link) = &self.kv_scope {
+            // Another node: what was vouched for the old one does not carry over.
+            self.state().data.kvrocks.node_replaced(link);
+        }
         self.mark_dirty();
     }
 
@@ -1024,6 +1042,9 @@ fn describe_kvrocks(
                 epoch(r)
             )),
             None => s.push_str("; the replica has no record there"),
+        }
+        if let Some(l) = v.newer_at {
+            s.push_str(&format!("; its newest record is at link {l}"));
         }
         if let Some(c) = v.chain {
             s.push_str(&format!(
@@ -1229,6 +1250,84 @@ mod tests {
         let back = Books::open_group(dir.path(), "g", 100);
         assert_eq!(back.state().data.replicas["r"].offset, 500);
         assert_eq!(back.state().data.group.as_deref(), Some("g"));
+    }
+
+    fn kv_reading(master: bool, latest: u64, pid: u64) -> KvNodeView {
+        KvNodeView {
+            master,
+            latest,
+            process_id: pid,
+            uptime_secs: 10,
+        }
+    }
+
+    #[test]
+    fn a_kvrocks_group_carries_replicas_across_a_promotion() {
+        const M: &str = "127.0.0.1:7000";
+        const R: &str = "127.0.0.1:7001";
+        const T: &str = "127.0.0.1:7002";
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let books = Books::open_group(dir.path(), "g", 100);
+        let n0 = Guard::new("n0", books.clone(), UnknownReplica::Full, false);
+        let n1 = Guard::new("n1", books.clone(), UnknownReplica::Full, false);
+        let n2 = Guard::new("n2", books.clone(), UnknownReplica::Full, false);
+        n0.set_node_addresses(&[M.parse().unwrap()]);
+        n1.set_node_addresses(&[R.parse().unwrap()]);
+        n0.kv_observe_node(&kv_reading(true, 0, 1));
+        n1.kv_observe_node(&kv_reading(true, 0, 2));
+        // R and T stream from M through n0, in n0's node's first epoch.
+        for (i, r) in [(1, R), (2, T)] {
+            n0.kv_started(r, i, peer, None, 1);
+            n0.kv_delivered(r, i, 101, &[], true);
+        }
+        // n1 reads R fed by n0, holding 100; then R is master.
+        n1.kv_observe_node(&kv_reading(false, 100, 2));
+        n1.kv_observe_node(&kv_reading(true, 100, 2));
+        for (i, r) in [(1, R), (2, T)] {
+            n0.kv_delivered(r, i, 101, &[], false);
+        }
+        let judge = |g: &Guard, r: &str, seq: u64| {
+            let (v, facts) = g.judge_kvrocks(r, ip, None, seq);
+            (v.reason().map_or("pass", |x| x.code()), facts)
+        };
+        let (code, facts) = judge(&n1, T, 101);
+        assert_eq!(code, "pass", "{facts}");
+        assert!(facts.contains("promoted holding link n0's history below sequence 101"));
+        assert_eq!(judge(&n1, T, 102).0, "beyond_delivered");
+        // M, n0's node, up to the switch.
+        assert_eq!(judge(&n1, M, 101).0, "pass");
+        assert_eq!(judge(&n1, M, 102).0, "superseded_beyond_switch");
+        // Without a group, nothing is carried.
+        let alone = Guard::open(dir.path(), "alone", R, UnknownReplica::Full, false, 100);
+        alone.kv_observe_node(&kv_reading(true, 100, 2));
+        assert_eq!(
+            alone
+                .judge_kvrocks(T, ip, None, 101)
+                .0
+                .reason()
+                .unwrap()
+                .code(),
+            "unknown_replica"
+        );
+        // T served by n2 since: its record there speaks for it.
+        n2.kv_started(T, 3, peer, None, 1);
+        if let Some(r) = books
+            .state()
+            .data
+            .kvrocks
+            .replicas
+            .get_mut(&format!("n2/{T}"))
+        {
+            r.updated_unix += 10;
+        }
+        let (code, facts) = judge(&n1, T, 61);
+        assert_eq!(code, "unknown_replica", "{facts}");
+        assert!(facts.contains("newest record is at link n2"), "{facts}");
+        // M read restarted (as a replica, its sequence back): no longer vouched for.
+        n0.kv_observe_node(&kv_reading(false, 97, 3));
+        assert_eq!(judge(&n1, M, 99).0, "unknown_replica");
     }
 
     #[test]
