@@ -47,6 +47,9 @@ pub struct Vouch<'a> {
     /// `from`'s node's record at this link, when it is fed here now: a replica that went on
     /// streaming from it after it was demoted holds this node's batches past the switch.
     pub chain: Option<&'a KvRecord>,
+    /// A link of the group with a newer record of the replica than `from`'s: its data is
+    /// what that link saw, and `from`'s record no longer speaks for it.
+    pub newer_at: Option<&'a str>,
 }
 
 /// Judges `PSYNC [replid] <seq>`; `seq` is the first sequence wanted.
@@ -135,6 +138,9 @@ pub fn judge(facts: &Facts<'_>, replid: Option<&str>, seq: u64) -> Verdict {
 /// The group's vouch for a replica this link has no record of; `None` when the records at the
 /// feeding link cannot vouch (the ordinary rules apply then).
 fn vouched(facts: &Facts<'_>, v: &Vouch<'_>, replid: Option<&str>, seq: u64) -> Option<Verdict> {
+    if v.newer_at.is_some() {
+        return None;
+    }
     let clean = |r: &&KvRecord| r.gap.is_none() && !r.full_sync_pending;
     let node = v
         .node
@@ -171,6 +177,11 @@ fn vouched(facts: &Facts<'_>, v: &Vouch<'_>, replid: Option<&str>, seq: u64) -> 
         }));
     }
     if rec.source {
+        // An id the master's batches never carried is the node's own: a write of its own
+        // (the 2.7.0 start-up write after a restart) at the end of what it holds.
+        if replid.is_some_and(|id| !facts.books.knows_master_replid(id)) {
+            return None;
+        }
         return Some(Verdict::Pass);
     }
     Some(id_rule(facts, rec, replid, seq).unwrap_or(Verdict::Pass))
@@ -437,6 +448,7 @@ mod tests {
                 unclean_stop: false,
                 epoch: 4,
                 chain: None,
+                newer_at: None,
             }),
             ..kv(l)
         }
@@ -615,6 +627,30 @@ mod tests {
     }
 
     #[test]
+    fn kvrocks_a_newer_record_elsewhere_or_an_own_id_ends_the_vouch() {
+        const M: &str = "C3EORR3YM0FAK7BG";
+        let mut l = LedgerData::new();
+        l.kvrocks.saw_master_replid(M);
+        let node = there(101, Some(3));
+        let t = there(101, Some(3));
+        let mut f = vouching(&l, 101, Some(&node), Some(&t));
+        assert_eq!(code(&f, None, 61), "pass");
+        // T was served by another link since (moved to another shard, say).
+        if let Some(v) = f.vouch.as_mut() {
+            v.newer_at = Some("n7");
+        }
+        assert_eq!(code(&f, None, 61), "unknown_replica");
+        // The old master presenting an id no batch carried: a write of its own at its end.
+        let m = KvRecord {
+            source: true,
+            ..there(90, Some(3))
+        };
+        let f = vouching(&l, 101, Some(&node), Some(&m));
+        assert_eq!(code(&f, Some(M), 101), "pass");
+        assert_eq!(code(&f, Some("X4N29DXBT7N4ZKU9"), 99), "unknown_id");
+    }
+
+    #[test]
     fn kvrocks_a_vouched_replica_still_answers_for_its_id() {
         const M: &str = "C3EORR3YM0FAK7BG";
         const OWN: &str = "X4N29DXBT7N4ZKU9";
@@ -635,32 +671,44 @@ mod tests {
     }
 
     proptest! {
-        /// A master writes sequences 1..; the promoted node applied `h` of them (it was fed
-        /// `d_node >= h`) and was last read holding `x <= h` while fed; then it writes its own.
-        /// A replica applied `t` of the old master's sequences (fed `d_t >= t`, possibly past
-        /// the promotion) and asks for `t + 1`. A pass means its data is the promoted node's
-        /// below the sequence it asks for; an honest resume with clean records is passed.
+        /// A master writes sequences 1..; the promoted node applied `h` of them and was last
+        /// read holding `x <= h` while fed; then it writes its own. It was delivered up to
+        /// `d_node - 1`: when that is below `h`, its sequences from `d_node` on are writes of
+        /// its own. A replica applied `t` sequences and asks for `t + 1`; it was delivered up to
+        /// `d_t - 1`, and holds writes of its own from `d_t` on when that is below `t`. A pass
+        /// means its data is the promoted node's below the sequence it asks for; an honest
+        /// resume with clean records is passed.
         #[test]
         fn kvrocks_a_vouched_resume_never_crosses_the_promotion(
             h in 0u64..200,
-            lag in 0u64..20,
-            fed_extra in 0u64..5,
-            t in 0u64..250,
-            t_extra in 0u64..5,
+            lag in 0u64..4,
+            d_node_off in -3i64..5,
+            t_off in -6i64..6,
+            d_t_off in -3i64..5,
             same_epoch in prop::bool::weighted(0.8),
             source in prop::bool::weighted(0.2),
         ) {
             let x = h.saturating_sub(lag);
-            let node = there(h + fed_extra + 1, Some(7));
+            let t = (h as i64 + t_off).max(0) as u64;
+            let d_node = (h as i64 + 1 + d_node_off).max(1) as u64;
+            let d_t = (t as i64 + 1 + d_t_off).max(1) as u64;
+            let node = there(d_node, Some(7));
             let epoch = Some(if same_epoch { 7 } else { 6 });
-            let rec = KvRecord { source, ..there(t + t_extra + 1, epoch) };
+            let rec = KvRecord { source, ..there(d_t, epoch) };
             let l = LedgerData::new();
             let f = vouching(&l, x + 1, Some(&node), Some(&rec));
             let v = judge(&f, None, t + 1);
-            if v == Verdict::Pass {
-                prop_assert!(t <= h, "passed {} with the node holding the old master's data up to {}", t + 1, h);
+            // The old master's history the node holds, and the replica's.
+            let node_holds = h.min(d_node - 1);
+            let replica_holds = if source { t } else { t.min(d_t - 1) };
+            if v == Verdict::Pass && t > 0 {
+                prop_assert!(
+                    t <= node_holds && t <= replica_holds,
+                    "passed {} with the node holding the old master's data up to {} and the replica up to {}",
+                    t + 1, node_holds, replica_holds
+                );
             }
-            if same_epoch && t <= x {
+            if same_epoch && t <= x && x < d_node && (source || t < d_t) {
                 prop_assert_eq!(v, Verdict::Pass);
             }
         }
