@@ -537,23 +537,28 @@ impl LinkCtx {
     }
 
     /// Runs `read` (a flavour's INFO reader) on a connection of replguard's own to the master,
-    /// with the link's credentials, one reading at a time, within `limit`. `Err`: why not, in
+    /// with the link's credentials, then `apply` to what it read, one reading at a time (so
+    /// readings are applied in the order they were taken), within `limit`. `Err`: why not, in
     /// words.
     pub async fn read_master_with<T, F, Fut, E>(
         &self,
         limit: Duration,
         read: F,
-    ) -> Result<T, String>
+        apply: impl FnOnce(T),
+    ) -> Result<(), String>
     where
         F: FnOnce(Stream, Option<Credentials>) -> Fut,
         Fut: Future<Output = Result<T, E>>,
         E: std::fmt::Display,
     {
-        let _one_at_a_time = self.poll_lock.lock().await;
         let creds = self.credentials();
         let attempt = async {
+            // Waiting behind another reading counts against the limit too.
+            let _one_at_a_time = self.poll_lock.lock().await;
             let s = self.dial_master().await.map_err(|e| e.to_string())?;
-            read(s, creds).await.map_err(|e| e.to_string())
+            let v = read(s, creds).await.map_err(|e| e.to_string())?;
+            apply(v);
+            Ok(())
         };
         timeout(limit, attempt)
             .await

@@ -39,15 +39,14 @@ impl Flavour for Kvrocks {
                 return false;
             }
             let read = link
-                .read_master_with(limit, |s, creds| async move {
-                    watch::read_node(s, creds.as_ref()).await
-                })
+                .read_master_with(
+                    limit,
+                    |s, creds| async move { watch::read_node(s, creds.as_ref()).await },
+                    |view| link.guard.kv_observe_node(&view),
+                )
                 .await;
             match read {
-                Ok(view) => {
-                    link.guard.kv_observe_node(&view);
-                    true
-                }
+                Ok(()) => true,
                 Err(e) => {
                     debug!(link = %link.name, error = %e, "cannot read the node's INFO");
                     false

@@ -34,15 +34,14 @@ impl Flavour for Redis {
     fn refresh_master<'a>(&'a self, link: &'a LinkCtx, limit: Duration) -> BoxFuture<'a, bool> {
         Box::pin(async move {
             let read = link
-                .read_master_with(limit, |s, creds| async move {
-                    watch::read_master(s, creds.as_ref()).await
-                })
+                .read_master_with(
+                    limit,
+                    |s, creds| async move { watch::read_master(s, creds.as_ref()).await },
+                    |view| link.guard.observe(&link.name, &view),
+                )
                 .await;
             match read {
-                Ok(view) => {
-                    link.guard.observe(&link.name, &view);
-                    true
-                }
+                Ok(()) => true,
                 Err(e) => {
                     debug!(link = %link.name, error = %e, "cannot read the master's INFO");
                     false
