@@ -103,6 +103,9 @@ impl Figures {
 enum Writes {
     /// Paused, and the replicas waited for, before the new topology (as described at the top).
     Paused,
+    /// As `Paused`, but M takes the new topology first and T only once it has streamed R's
+    /// writes on from M (past the sequence R was promoted at).
+    PausedMasterFirst,
     /// As kvrocks-controller leaves it: the writer goes on at M after R took the new topology,
     /// until M is about to take it too.
     Unpaused,
@@ -123,7 +126,7 @@ fn failover(bin: &Path, rsid: bool, guard: Option<Option<&str>>, writes: Writes)
         ]
     };
     let (n, before, verdicts_before) = match writes {
-        Writes::Paused => {
+        Writes::Paused | Writes::PausedMasterFirst => {
             let n = w.pause();
             let held = c.wait_caught_up(&ALL, LIMIT);
             // A controller reads the replicas before it picks one; replguard's link reads its
@@ -156,7 +159,15 @@ fn failover(bin: &Path, rsid: bool, guard: Option<Option<&str>>, writes: Writes)
         (c.seq(R)? > held + 100).then_some(())
     });
     let version = c.version;
-    c.push_version(version, R, &ALL, &[M, T]);
+    if writes == Writes::PausedMasterFirst {
+        c.push_version(version, R, &ALL, &[M]);
+        wait_for(LIMIT, "T to stream R's writes on from M", || {
+            (c.seq(T)? > held + 50).then_some(())
+        });
+        c.push_version(version, R, &ALL, &[T]);
+    } else {
+        c.push_version(version, R, &ALL, &[M, T]);
+    }
     std::thread::sleep(WRITING);
     let n = w.pause();
     drop(w);
@@ -209,6 +220,7 @@ fn failover(bin: &Path, rsid: bool, guard: Option<Option<&str>>, writes: Writes)
             "{}, {}, use-rsid-psync {}",
             match writes {
                 Writes::Paused => "writes paused",
+                Writes::PausedMasterFirst => "writes paused, M re-pointed first",
                 Writes::Unpaused => "writes not paused",
             },
             match guard {
@@ -366,6 +378,42 @@ fn failover_through_grouped_links(rsid: bool) {
         "{}",
         f.label
     );
+}
+
+/// T streams on from M after M resumed at R's link, and so holds R's batches past the sequence
+/// R was promoted at: it resumes partially there, as directly.
+#[test]
+fn real_kvrocks_cluster_failover_a_replica_streaming_on_from_the_demoted_master_resumes_partially()
+{
+    let Some(bin) = kvrocks_bin(
+        "real_kvrocks_cluster_failover_a_replica_streaming_on_from_the_demoted_master_resumes_partially",
+    ) else {
+        return;
+    };
+    for (guard, rsid) in [None, Some(GROUP)]
+        .into_iter()
+        .flat_map(|g| [(g, false), (g, true)])
+    {
+        let f = failover(&bin, rsid, guard, Writes::PausedMasterFirst);
+        assert_no_loss(&f);
+        assert_eq!(f.forced, Vec::<String>::new(), "{}", f.label);
+        assert_eq!(
+            (f.sync_full, f.sync_partial_ok, f.sync_partial_err),
+            (0, 2, 0),
+            "{}",
+            f.label
+        );
+        if guard.is_some() {
+            assert!(
+                f.decisions.iter().any(|(n, d)| *n == T
+                    && d.contains("that link's node is fed here since")
+                    && d.contains("verdict=\"pass\"")),
+                "{}: T was not passed on the old master's feed: {:#?}",
+                f.label,
+                f.decisions
+            );
+        }
+    }
 }
 
 #[test]
