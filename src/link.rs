@@ -417,6 +417,7 @@ impl LinkCtx {
         };
         self.guard.set_master(ledger_master);
         let Some(old) = old else { return };
+        self.guard.node_replaced();
         self.name_node();
         let previous = std::mem::replace(
             &mut *self

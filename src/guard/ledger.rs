@@ -371,17 +371,21 @@ impl KvBooks {
         changed || node_changed
     }
 
-    /// The node behind link `link` was replaced (the link was re-pointed): its next reading
-    /// counts as a restart.
+    /// The node behind link `link` was replaced (the link was re-pointed): nothing read of the
+    /// old one holds for it. Its epoch ends now (no switch, no `source` records, not master
+    /// until read so), and its next reading counts as a restart.
     pub fn node_replaced(&mut self, link: &str) -> bool {
-        match self.nodes.get_mut(link) {
-            Some(n) if n.process_id != 0 || n.started_unix != 0 => {
-                n.process_id = 0;
-                n.started_unix = 0;
-                true
-            }
-            _ => false,
-        }
+        let withdrawn = self.withdraw_sources(link, &[]);
+        let Some(n) = self.nodes.get_mut(link) else {
+            return withdrawn;
+        };
+        n.epoch = n.epoch.saturating_add(1);
+        n.master = false;
+        n.switch = None;
+        n.fed = None;
+        n.process_id = 0;
+        n.started_unix = 0;
+        true
     }
 
     /// Removes link `link`'s `source` records, except those of `keep` (identities).
@@ -1271,9 +1275,12 @@ mod tests {
         // The link re-pointed at another node: its next reading is a restart.
         read(&mut b, None, true, 120, 7, 1011, 1013);
         assert_eq!(b.nodes["n1"].epoch, 3);
+        assert!(b.vouch_sources("n1", &ids, 3, 120));
         assert!(b.node_replaced("n1"));
-        assert!(!b.node_replaced("n1"));
+        assert_eq!(b.master_epoch("n1"), None);
+        assert!(!b.replicas.keys().any(|k| k.starts_with("n1/")));
         read(&mut b, None, true, 120, 7, 1011, 1014);
-        assert_eq!(b.nodes["n1"].epoch, 4);
+        assert_eq!(b.nodes["n1"].epoch, 5);
+        assert_eq!(b.nodes["n1"].switch, None);
     }
 }

@@ -155,7 +155,7 @@ impl State {
             books
                 .replicas
                 .iter()
-                .filter(|(k, o)| !o.source && o.updated_unix > r.updated_unix && *k != &key)
+                .filter(|(k, o)| !o.source && o.updated_unix >= r.updated_unix && *k != &key)
                 .find_map(|(k, _)| {
                     let (l, id) = k.split_once('/')?;
                     (id == replica).then_some(l)
@@ -468,12 +468,14 @@ impl Guard {
     }
 
     /// Judges a Kvrocks PSYNC from `replica` (connected from `ip`); also returns the facts used.
+    /// `fresh`: the link read its node just now (in a group, the vouch needs it).
     pub fn judge_kvrocks(
         &self,
         replica: &str,
         ip: IpAddr,
         replid: Option<&str>,
         seq: u64,
+        fresh: bool,
     ) -> (Verdict, String) {
         let raw = replica;
         let key = self.kv_key(replica);
@@ -486,7 +488,7 @@ impl Guard {
         let seen = full_sync.is_some();
         let identities = self.node_identities();
         let vouch = match (&self.kv_scope, rec) {
-            (Some(link), None) => st.kv_vouch(link, &identities, raw),
+            (Some(link), None) if fresh => st.kv_vouch(link, &identities, raw),
             _ => None,
         };
         let facts = kvrocks::Facts {
@@ -596,6 +598,7 @@ impl Guard {
     }
 
     /// The master accepted a Kvrocks PSYNC the guard passed: see [`ledger::KvBooks::start`].
+    /// The record notes its node's epoch only when the PSYNC was judged on a `fresh` reading.
     pub fn kv_started(
         &self,
         replica: &str,
@@ -603,6 +606,7 @@ impl Guard {
         peer: SocketAddr,
         replid: Option<&str>,
         seq: u64,
+        fresh: bool,
     ) -> Vec<KvIdRange> {
         let key = self.kv_key(replica);
         let replica: &str = &key;
@@ -615,6 +619,7 @@ impl Guard {
         let epoch = self
             .kv_scope
             .as_deref()
+            .filter(|_| fresh)
             .and_then(|l| st.data.kvrocks.master_epoch(l));
         st.data.kvrocks.update(replica, |r| {
             r.peer = Some(peer.to_string());
@@ -862,11 +867,17 @@ impl Guard {
     /// (which this makes due), so a restart whose configuration names it keeps the books.
     pub fn set_master(&self, master: &str) {
         self.books.store.set_master(master);
-        if let Some(link) = &self.kv_scope {
-            // Another node: what was vouched for the old one does not carry over.
-            self.state().data.kvrocks.node_replaced(link);
-        }
         self.mark_dirty();
+    }
+
+    /// The link now fronts another node: what was read of and vouched for the old one does not
+    /// carry over (see [`ledger::KvBooks::node_replaced`]).
+    pub fn node_replaced(&self) {
+        if let Some(link) = &self.kv_scope {
+            if self.state().data.kvrocks.node_replaced(link) {
+                self.mark_dirty();
+            }
+        }
     }
 
     /// Puts a new `unknown_replica` policy in force for the verdicts to come.
@@ -1279,7 +1290,7 @@ mod tests {
         n1.kv_observe_node(&kv_reading(true, 0, 2));
         // R and T stream from M through n0, in n0's node's first epoch.
         for (i, r) in [(1, R), (2, T)] {
-            n0.kv_started(r, i, peer, None, 1);
+            n0.kv_started(r, i, peer, None, 1, true);
             n0.kv_delivered(r, i, 101, &[], true);
         }
         // n1 reads R fed by n0, holding 100; then R is master.
@@ -1289,11 +1300,20 @@ mod tests {
             n0.kv_delivered(r, i, 101, &[], false);
         }
         let judge = |g: &Guard, r: &str, seq: u64| {
-            let (v, facts) = g.judge_kvrocks(r, ip, None, seq);
+            let (v, facts) = g.judge_kvrocks(r, ip, None, seq, true);
             (v.reason().map_or("pass", |x| x.code()), facts)
         };
         let (code, facts) = judge(&n1, T, 101);
         assert_eq!(code, "pass", "{facts}");
+        // Not on a stale reading of the node.
+        assert_eq!(
+            n1.judge_kvrocks(T, ip, None, 101, false)
+                .0
+                .reason()
+                .unwrap()
+                .code(),
+            "unknown_replica"
+        );
         assert!(facts.contains("promoted holding link n0's history below sequence 101"));
         assert_eq!(judge(&n1, T, 102).0, "beyond_delivered");
         // M, n0's node, up to the switch.
@@ -1304,7 +1324,7 @@ mod tests {
         alone.kv_observe_node(&kv_reading(true, 100, 2));
         assert_eq!(
             alone
-                .judge_kvrocks(T, ip, None, 101)
+                .judge_kvrocks(T, ip, None, 101, true)
                 .0
                 .reason()
                 .unwrap()
@@ -1312,7 +1332,7 @@ mod tests {
             "unknown_replica"
         );
         // T served by n2 since: its record there speaks for it.
-        n2.kv_started(T, 3, peer, None, 1);
+        n2.kv_started(T, 3, peer, None, 1, true);
         if let Some(r) = books
             .state()
             .data
@@ -1328,6 +1348,13 @@ mod tests {
         // M read restarted (as a replica, its sequence back): no longer vouched for.
         n0.kv_observe_node(&kv_reading(false, 97, 3));
         assert_eq!(judge(&n1, M, 99).0, "unknown_replica");
+        // n1 re-pointed at another node: its promotion no longer vouches, until it is read
+        // promoted from a fed reading of its own.
+        assert_eq!(judge(&n1, R, 50).0, "pass");
+        n1.node_replaced();
+        let (code, facts) = judge(&n1, R, 50);
+        assert_eq!(code, "unknown_replica", "{facts}");
+        assert_eq!(books.state().data.kvrocks.master_epoch("n1"), None);
     }
 
     #[test]

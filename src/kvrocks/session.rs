@@ -119,19 +119,20 @@ async fn psync(
     stats.set_psync_request(req.replid_or_dash(), seq_i64);
     let replica = stats.snapshot().replica;
     let ip = stats.peer.ip();
-    if link.guard.books().group().is_some() {
-        // The group may vouch for the replica by what this link's other sessions sent (the old
-        // master, fed here, to its own replicas): their live books, and the node's role and
-        // sequence now (a promotion since the keeper's last reading; a failed reading leaves
-        // the last one).
+    // In a group: the node read now (a promotion since the keeper's last reading counts), and
+    // the live books of this link's other sessions (the old master, fed here, sends on to its
+    // own replicas). Without a fresh reading the group vouches for nobody here and the
+    // replica's record notes no epoch: the node may have restarted or been replaced since.
+    let fresh = if link.guard.books().group().is_some() {
         link.record_live_deliveries();
-        link.refresh_master(crate::link::PSYNC_INFO_TIMEOUT).await;
+        link.refresh_master(crate::link::PSYNC_INFO_TIMEOUT).await
     } else {
         link.record_live_books_of(&replica, stats.id);
-    }
-    let (verdict, facts) = link
-        .guard
-        .judge_kvrocks(&replica, ip, req.replid.as_deref(), req.seq);
+        false
+    };
+    let (verdict, facts) =
+        link.guard
+            .judge_kvrocks(&replica, ip, req.replid.as_deref(), req.seq, fresh);
     let route = route::route(cfg.guard, &verdict, Some(FULL_SYNC_ANSWER));
     let decision = DecisionCtx {
         replica: &replica,
@@ -162,6 +163,7 @@ async fn psync(
             stats.peer,
             req.replid.as_deref(),
             req.seq,
+            fresh,
         );
         stats.begin_kvrocks(req.replid.as_deref(), req.seq, &ids);
         link.counters.partial_syncs.fetch_add(1, Relaxed);

@@ -698,9 +698,13 @@ mod tests {
             let l = LedgerData::new();
             let f = vouching(&l, x + 1, Some(&node), Some(&rec));
             let v = judge(&f, None, t + 1);
-            // The old master's history the node holds, and the replica's.
+            // The old master's history the node holds, and the replica's. Fed in another epoch
+            // of the old master's link, the replica holds another history from some point on.
             let node_holds = h.min(d_node - 1);
-            let replica_holds = if source { t } else { t.min(d_t - 1) };
+            let mut replica_holds = if source { t } else { t.min(d_t - 1) };
+            if !same_epoch {
+                replica_holds = replica_holds.min(t / 2);
+            }
             if v == Verdict::Pass && t > 0 {
                 prop_assert!(
                     t <= node_holds && t <= replica_holds,
