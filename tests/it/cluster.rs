@@ -100,12 +100,43 @@ impl Failover {
     }
 }
 
+/// Redis 7.0 aborts a manual failover that has not completed within `CLUSTER_MF_TIMEOUT`
+/// (5 s, cluster.h): the replica must reach the paused master's offset and win the masters'
+/// votes in that window, which a loaded machine can miss. It is then a replica as before, and an
+/// operator asks again; this is how long an attempt is given before that.
+const MANUAL_FAILOVER_ATTEMPT: std::time::Duration = std::time::Duration::from_secs(6);
+
+/// Attempts of a manual failover before the test gives up.
+const MANUAL_FAILOVER_ATTEMPTS: usize = 4;
+
 /// A manual `CLUSTER FAILOVER` on shard `s`'s replica under the writer, sent to the replica's
-/// announced address (its link through replguard).
+/// announced address (its link through replguard), and sent again if Redis aborted it.
 fn manual_failover(c: &Cluster, s: usize) -> Outcome {
     let f = Failover::begin(c, s);
     let mut rc = Client::connect(c.nodes[f.r].addr).unwrap();
-    assert_eq!(rc.text(&["CLUSTER", "FAILOVER"]), "OK");
+    let is_master = || {
+        c.nodes[f.r]
+            .server
+            .try_info("replication")
+            .is_some_and(|i| i.get("role").map(String::as_str) == Some("master"))
+    };
+    for attempt in 1..=MANUAL_FAILOVER_ATTEMPTS {
+        // An election under way when Redis aborted the attempt may still win it: a node
+        // promoted since refuses the command, which is no failure.
+        let reply = rc.cmd(&["CLUSTER", "FAILOVER"]);
+        if reply != Reply::SimpleString(b"OK".to_vec()) {
+            assert!(is_master(), "CLUSTER FAILOVER answered {reply:?}");
+            break;
+        }
+        let until = Instant::now() + MANUAL_FAILOVER_ATTEMPT;
+        while Instant::now() < until && !is_master() {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        if is_master() {
+            break;
+        }
+        println!("cluster: manual failover attempt {attempt} was aborted by Redis; asking again");
+    }
     let promoted_ms = f.promoted(c, "the replica to be promoted");
     f.finish(c, "manual", &[], promoted_ms)
 }
