@@ -116,6 +116,17 @@ pub struct LedgerData {
     pub kvrocks: KvBooks,
 }
 
+/// The key of a Kvrocks record kept per link in a group: `<link>/<identity>` (link names hold no
+/// `/`: `config` allows letters, digits, `.`, `_` and `-`).
+pub fn link_key(link: &str, identity: &str) -> String {
+    format!("{link}/{identity}")
+}
+
+/// The link and identity of a key made by [`link_key`].
+pub fn split_link_key(key: &str) -> Option<(&str, &str)> {
+    key.split_once('/')
+}
+
 /// Seconds two readings of a Kvrocks node's start time (`now - uptime_in_seconds`, both whole
 /// seconds) may differ by without a restart.
 const START_JITTER_SECS: u64 = 2;
@@ -393,7 +404,7 @@ impl KvBooks {
         let before = self.replicas.len();
         self.replicas.retain(|k, r| {
             !(r.source
-                && k.split_once('/')
+                && split_link_key(k)
                     .is_some_and(|(l, id)| l == link && !keep.iter().any(|i| i == id)))
         });
         self.replicas.len() != before
@@ -420,7 +431,7 @@ impl KvBooks {
     ) -> bool {
         let mut changed = self.withdraw_sources(link, identities);
         for id in identities {
-            changed |= self.vouch_source(&format!("{link}/{id}"), epoch, latest);
+            changed |= self.vouch_source(&link_key(link, id), epoch, latest);
         }
         changed
     }

@@ -124,7 +124,7 @@ impl State {
             .iter()
             .filter(|(k, r)| r.open && !r.source && !self.uncertain.contains(*k))
             .filter_map(|(k, r)| {
-                let (from, id) = k.split_once('/')?;
+                let (from, id) = ledger::split_link_key(k)?;
                 (from != link && identities.iter().any(|i| i == id)).then_some((from, r))
             })
             .max_by_key(|(_, r)| r.updated_unix)
@@ -145,10 +145,10 @@ impl State {
         let from = sw.from.as_str();
         let node_rec = identities
             .iter()
-            .filter_map(|id| books.replicas.get(&format!("{from}/{id}")))
+            .filter_map(|id| books.replicas.get(&ledger::link_key(from, id)))
             .filter(|r| !r.source)
             .max_by_key(|r| r.updated_unix);
-        let key = format!("{from}/{replica}");
+        let key = ledger::link_key(from, replica);
         let rec = books.replicas.get(&key);
         // The replica's newest record in the group is the one that speaks for its data.
         let newer_at = rec.and_then(|r| {
@@ -157,7 +157,7 @@ impl State {
                 .iter()
                 .filter(|(k, o)| !o.source && o.updated_unix >= r.updated_unix && *k != &key)
                 .find_map(|(k, _)| {
-                    let (l, id) = k.split_once('/')?;
+                    let (l, id) = ledger::split_link_key(k)?;
                     (id == replica).then_some(l)
                 })
         });
@@ -165,10 +165,10 @@ impl State {
         let chain = books
             .replicas
             .iter()
-            .filter(|(k, r)| r.source && k.starts_with(&format!("{from}/")))
-            .filter_map(|(k, _)| {
-                let id = &k[from.len() + 1..];
-                books.replicas.get(&format!("{link}/{id}"))
+            .filter(|(_, r)| r.source)
+            .filter_map(|(k, _)| match ledger::split_link_key(k)? {
+                (l, id) if l == from => books.replicas.get(&ledger::link_key(link, id)),
+                _ => None,
             })
             .filter(|r| !r.source)
             .max_by_key(|r| r.updated_unix);
@@ -434,7 +434,7 @@ impl Guard {
     /// a group each link keeps its own Kvrocks records, under `<link>/<replica>`.
     fn kv_key<'a>(&self, replica: &'a str) -> std::borrow::Cow<'a, str> {
         match &self.kv_scope {
-            Some(link) => format!("{link}/{replica}").into(),
+            Some(link) => ledger::link_key(link, replica).into(),
             None => replica.into(),
         }
     }
