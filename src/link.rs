@@ -539,14 +539,16 @@ impl LinkCtx {
 
     /// Runs `read` (a flavour's INFO reader) on a connection of replguard's own to the master,
     /// with the link's credentials, then `apply` to what it read, one reading at a time (so
-    /// readings are applied in the order they were taken), within `limit`. `Err`: why not, in
-    /// words.
+    /// readings are applied in the order they were taken), within `limit`; whether it could.
+    /// A failure is logged at debug level, as `cannot read <what>`: the master may simply be
+    /// down, which sessions report.
     pub async fn read_master_with<T, F, Fut, E>(
         &self,
         limit: Duration,
+        what: &str,
         read: F,
         apply: impl FnOnce(T),
-    ) -> Result<(), String>
+    ) -> bool
     where
         F: FnOnce(Stream, Option<Credentials>) -> Fut,
         Fut: Future<Output = Result<T, E>>,
@@ -561,9 +563,13 @@ impl LinkCtx {
             apply(v);
             Ok(())
         };
-        timeout(limit, attempt)
+        let done: Result<(), String> = timeout(limit, attempt)
             .await
-            .unwrap_or_else(|_| Err(format!("no answer within {} ms", limit.as_millis())))
+            .unwrap_or_else(|_| Err(format!("no answer within {} ms", limit.as_millis())));
+        if let Err(e) = &done {
+            tracing::debug!(link = %self.name, error = %e, "cannot read {what}");
+        }
+        done.is_ok()
     }
 
     /// Writes what live sessions delivered into the ledger (as open records).

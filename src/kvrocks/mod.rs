@@ -12,7 +12,6 @@ use crate::conn::Stream;
 use crate::conn::{Peer, SessionEnd};
 use crate::link::{BoxFuture, Flavour, LinkCtx};
 use std::time::Duration;
-use tracing::debug;
 
 /// The Kvrocks flavour of a link.
 pub struct Kvrocks;
@@ -31,27 +30,19 @@ impl Flavour for Kvrocks {
 
     /// In a group, reads the node's INFO (role, latest sequence, process) into the guard: a
     /// promoted node's switch comes from it. A link on its own reads nothing: its books come
-    /// from the stream alone. Failures are logged at debug level: the node may simply be down,
-    /// which sessions report.
+    /// from the stream alone.
     fn refresh_master<'a>(&'a self, link: &'a LinkCtx, limit: Duration) -> BoxFuture<'a, bool> {
         Box::pin(async move {
             if link.guard.books().group().is_none() {
                 return false;
             }
-            let read = link
-                .read_master_with(
-                    limit,
-                    |s, creds| async move { watch::read_node(s, creds.as_ref()).await },
-                    |view| link.guard.kv_observe_node(&view),
-                )
-                .await;
-            match read {
-                Ok(()) => true,
-                Err(e) => {
-                    debug!(link = %link.name, error = %e, "cannot read the node's INFO");
-                    false
-                }
-            }
+            link.read_master_with(
+                limit,
+                "the node's INFO",
+                |s, creds| async move { watch::read_node(s, creds.as_ref()).await },
+                |view| link.guard.kv_observe_node(&view),
+            )
+            .await
         })
     }
 

@@ -12,7 +12,6 @@ use crate::conn::Stream;
 use crate::conn::{Peer, SessionEnd};
 use crate::link::{BoxFuture, Flavour, LinkCtx};
 use std::time::Duration;
-use tracing::debug;
 
 /// The Redis / Valkey flavour of a link.
 pub struct Redis;
@@ -29,24 +28,16 @@ impl Flavour for Redis {
         Box::pin(session::run(link, cfg, replica, master, stats))
     }
 
-    /// Reads the master's INFO and folds it into the ledger. Failures are logged at debug
-    /// level here: the master may simply be down, which sessions report.
+    /// Reads the master's INFO and folds it into the ledger.
     fn refresh_master<'a>(&'a self, link: &'a LinkCtx, limit: Duration) -> BoxFuture<'a, bool> {
         Box::pin(async move {
-            let read = link
-                .read_master_with(
-                    limit,
-                    |s, creds| async move { watch::read_master(s, creds.as_ref()).await },
-                    |view| link.guard.observe(&link.name, &view),
-                )
-                .await;
-            match read {
-                Ok(()) => true,
-                Err(e) => {
-                    debug!(link = %link.name, error = %e, "cannot read the master's INFO");
-                    false
-                }
-            }
+            link.read_master_with(
+                limit,
+                "the master's INFO",
+                |s, creds| async move { watch::read_master(s, creds.as_ref()).await },
+                |view| link.guard.observe(&link.name, &view),
+            )
+            .await
         })
     }
 
