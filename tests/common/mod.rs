@@ -107,6 +107,38 @@ pub fn free_ports<const N: usize>() -> [u16; N] {
 /// Polls `f` until it returns `Some`, or panics with `what` after `limit`. `f` answers `None`
 /// for "not yet", and also when a read it makes fails (a slow INFO, a refused connection): the
 /// wait goes on until its deadline, so helpers used in `f` are the fallible `try_*` ones.
+/// `replguard check` says the example configuration at `path` is valid with `links` links;
+/// its configuration, as loaded.
+pub fn example_config_is_valid(path: &str, links: usize) -> replguard::config::Config {
+    let cfg = replguard::config::Config::load_file(Path::new(path)).expect("the example is valid");
+    assert_eq!(cfg.links.len(), links);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_replguard"))
+        .args(["check", "--config", path])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{path}: valid ({links} links)\n"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success());
+    cfg
+}
+
+/// As [`example_config_is_valid`], and every link is of `flavor` in group `group`.
+pub fn example_group_is_valid(
+    path: &str,
+    links: usize,
+    flavor: replguard::config::Flavor,
+    group: &str,
+) {
+    for l in &example_config_is_valid(path, links).links {
+        assert_eq!(l.flavor, flavor, "{}", l.name);
+        assert_eq!(l.group.as_deref(), Some(group), "{}", l.name);
+    }
+}
+
 pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
     loop {

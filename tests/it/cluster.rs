@@ -343,25 +343,10 @@ fn the_same_failovers_directly() {
 
 #[test]
 fn the_example_config_is_valid_with_every_link_in_one_group() {
-    let path = std::path::Path::new("config/redis-cluster.yaml");
-    let cfg = replguard::config::Config::load_file(path).expect("the example is valid");
-    assert_eq!(cfg.links.len(), 6);
-    for l in &cfg.links {
-        assert_eq!(l.flavor, replguard::config::Flavor::Redis, "{}", l.name);
-        assert_eq!(l.group.as_deref(), Some("cluster-a"), "{}", l.name);
-    }
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_replguard"))
-        .args(["check", "--config"])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "config/redis-cluster.yaml: valid (6 links)\n"
+    example_group_is_valid(
+        "config/redis-cluster.yaml",
+        6,
+        replguard::config::Flavor::Redis,
+        "cluster-a",
     );
 }

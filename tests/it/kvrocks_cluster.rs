@@ -253,26 +253,11 @@ fn failover(bin: &Path, rsid: bool, guard: Option<Option<&str>>, writes: Writes)
 
 #[test]
 fn kvrocks_cluster_example_config_is_valid_with_every_link_in_one_group() {
-    let path = std::path::Path::new("config/kvrocks-cluster.yaml");
-    let cfg = replguard::config::Config::load_file(path).expect("the example is valid");
-    assert_eq!(cfg.links.len(), 3);
-    for l in &cfg.links {
-        assert_eq!(l.flavor, replguard::config::Flavor::Kvrocks, "{}", l.name);
-        assert_eq!(l.group.as_deref(), Some("kv-g"), "{}", l.name);
-    }
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_replguard"))
-        .args(["check", "--config"])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "config/kvrocks-cluster.yaml: valid (3 links)\n"
+    crate::common::example_group_is_valid(
+        "config/kvrocks-cluster.yaml",
+        3,
+        replguard::config::Flavor::Kvrocks,
+        "kv-g",
     );
 }
 

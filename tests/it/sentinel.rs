@@ -61,17 +61,7 @@ fn valkey_sentinel_direct() {
 
 #[test]
 fn the_example_config_is_valid() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_replguard"))
-        .args(["check", "--config", "config/sentinel.yaml"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "config/sentinel.yaml: valid (3 links)\n",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success());
+    example_config_is_valid("config/sentinel.yaml", 3);
 }
 
 /// Whether every Sentinel sees the master at `master`, knows a replica at each of `replicas`
